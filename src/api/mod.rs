@@ -1,0 +1,56 @@
+//! HTTP routes: the WebSocket upgrade and health probes. Thin: all logic lives in the core.
+
+use poem::http::StatusCode;
+use poem::web::websocket::{WebSocket, WebSocketConfig};
+use poem::web::{Data, Json};
+use poem::{EndpointExt, IntoResponse, Response, Route, get, handler};
+
+use crate::app::AppState;
+use crate::ws::serve_session;
+
+/// All routes with the state attached.
+pub fn routes(state: AppState) -> impl poem::Endpoint {
+    Route::new()
+        .at("/v1/ws", get(ws_upgrade))
+        .at("/healthz", get(healthz))
+        .at("/readyz", get(readyz))
+        .data(state)
+}
+
+#[handler]
+fn ws_upgrade(ws: WebSocket, Data(state): Data<&AppState>) -> Response {
+    if state.life.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let max = state.config.ws.max_frame_bytes;
+    let mut cfg = WebSocketConfig::default();
+    cfg.max_message_size = Some(max);
+    cfg.max_frame_size = Some(max);
+    let state = state.clone();
+    ws.config(cfg)
+        .on_upgrade(move |socket| {
+            let tracker = state.life.sessions.clone();
+            tracker.track_future(serve_session(socket, state))
+        })
+        .into_response()
+}
+
+#[handler]
+fn healthz() -> &'static str {
+    "ok"
+}
+
+#[handler]
+fn readyz(Data(state): Data<&AppState>) -> Response {
+    let draining = state.life.is_draining();
+    let body = Json(serde_json::json!({
+        "ready": !draining,
+        "draining": draining,
+        "rooms": state.rooms.len(),
+    }));
+    if draining {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    } else {
+        body.into_response()
+    }
+}

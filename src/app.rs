@@ -1,0 +1,31 @@
+//! Shared application state handed to every edge (HTTP routes, WebSocket sessions).
+
+use std::sync::Arc;
+
+use crate::chat::TurnEngine;
+use crate::config::Config;
+use crate::lifecycle::Lifecycle;
+use crate::providers::Provider;
+use crate::rooms::Rooms;
+
+/// Cheap to clone: everything inside is shared.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub rooms: Arc<Rooms>,
+    pub life: Arc<Lifecycle>,
+}
+
+impl AppState {
+    /// Wires the domain core from a validated config.
+    pub fn new(config: Config, provider: Provider) -> Self {
+        let life = Arc::new(Lifecycle::default());
+        let engine = Arc::new(TurnEngine::new(provider, config.provider.clone()));
+        let rooms = Rooms::new(config.rooms.clone(), engine, life.clone());
+        Self {
+            config: Arc::new(config),
+            rooms,
+            life,
+        }
+    }
+}

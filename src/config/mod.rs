@@ -1,0 +1,323 @@
+//! Typed configuration: defaults → TOML file → `CONFAB__SECTION__KEY` environment variables.
+//!
+//! Every section rejects unknown keys so a typo fails at boot instead of being ignored, and
+//! [`Config::validate`] names the offending field. This is the only module that reads the
+//! process environment.
+
+mod secret;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+pub use secret::Secret;
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file, an env variable or a value could not be parsed (figment names the key).
+    #[error("configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    /// A value parsed but is out of range.
+    #[error("configuration: `{field}` {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub ws: WsConfig,
+    pub rooms: RoomsConfig,
+    pub provider: ProviderConfig,
+    pub log: LogConfig,
+}
+
+/// Listener and lifecycle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free port (tests).
+    pub bind: SocketAddr,
+    /// How long running turns may take to finish after a shutdown signal.
+    pub shutdown_grace_ms: u64,
+    /// Delay suggested to clients in the 1012 close frame before they reconnect.
+    pub reconnect_hint_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            shutdown_grace_ms: 15_000,
+            reconnect_hint_ms: 1_000,
+        }
+    }
+}
+
+/// WebSocket session limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsConfig {
+    /// Largest client frame accepted; larger ones close the session with 1009.
+    pub max_frame_bytes: usize,
+    /// Longest prompt, in characters.
+    pub max_prompt_chars: usize,
+    /// Frames buffered per session before it counts as a slow consumer.
+    pub outbound_queue: usize,
+    /// Server ping interval, also announced in `welcome`.
+    pub heartbeat_ms: u64,
+    /// A session that sends nothing (not even a pong) for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// A single socket write slower than this marks the client as a slow consumer.
+    pub write_timeout_ms: u64,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 64 * 1024,
+            max_prompt_chars: 8_000,
+            outbound_queue: 1_024,
+            heartbeat_ms: 20_000,
+            idle_timeout_ms: 60_000,
+            write_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Room limits and buffers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    /// Most rooms held in memory at once.
+    pub max_rooms: usize,
+    /// Most members per room.
+    pub max_members: usize,
+    /// Prompts waiting behind the running turn before `room_busy`.
+    pub max_queued_turns: usize,
+    /// Completed turns kept as conversation context.
+    pub history_turns: usize,
+    /// Events kept per room for resume.
+    pub replay_events: usize,
+    /// Bytes of serialised events kept per room for resume.
+    pub replay_bytes: usize,
+    /// An empty room with no activity for this long is dropped.
+    pub idle_ttl_ms: u64,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self {
+            max_rooms: 10_000,
+            max_members: 256,
+            max_queued_turns: 8,
+            history_turns: 20,
+            replay_events: 4_096,
+            replay_bytes: 4 * 1024 * 1024,
+            idle_ttl_ms: 30 * 60 * 1_000,
+        }
+    }
+}
+
+/// The OpenAI-compatible upstream (OpenAI, vLLM, llama.cpp server, Ollama).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderConfig {
+    /// Base URL including the version prefix, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Bearer token; empty sends no Authorization header.
+    pub api_key: Secret,
+    /// Model name sent upstream.
+    pub model: String,
+    /// Cap on generated tokens per turn; 0 leaves it to the upstream.
+    pub max_tokens: u32,
+    /// System prompt placed before the room's history.
+    pub system_prompt: String,
+    pub connect_timeout_ms: u64,
+    /// Time allowed from sending the request to the first token.
+    pub first_token_timeout_ms: u64,
+    /// Longest silence between two tokens.
+    pub idle_timeout_ms: u64,
+    /// Hard limit for a whole turn.
+    pub total_timeout_ms: u64,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "http://127.0.0.1:8080/v1".into(),
+            api_key: Secret::default(),
+            model: "default".into(),
+            max_tokens: 512,
+            system_prompt: "You are a helpful assistant in a shared chat room. Several people may \
+                            speak; their names prefix their messages. Answer concisely."
+                .into(),
+            connect_timeout_ms: 2_000,
+            first_token_timeout_ms: 30_000,
+            idle_timeout_ms: 15_000,
+            total_timeout_ms: 120_000,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// An `EnvFilter` directive such as `info` or `confab=debug,info`.
+    pub level: String,
+    /// One JSON object per line instead of human-readable text.
+    pub json: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            json: false,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the TOML file if given, then `CONFAB__SECTION__KEY` variables; validated.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid {
+                    field: "--config",
+                    reason: format!("file {} does not exist", path.display()),
+                });
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig.merge(Env::prefixed("CONFAB__").split("__"));
+        Self::from_figment(fig)
+    }
+
+    /// Parses a TOML string over the defaults (no environment); for tests and tools.
+    pub fn from_toml(toml: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml)),
+        )
+    }
+
+    fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
+        let cfg: Config = fig.extract().map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Range checks that serde cannot express; errors name the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn positive(field: &'static str, v: u64) -> Result<(), ConfigError> {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: "must be greater than 0".into(),
+                });
+            }
+            Ok(())
+        }
+        positive("ws.max_frame_bytes", self.ws.max_frame_bytes as u64)?;
+        positive("ws.max_prompt_chars", self.ws.max_prompt_chars as u64)?;
+        positive("ws.outbound_queue", self.ws.outbound_queue as u64)?;
+        positive("ws.heartbeat_ms", self.ws.heartbeat_ms)?;
+        positive("ws.write_timeout_ms", self.ws.write_timeout_ms)?;
+        if self.ws.idle_timeout_ms <= self.ws.heartbeat_ms {
+            return Err(ConfigError::Invalid {
+                field: "ws.idle_timeout_ms",
+                reason: format!(
+                    "must be greater than ws.heartbeat_ms ({})",
+                    self.ws.heartbeat_ms
+                ),
+            });
+        }
+        positive("rooms.max_rooms", self.rooms.max_rooms as u64)?;
+        positive("rooms.max_members", self.rooms.max_members as u64)?;
+        positive("rooms.max_queued_turns", self.rooms.max_queued_turns as u64)?;
+        positive("rooms.replay_events", self.rooms.replay_events as u64)?;
+        positive("rooms.replay_bytes", self.rooms.replay_bytes as u64)?;
+        if !(self.provider.base_url.starts_with("http://")
+            || self.provider.base_url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                field: "provider.base_url",
+                reason: format!(
+                    "must start with http:// or https://, got {:?}",
+                    self.provider.base_url
+                ),
+            });
+        }
+        if self.provider.model.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "provider.model",
+                reason: "must not be empty".into(),
+            });
+        }
+        positive("provider.connect_timeout_ms", self.provider.connect_timeout_ms)?;
+        positive(
+            "provider.first_token_timeout_ms",
+            self.provider.first_token_timeout_ms,
+        )?;
+        positive("provider.idle_timeout_ms", self.provider.idle_timeout_ms)?;
+        positive("provider.total_timeout_ms", self.provider.total_timeout_ms)?;
+        Ok(())
+    }
+}
+
+/// Milliseconds from config as a `Duration`.
+pub fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let err = Config::from_toml("[ws]\nmax_frame_byte = 10\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("max_frame_byte"), "{err}");
+    }
+
+    #[test]
+    fn invalid_value_names_the_field() {
+        let err = Config::from_toml("[ws]\nheartbeat_ms = 5000\nidle_timeout_ms = 1000\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("ws.idle_timeout_ms"), "{err}");
+        let err = Config::from_toml("[provider]\nbase_url = \"ftp://x\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("provider.base_url"), "{err}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's own error type
+    fn file_then_env_override() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[provider]\nmodel = \"from-file\"\napi_key = \"sk-1\"\n")?;
+            jail.set_env("CONFAB__PROVIDER__MODEL", "from-env");
+            let cfg = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.provider.model, "from-env");
+            assert_eq!(cfg.provider.api_key.expose(), "sk-1");
+            assert!(!format!("{cfg:?}").contains("sk-1"));
+            jail.set_env("CONFAB__WS__NOPE", "1");
+            assert!(Config::load(None).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,181 @@
+//! The one place that maps every failure to what the outside sees: the wire error code, whether
+//! a retry can help, the WebSocket close code, the HTTP status and the metric label.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Machine-readable error codes carried by the `error` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame was not valid JSON.
+    BadJson,
+    /// The `type` field is missing or names no known message.
+    UnknownType,
+    /// A known message with missing or ill-typed fields.
+    InvalidMessage,
+    /// A binary frame; protocol v1 is JSON text only.
+    BinaryNotSupported,
+    /// The prompt exceeds `ws.max_prompt_chars`.
+    PromptTooLong,
+    /// A room-scoped message before `join`.
+    NotInRoom,
+    /// Too many turns already queued in the room.
+    RoomBusy,
+    /// The room has reached `rooms.max_members`.
+    RoomFull,
+    /// The server holds `rooms.max_rooms` rooms already.
+    TooManyRooms,
+    /// The same `client_msg_id` was already accepted in this room.
+    DuplicatePrompt,
+    /// `cancel` named a turn that is not running or queued.
+    UnknownTurn,
+    /// The upstream model could not be reached.
+    UpstreamUnavailable,
+    /// The upstream answered with an error status.
+    UpstreamError,
+    /// The upstream rate-limited the request.
+    UpstreamRateLimited,
+    /// The upstream was too slow (first token, between tokens, or overall).
+    UpstreamTimeout,
+    /// The upstream sent something that is not a valid stream.
+    UpstreamProtocol,
+    /// The upstream stream ended before it finished.
+    UpstreamCut,
+    /// The server is draining for shutdown.
+    ShuttingDown,
+    /// A bug; details are in the server log.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Whether the same request may succeed if sent again later.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::RoomBusy
+                | ErrorCode::TooManyRooms
+                | ErrorCode::UpstreamUnavailable
+                | ErrorCode::UpstreamError
+                | ErrorCode::UpstreamRateLimited
+                | ErrorCode::UpstreamTimeout
+                | ErrorCode::UpstreamCut
+                | ErrorCode::ShuttingDown
+        )
+    }
+
+    /// The snake_case name, used as wire code and as bounded metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::BinaryNotSupported => "binary_not_supported",
+            ErrorCode::PromptTooLong => "prompt_too_long",
+            ErrorCode::NotInRoom => "not_in_room",
+            ErrorCode::RoomBusy => "room_busy",
+            ErrorCode::RoomFull => "room_full",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::DuplicatePrompt => "duplicate_prompt",
+            ErrorCode::UnknownTurn => "unknown_turn",
+            ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::UpstreamError => "upstream_error",
+            ErrorCode::UpstreamRateLimited => "upstream_rate_limited",
+            ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::UpstreamProtocol => "upstream_protocol",
+            ErrorCode::UpstreamCut => "upstream_cut",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// HTTP status for the same condition on REST routes.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadJson
+            | ErrorCode::UnknownType
+            | ErrorCode::InvalidMessage
+            | ErrorCode::BinaryNotSupported
+            | ErrorCode::NotInRoom
+            | ErrorCode::UnknownTurn => 400,
+            ErrorCode::DuplicatePrompt => 409,
+            ErrorCode::PromptTooLong => 413,
+            ErrorCode::RoomBusy
+            | ErrorCode::RoomFull
+            | ErrorCode::TooManyRooms
+            | ErrorCode::UpstreamRateLimited => 429,
+            ErrorCode::UpstreamUnavailable
+            | ErrorCode::UpstreamError
+            | ErrorCode::UpstreamProtocol
+            | ErrorCode::UpstreamCut => 502,
+            ErrorCode::ShuttingDown => 503,
+            ErrorCode::UpstreamTimeout => 504,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+/// Why the server closes a WebSocket; the numeric code is part of protocol v1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client asked to close.
+    Normal,
+    /// A frame larger than `ws.max_frame_bytes` (1009).
+    FrameTooLarge,
+    /// The server is restarting; reconnect after the hinted delay (1012).
+    Restart,
+    /// No frame from the client within `ws.idle_timeout_ms` (4001).
+    IdleTimeout,
+    /// The client did not keep up; resume from the seq in the reason (4008).
+    SlowConsumer,
+}
+
+impl CloseReason {
+    /// The close code sent on the wire.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::Normal => 1000,
+            CloseReason::FrameTooLarge => 1009,
+            CloseReason::Restart => 1012,
+            CloseReason::IdleTimeout => 4001,
+            CloseReason::SlowConsumer => 4008,
+        }
+    }
+
+    /// Bounded metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "normal",
+            CloseReason::FrameTooLarge => "frame_too_large",
+            CloseReason::Restart => "restart",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::SlowConsumer => "slow_consumer",
+        }
+    }
+}
+
+impl From<&crate::providers::ProviderError> for ErrorCode {
+    fn from(e: &crate::providers::ProviderError) -> Self {
+        use crate::providers::ProviderError as P;
+        match e {
+            P::Connect(_) | P::Transport(_) => ErrorCode::UpstreamUnavailable,
+            P::Status { status: 429, .. } => ErrorCode::UpstreamRateLimited,
+            P::Status { .. } => ErrorCode::UpstreamError,
+            P::Malformed(_) => ErrorCode::UpstreamProtocol,
+            P::Cut => ErrorCode::UpstreamCut,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_name_matches_label() {
+        for code in [ErrorCode::BadJson, ErrorCode::UpstreamCut, ErrorCode::RoomBusy] {
+            let wire = serde_json::to_value(code).unwrap_or_default();
+            assert_eq!(wire, serde_json::Value::String(code.as_str().into()));
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! confab: a realtime, collaborative, retrieval-augmented chat server.
+//!
+//! [`run`] starts the whole server from a [`Config`]; the binary and the integration tests
+//! both use it, so tests exercise exactly what ships.
+
+pub mod api;
+pub mod app;
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod lifecycle;
+pub mod protocol;
+pub mod providers;
+pub mod rooms;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use poem::Server;
+use poem::listener::{Acceptor, Listener, TcpListener};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+use crate::app::AppState;
+use crate::config::ms;
+use crate::providers::{Provider, ProviderError};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("provider: {0}")]
+    Provider(#[from] ProviderError),
+}
+
+/// A started server.
+pub struct Running {
+    addr: SocketAddr,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Resolves once the server has drained and stopped after `shutdown` was cancelled.
+    pub async fn wait(self) -> std::io::Result<()> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}
+
+/// Binds, starts serving in the background and returns; cancel `shutdown` to drain and stop.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
+    config.validate()?;
+    // reqwest is built without a bundled crypto provider; ring is the one we ship.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let provider = Provider::from_config(&config.provider)?;
+    let bind = config.server.bind;
+    let acceptor = TcpListener::bind(bind)
+        .into_acceptor()
+        .await
+        .map_err(|source| StartError::Bind { addr: bind, source })?;
+    let addr = acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().copied())
+        .unwrap_or(bind);
+    let state = AppState::new(config, provider);
+    tracing::info!(%addr, "confab listening");
+    let task = tokio::spawn(serve(acceptor, state, shutdown));
+    Ok(Running { addr, task })
+}
+
+async fn serve<A>(acceptor: A, state: AppState, shutdown: CancellationToken) -> std::io::Result<()>
+where
+    A: Acceptor + 'static,
+{
+    let stop_accepting = CancellationToken::new();
+    let http = tokio::spawn(
+        Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
+            api::routes(state.clone()),
+            stop_accepting.clone().cancelled_owned(),
+            Some(Duration::from_secs(5)),
+        ),
+    );
+    shutdown.cancelled().await;
+    let life = &state.life;
+    tracing::info!("shutdown: draining");
+    life.begin_drain();
+    life.background.cancel();
+    stop_accepting.cancel();
+
+    life.turns.close();
+    let grace = ms(state.config.server.shutdown_grace_ms);
+    if timeout(grace, life.turns.wait()).await.is_err() {
+        tracing::warn!("shutdown: grace period over, cancelling running turns");
+        life.turn_cancel.cancel();
+        let _ = timeout(Duration::from_secs(5), life.turns.wait()).await;
+    }
+    life.sessions_close.cancel();
+    life.sessions.close();
+    if timeout(Duration::from_secs(5), life.sessions.wait()).await.is_err() {
+        tracing::warn!("shutdown: some sessions did not close in time");
+    }
+    match http.await {
+        Ok(r) => r,
+        Err(e) => Err(std::io::Error::other(e)),
+    }
+}

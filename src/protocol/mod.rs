@@ -1,0 +1,203 @@
+//! Protocol v1: the JSON messages a WebSocket client sends and the events the server sends.
+//!
+//! These types are the contract. `schemas/*.schema.json` are generated from them
+//! (`confab schema`) and a test fails when the checked-in files drift.
+
+mod decode;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::ErrorCode;
+
+pub use decode::{DecodeError, decode_client_message};
+
+/// Protocol version announced in `welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A message from client to server (one JSON text frame).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// Enter a room (leaving any other). With `last_seq`, resume after a reconnect.
+    Join {
+        room: String,
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seq: Option<u64>,
+    },
+    /// Ask the assistant; everyone in the room sees the prompt and the streamed answer.
+    Prompt {
+        text: String,
+        /// Client-chosen id; a repeat within the room is rejected as `duplicate_prompt`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
+    },
+    /// Stop a running or queued turn; anyone in the room may cancel.
+    Cancel { turn_id: Uuid },
+    /// The user is typing (or stopped); relayed to the room, never stored.
+    Typing {
+        #[serde(default = "yes")]
+        active: bool,
+    },
+    /// Application-level ping, answered with `pong`.
+    Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<String>,
+    },
+    /// Leave the current room; the connection stays open.
+    Leave {},
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Every event the server sends. Room events carry `room` and a per-room `seq` that strictly
+/// increases; session events (`welcome`, `error`, `pong`) and the ephemeral `typing` carry none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ServerEvent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Milliseconds since the Unix epoch when the server emitted the event.
+    pub ts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_id: Option<Uuid>,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+/// The typed part of a server event, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventBody {
+    /// First frame of every session.
+    Welcome {
+        session_id: Uuid,
+        protocol_version: u32,
+        heartbeat_ms: u64,
+        max_frame_bytes: usize,
+        max_prompt_chars: usize,
+    },
+    /// The room's members after someone joined or left.
+    Presence { members: Vec<Member> },
+    /// Someone started or stopped typing (ephemeral: no seq, not replayed).
+    Typing { member: Member, active: bool },
+    /// A participant's prompt, as everyone sees it.
+    Message {
+        from: Member,
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
+    },
+    /// The assistant starts answering the turn.
+    Start { model: String, prompt_seq: u64 },
+    /// A piece of the answer.
+    Delta { text: String },
+    /// A tool call made during the turn (retrieval and others), with its result.
+    Tool {
+        name: String,
+        input: serde_json::Value,
+        output: serde_json::Value,
+        duration_ms: u64,
+    },
+    /// Measurements of the finished turn.
+    Metrics(TurnMetrics),
+    /// The turn is over; exactly one per turn.
+    End {
+        finish_reason: FinishReason,
+        /// True when the answer stopped early and the text so far is kept as partial.
+        partial: bool,
+    },
+    /// Something went wrong; `turn_id` is set when it concerns a turn.
+    Error {
+        code: ErrorCode,
+        message: String,
+        retryable: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+    /// Replay from `last_seq` was impossible: the room's state as of `seq`.
+    Resync { snapshot: RoomSnapshot },
+    /// Answer to a client `ping`.
+    Pong {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<String>,
+    },
+}
+
+/// A participant as others see them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Member {
+    pub session_id: Uuid,
+    pub name: String,
+}
+
+/// Why a turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+    Cancelled,
+    Error,
+}
+
+/// Per-turn measurements sent in the `metrics` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TurnMetrics {
+    pub model: String,
+    /// From the turn's start to the first delta; absent when no token arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<u64>,
+    pub duration_ms: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// False when the upstream sent no usage and the counts are estimates.
+    pub usage_reported: bool,
+}
+
+/// The room's state for a client that cannot replay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RoomSnapshot {
+    pub members: Vec<Member>,
+    /// Completed turns, oldest first.
+    pub turns: Vec<TurnSnapshot>,
+    /// The turn being answered right now, with the text so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<TurnSnapshot>,
+}
+
+/// One prompt and its answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TurnSnapshot {
+    pub turn_id: Uuid,
+    pub from: Member,
+    pub prompt: String,
+    pub answer: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<FinishReason>,
+    pub partial: bool,
+}
+
+/// The JSON Schemas of both directions, as (file name, pretty JSON).
+pub fn schemas() -> Vec<(&'static str, String)> {
+    let pretty = |v: schemars::Schema| {
+        let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
+        s.push('\n');
+        s
+    };
+    vec![
+        (
+            "client-message.schema.json",
+            pretty(schemars::schema_for!(ClientMessage)),
+        ),
+        (
+            "server-event.schema.json",
+            pretty(schemars::schema_for!(ServerEvent)),
+        ),
+    ]
+}

@@ -1,0 +1,110 @@
+//! Upstream model providers behind one small enum-dispatched interface.
+//!
+//! A provider turns a [`ChatRequest`] into a stream of [`StreamEvent`]s. Timeouts between
+//! events are the caller's business (the turn engine knows which phase it is in); providers
+//! only report what the upstream did.
+
+mod openai;
+
+use std::time::Duration;
+
+pub use openai::{OpenAiProvider, OpenAiStream};
+
+use crate::config::ProviderConfig;
+
+/// Who said a message in the conversation sent upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+/// One message of the conversation sent upstream.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+/// What the turn engine asks of a provider.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+}
+
+/// Why the upstream stopped generating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFinish {
+    Stop,
+    Length,
+}
+
+/// One thing the upstream said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    Delta(String),
+    Finish(UpstreamFinish),
+    Usage { input: u64, output: u64 },
+}
+
+/// How an upstream call failed; mapped to wire codes in [`crate::error`].
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    #[error("upstream unreachable: {0}")]
+    Connect(String),
+    #[error("upstream answered HTTP {status}: {body}")]
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+        body: String,
+    },
+    #[error("upstream sent an invalid stream: {0}")]
+    Malformed(String),
+    #[error("upstream stream ended before it finished")]
+    Cut,
+    #[error("upstream transport error: {0}")]
+    Transport(String),
+}
+
+/// Every provider confab can call (enum dispatch: no boxing on the token path).
+#[derive(Debug, Clone)]
+pub enum Provider {
+    OpenAi(OpenAiProvider),
+}
+
+/// A running upstream stream.
+pub enum ProviderStream {
+    OpenAi(OpenAiStream),
+}
+
+impl Provider {
+    /// Builds the provider described by the config.
+    pub fn from_config(cfg: &ProviderConfig) -> Result<Self, ProviderError> {
+        Ok(Provider::OpenAi(OpenAiProvider::new(cfg)?))
+    }
+
+    /// The model name reported in `start` and `metrics`.
+    pub fn model(&self) -> &str {
+        match self {
+            Provider::OpenAi(p) => p.model(),
+        }
+    }
+
+    /// Sends the request; resolves when the upstream accepted it and the stream is open.
+    pub async fn stream(&self, req: &ChatRequest) -> Result<ProviderStream, ProviderError> {
+        match self {
+            Provider::OpenAi(p) => p.stream(req).await.map(ProviderStream::OpenAi),
+        }
+    }
+}
+
+impl ProviderStream {
+    /// The next event; `None` once the upstream finished cleanly.
+    pub async fn next(&mut self) -> Option<Result<StreamEvent, ProviderError>> {
+        match self {
+            ProviderStream::OpenAi(s) => s.next().await,
+        }
+    }
+}

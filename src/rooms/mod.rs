@@ -1,0 +1,46 @@
+//! Rooms: who is in a conversation, its ordered event log, its history and its turn queue.
+//!
+//! A room's mutable state sits behind one short-held mutex: assigning a `seq`, appending to
+//! the replay buffer and handing the frame to every member's bounded queue happen together, so
+//! every member sees the same events in the same order. Turns run one at a time on a worker
+//! task per room, fed by a bounded queue.
+
+mod registry;
+mod replay;
+mod room;
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use registry::{RoomKey, Rooms};
+pub use room::{ActiveTurnContext, Room, encode as room_encode, now_ms as room_now_ms};
+
+use crate::protocol::Member;
+
+/// One frame for a session's writer; `seq` is set for room events so the writer knows where a
+/// disconnected client should resume.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub seq: Option<u64>,
+    pub text: Arc<str>,
+}
+
+/// How a room reaches one member's session.
+#[derive(Debug, Clone)]
+pub struct MemberHandle {
+    pub tx: mpsc::Sender<Outbound>,
+    /// Cancelled by the room when the member's queue overflows; the session then closes with
+    /// "slow consumer" and the seq to resume from.
+    pub slow: CancellationToken,
+}
+
+/// A prompt waiting for its turn.
+#[derive(Debug, Clone)]
+pub struct QueuedTurn {
+    pub turn_id: Uuid,
+    pub from: Member,
+    pub prompt: String,
+}

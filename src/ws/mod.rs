@@ -1,0 +1,6 @@
+//! The WebSocket edge: upgrade, one session task per connection, protocol v1 frames in and out.
+
+mod session;
+mod writer;
+
+pub use session::serve_session;

@@ -1,0 +1,266 @@
+//! One WebSocket session: decodes client frames, talks to rooms, and owns the writer task.
+
+use std::io::ErrorKind;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use poem::web::websocket::{Message, WebSocketStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::writer::{CloseRequest, write_loop};
+use crate::app::AppState;
+use crate::config::ms;
+use crate::error::{CloseReason, ErrorCode};
+use crate::protocol::{
+    ClientMessage, EventBody, Member, PROTOCOL_VERSION, ServerEvent, decode_client_message,
+};
+use crate::rooms::{MemberHandle, Outbound, Room, RoomKey, room_encode, room_now_ms};
+
+const MAX_ROOM_CHARS: usize = 128;
+const MAX_NAME_CHARS: usize = 64;
+
+struct Session {
+    id: Uuid,
+    state: AppState,
+    handle: MemberHandle,
+    joined: Option<(Arc<Room>, Member)>,
+}
+
+/// Serves one upgraded connection until the client leaves, misbehaves, or the server drains.
+pub async fn serve_session(socket: WebSocketStream, state: AppState) {
+    let cfg = state.config.ws.clone();
+    let (sink, mut stream) = socket.split();
+    let (tx, rx) = mpsc::channel::<Outbound>(cfg.outbound_queue);
+    let (close_tx, close_rx) = oneshot::channel();
+    let slow = CancellationToken::new();
+    let mut writer = tokio::spawn(write_loop(sink, rx, close_rx, slow.clone(), cfg.clone()));
+
+    let mut session = Session {
+        id: Uuid::new_v4(),
+        state: state.clone(),
+        handle: MemberHandle { tx, slow: slow.clone() },
+        joined: None,
+    };
+    session.send_event(
+        None,
+        EventBody::Welcome {
+            session_id: session.id,
+            protocol_version: PROTOCOL_VERSION,
+            heartbeat_ms: cfg.heartbeat_ms,
+            max_frame_bytes: cfg.max_frame_bytes,
+            max_prompt_chars: cfg.max_prompt_chars,
+        },
+    );
+
+    let idle = ms(cfg.idle_timeout_ms);
+    let close = loop {
+        tokio::select! {
+            biased;
+            _ = slow.cancelled() => break None,
+            _ = &mut writer => break None,
+            _ = state.life.sessions_close.cancelled() => break Some(CloseRequest {
+                reason: CloseReason::Restart,
+                detail: format!("server restarting; reconnect_after_ms={}", state.config.server.reconnect_hint_ms),
+            }),
+            frame = timeout(idle, stream.next()) => match frame {
+                Err(_) => break Some(CloseRequest {
+                    reason: CloseReason::IdleTimeout,
+                    detail: format!("no frame for {} ms", cfg.idle_timeout_ms),
+                }),
+                Ok(None) | Ok(Some(Ok(Message::Close(_)))) => break None,
+                Ok(Some(Err(e))) => {
+                    if is_capacity_error(&e) {
+                        break Some(CloseRequest {
+                            reason: CloseReason::FrameTooLarge,
+                            detail: format!("frame exceeds {} bytes", cfg.max_frame_bytes),
+                        });
+                    }
+                    tracing::debug!(session = %session.id, error = %e, "websocket read failed");
+                    break None;
+                }
+                Ok(Some(Ok(Message::Text(text)))) => session.handle_text(&text),
+                Ok(Some(Ok(Message::Binary(_)))) => session.send_error(
+                    None,
+                    ErrorCode::BinaryNotSupported,
+                    "protocol v1 uses JSON text frames only".into(),
+                ),
+                Ok(Some(Ok(_))) => {} // ping/pong: answered by the socket layer, counts as activity
+            }
+        }
+    };
+    session.leave_room();
+    if let Some(req) = close {
+        let _ = close_tx.send(req);
+    } else {
+        drop(close_tx);
+    }
+    drop(session);
+    let _ = writer.await;
+}
+
+/// tungstenite reports oversize frames as `Capacity` errors, wrapped in an `io::Error` by poem.
+fn is_capacity_error(e: &std::io::Error) -> bool {
+    e.kind() == ErrorKind::Other
+        && e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<tungstenite::Error>())
+            .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
+}
+
+impl Session {
+    fn handle_text(&mut self, text: &str) {
+        let msg = match decode_client_message(text) {
+            Ok(m) => m,
+            Err(e) => return self.send_error(None, e.code, e.message),
+        };
+        match msg {
+            ClientMessage::Join {
+                room,
+                name,
+                last_seq,
+            } => self.join(room, name, last_seq),
+            ClientMessage::Prompt {
+                text,
+                client_msg_id,
+            } => self.prompt(text, client_msg_id),
+            ClientMessage::Cancel { turn_id } => {
+                let Some((room, _)) = &self.joined else {
+                    return self.not_in_room();
+                };
+                if let Err(code) = room.cancel(turn_id) {
+                    self.send_error(Some(turn_id), code, format!("no running or queued turn {turn_id}"));
+                }
+            }
+            ClientMessage::Typing { active } => {
+                if let Some((room, _)) = &self.joined {
+                    room.typing(self.id, active);
+                }
+            }
+            ClientMessage::Ping { nonce } => self.send_event(None, EventBody::Pong { nonce }),
+            ClientMessage::Leave {} => self.leave_room(),
+        }
+    }
+
+    fn join(&mut self, room: String, name: String, last_seq: Option<u64>) {
+        let room = room.trim().to_string();
+        let name = name.trim().to_string();
+        if let Some(problem) = check_label("room", &room, MAX_ROOM_CHARS)
+            .or_else(|| check_label("name", &name, MAX_NAME_CHARS))
+        {
+            return self.send_error(None, ErrorCode::InvalidMessage, problem);
+        }
+        self.leave_room();
+        let key = RoomKey {
+            tenant: "default".into(),
+            name: room.clone(),
+        };
+        let room_ref = match self.state.rooms.get_or_create(key) {
+            Ok(r) => r,
+            Err(code) => return self.send_error(None, code, format!("cannot open room {room:?}")),
+        };
+        let member = Member {
+            session_id: self.id,
+            name,
+        };
+        match room_ref.join(member.clone(), self.handle.clone(), last_seq) {
+            Ok(()) => self.joined = Some((room_ref, member)),
+            Err(code) => self.send_error(None, code, format!("cannot join room {room:?}")),
+        }
+    }
+
+    fn prompt(&mut self, text: String, client_msg_id: Option<String>) {
+        let Some((room, member)) = &self.joined else {
+            return self.not_in_room();
+        };
+        let limit = self.state.config.ws.max_prompt_chars;
+        let chars = text.chars().count();
+        if chars > limit {
+            return self.send_error(
+                None,
+                ErrorCode::PromptTooLong,
+                format!("prompt has {chars} characters; the limit is {limit}"),
+            );
+        }
+        if text.trim().is_empty() {
+            return self.send_error(None, ErrorCode::InvalidMessage, "prompt text is empty".into());
+        }
+        if self.state.life.is_draining() {
+            return self.send_error(
+                None,
+                ErrorCode::ShuttingDown,
+                "server is shutting down; reconnect and send again".into(),
+            );
+        }
+        match room.submit_prompt(member.clone(), text, client_msg_id.clone()) {
+            Ok(_) => {}
+            Err(ErrorCode::DuplicatePrompt) => self.send_error(
+                None,
+                ErrorCode::DuplicatePrompt,
+                format!(
+                    "client_msg_id {:?} was already accepted in this room",
+                    client_msg_id.unwrap_or_default()
+                ),
+            ),
+            Err(code) => self.send_error(None, code, format!("prompt not accepted: {}", code.as_str())),
+        }
+    }
+
+    fn not_in_room(&self) {
+        self.send_error(None, ErrorCode::NotInRoom, "send a join message first".into());
+    }
+
+    fn leave_room(&mut self) {
+        if let Some((room, _)) = self.joined.take() {
+            room.leave(self.id);
+        }
+    }
+
+    fn send_error(&self, turn_id: Option<Uuid>, code: ErrorCode, message: String) {
+        self.send_event(
+            turn_id,
+            EventBody::Error {
+                code,
+                message,
+                retryable: code.retryable(),
+                retry_after_ms: None,
+            },
+        );
+    }
+
+    /// Session-scoped events carry no seq; a client that cannot take them is a slow consumer.
+    fn send_event(&self, turn_id: Option<Uuid>, body: EventBody) {
+        let ev = ServerEvent {
+            room: self.joined.as_ref().map(|(r, _)| r.key.name.clone()),
+            seq: None,
+            ts: room_now_ms(),
+            turn_id,
+            body,
+        };
+        if self
+            .handle
+            .tx
+            .try_send(Outbound {
+                seq: None,
+                text: room_encode(&ev),
+            })
+            .is_err()
+        {
+            self.handle.slow.cancel();
+        }
+    }
+}
+
+fn check_label(field: &str, value: &str, max: usize) -> Option<String> {
+    if value.is_empty() {
+        return Some(format!("`{field}` must not be empty"));
+    }
+    if value.chars().count() > max {
+        return Some(format!("`{field}` is longer than {max} characters"));
+    }
+    if value.chars().any(char::is_control) {
+        return Some(format!("`{field}` must not contain control characters"));
+    }
+    None
+}

@@ -1,0 +1,93 @@
+//! The writing half of a session: drains the bounded outbound queue into the socket, pings on
+//! a timer, and closes with the right code.
+
+use futures_util::{Sink, SinkExt};
+use poem::web::websocket::{CloseCode, Message};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{MissedTickBehavior, interval, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{WsConfig, ms};
+use crate::error::CloseReason;
+use crate::rooms::Outbound;
+
+/// How the session asks its writer to finish.
+#[derive(Debug)]
+pub struct CloseRequest {
+    pub reason: CloseReason,
+    pub detail: String,
+}
+
+/// Writes queued frames until asked to close, the client is too slow, or the socket fails.
+/// Returns the last room seq written, for the slow-consumer close reason.
+pub async fn write_loop<S>(
+    mut sink: S,
+    mut rx: mpsc::Receiver<Outbound>,
+    mut close: oneshot::Receiver<CloseRequest>,
+    slow: CancellationToken,
+    cfg: WsConfig,
+) where
+    S: Sink<Message> + Unpin,
+{
+    let write_timeout = ms(cfg.write_timeout_ms);
+    let mut last_seq: Option<u64> = None;
+    let mut ping = interval(ms(cfg.heartbeat_ms));
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ping.tick().await;
+
+    let request = loop {
+        tokio::select! {
+            biased;
+            _ = slow.cancelled() => break None,
+            req = &mut close => break req.ok(),
+            frame = rx.recv() => {
+                let Some(frame) = frame else { break None };
+                match timeout(write_timeout, sink.send(Message::Text(frame.text.to_string()))).await {
+                    Ok(Ok(())) => {
+                        if frame.seq.is_some() {
+                            last_seq = frame.seq;
+                        }
+                    }
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        slow.cancel();
+                        break None;
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if timeout(write_timeout, sink.send(Message::Ping(Vec::new()))).await.is_err() {
+                    slow.cancel();
+                    break None;
+                }
+            }
+        }
+    };
+
+    let (reason, detail) = if slow.is_cancelled() {
+        let resume = last_seq.unwrap_or(0);
+        (
+            CloseReason::SlowConsumer,
+            format!("slow consumer; resume_from={resume}"),
+        )
+    } else if let Some(req) = request {
+        // Flush what is already queued (e.g. the end of a turn) before closing.
+        if req.reason != CloseReason::FrameTooLarge {
+            while let Ok(frame) = rx.try_recv() {
+                let sent = timeout(write_timeout, sink.send(Message::Text(frame.text.to_string()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return;
+                }
+            }
+        }
+        (req.reason, req.detail)
+    } else {
+        return;
+    };
+    let msg = Message::Close(Some((CloseCode::from(reason.code()), detail)));
+    let _ = timeout(write_timeout, async {
+        let _ = sink.send(msg).await;
+        let _ = sink.close().await;
+    })
+    .await;
+}
