@@ -16,6 +16,8 @@ pub enum ErrorCode {
     InvalidMessage,
     /// A binary frame; protocol v1 is JSON text only.
     BinaryNotSupported,
+    /// A frame larger than `ws.max_frame_bytes`; it was discarded.
+    FrameTooLarge,
     /// The prompt exceeds `ws.max_prompt_chars`.
     PromptTooLong,
     /// A room-scoped message before `join`.
@@ -71,6 +73,7 @@ impl ErrorCode {
             ErrorCode::UnknownType => "unknown_type",
             ErrorCode::InvalidMessage => "invalid_message",
             ErrorCode::BinaryNotSupported => "binary_not_supported",
+            ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::PromptTooLong => "prompt_too_long",
             ErrorCode::NotInRoom => "not_in_room",
             ErrorCode::RoomBusy => "room_busy",
@@ -99,7 +102,7 @@ impl ErrorCode {
             | ErrorCode::NotInRoom
             | ErrorCode::UnknownTurn => 400,
             ErrorCode::DuplicatePrompt => 409,
-            ErrorCode::PromptTooLong => 413,
+            ErrorCode::PromptTooLong | ErrorCode::FrameTooLarge => 413,
             ErrorCode::RoomBusy
             | ErrorCode::RoomFull
             | ErrorCode::TooManyRooms
@@ -120,7 +123,7 @@ impl ErrorCode {
 pub enum CloseReason {
     /// The client asked to close.
     Normal,
-    /// A frame larger than `ws.max_frame_bytes` (1009).
+    /// A frame beyond the hard limit (4 × `ws.max_frame_bytes`) that was not even read (1009).
     FrameTooLarge,
     /// The server is restarting; reconnect after the hinted delay (1012).
     Restart,
@@ -173,7 +176,11 @@ mod tests {
 
     #[test]
     fn wire_name_matches_label() {
-        for code in [ErrorCode::BadJson, ErrorCode::UpstreamCut, ErrorCode::RoomBusy] {
+        for code in [
+            ErrorCode::BadJson,
+            ErrorCode::UpstreamCut,
+            ErrorCode::RoomBusy,
+        ] {
             let wire = serde_json::to_value(code).unwrap_or_default();
             assert_eq!(wire, serde_json::Value::String(code.as_str().into()));
         }

@@ -114,7 +114,10 @@ where
     }
     life.sessions_close.cancel();
     life.sessions.close();
-    if timeout(Duration::from_secs(5), life.sessions.wait()).await.is_err() {
+    if timeout(Duration::from_secs(5), life.sessions.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown: some sessions did not close in time");
     }
     match http.await {

@@ -10,7 +10,11 @@ use tracing_subscriber::EnvFilter;
 use confab::config::{Config, LogConfig};
 
 #[derive(Parser)]
-#[command(name = "confab", version, about = "Realtime collaborative RAG chat server")]
+#[command(
+    name = "confab",
+    version,
+    about = "Realtime collaborative RAG chat server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -17,12 +17,21 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
         .data(state)
 }
 
+/// The socket layer's frame cap, as a multiple of `ws.max_frame_bytes`.
+pub const HARD_FRAME_FACTOR: usize = 4;
+
 #[handler]
 fn ws_upgrade(ws: WebSocket, Data(state): Data<&AppState>) -> Response {
     if state.life.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
-    let max = state.config.ws.max_frame_bytes;
+    // Frames up to the configured limit are handled by the session (an error event for
+    // oversize ones); the socket layer stops anything far beyond it without buffering it.
+    let max = state
+        .config
+        .ws
+        .max_frame_bytes
+        .saturating_mul(HARD_FRAME_FACTOR);
     let mut cfg = WebSocketConfig::default();
     cfg.max_message_size = Some(max);
     cfg.max_frame_size = Some(max);

@@ -262,7 +262,10 @@ impl Config {
                 reason: "must not be empty".into(),
             });
         }
-        positive("provider.connect_timeout_ms", self.provider.connect_timeout_ms)?;
+        positive(
+            "provider.connect_timeout_ms",
+            self.provider.connect_timeout_ms,
+        )?;
         positive(
             "provider.first_token_timeout_ms",
             self.provider.first_token_timeout_ms,
@@ -309,7 +312,10 @@ mod tests {
     #[allow(clippy::result_large_err)] // figment::Jail's own error type
     fn file_then_env_override() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("c.toml", "[provider]\nmodel = \"from-file\"\napi_key = \"sk-1\"\n")?;
+            jail.create_file(
+                "c.toml",
+                "[provider]\nmodel = \"from-file\"\napi_key = \"sk-1\"\n",
+            )?;
             jail.set_env("CONFAB__PROVIDER__MODEL", "from-env");
             let cfg = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(cfg.provider.model, "from-env");

@@ -71,7 +71,10 @@ mod tests {
         assert_eq!(code("[1,2]"), Some(ErrorCode::InvalidMessage));
         assert_eq!(code(r#"{"type":"dance"}"#), Some(ErrorCode::UnknownType));
         assert_eq!(code(r#"{"room":"a"}"#), Some(ErrorCode::UnknownType));
-        assert_eq!(code(r#"{"type":"join","name":"x"}"#), Some(ErrorCode::InvalidMessage));
+        assert_eq!(
+            code(r#"{"type":"join","name":"x"}"#),
+            Some(ErrorCode::InvalidMessage)
+        );
         assert_eq!(
             code(r#"{"type":"ping","extra":1}"#),
             Some(ErrorCode::InvalidMessage)

@@ -22,8 +22,12 @@ pub struct OpenAiProvider {
 }
 
 type ByteStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send>>;
-type SseStream =
-    Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, EventStreamError<reqwest::Error>>> + Send>>;
+type SseStream = Pin<
+    Box<
+        dyn Stream<Item = Result<eventsource_stream::Event, EventStreamError<reqwest::Error>>>
+            + Send,
+    >,
+>;
 
 /// An open completion stream. Dropping it closes the upstream connection, which is how a
 /// cancelled turn stops the upstream from generating.

@@ -73,7 +73,12 @@ mod tests {
     #[test]
     fn replays_exactly_the_missed_events() {
         let b = filled(10, 100, 1 << 20);
-        let got: Vec<u64> = b.since(7, 10).unwrap_or_default().iter().map(|e| e.0).collect();
+        let got: Vec<u64> = b
+            .since(7, 10)
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e.0)
+            .collect();
         assert_eq!(got, vec![8, 9, 10]);
         assert_eq!(b.since(10, 10).map(|v| v.len()), Some(0));
         assert!(b.since(11, 10).is_none());

@@ -12,9 +12,7 @@ use super::replay::ReplayBuffer;
 use super::{MemberHandle, Outbound, QueuedTurn, RoomKey};
 use crate::config::RoomsConfig;
 use crate::error::ErrorCode;
-use crate::protocol::{
-    EventBody, FinishReason, Member, RoomSnapshot, ServerEvent, TurnSnapshot,
-};
+use crate::protocol::{EventBody, FinishReason, Member, RoomSnapshot, ServerEvent, TurnSnapshot};
 
 /// Remembered `client_msg_id`s per room, for idempotent prompts.
 const RECENT_IDS: usize = 512;
@@ -73,13 +71,19 @@ pub fn encode(event: &ServerEvent) -> Arc<str> {
         Ok(s) => Arc::from(s),
         Err(e) => {
             tracing::error!(error = %e, "cannot serialise server event");
-            Arc::from("{\"type\":\"error\",\"code\":\"internal\",\"message\":\"encoding failed\",\"retryable\":false,\"ts\":0}")
+            Arc::from(
+                "{\"type\":\"error\",\"code\":\"internal\",\"message\":\"encoding failed\",\"retryable\":false,\"ts\":0}",
+            )
         }
     }
 }
 
 impl Room {
-    pub(super) fn new(key: RoomKey, cfg: Arc<RoomsConfig>, turns_tx: mpsc::Sender<QueuedTurn>) -> Self {
+    pub(super) fn new(
+        key: RoomKey,
+        cfg: Arc<RoomsConfig>,
+        turns_tx: mpsc::Sender<QueuedTurn>,
+    ) -> Self {
         let replay = ReplayBuffer::new(cfg.replay_events, cfg.replay_bytes);
         Self {
             key,
@@ -120,9 +124,17 @@ impl Room {
         st.last_activity = Instant::now();
         let replay = last_seq.and_then(|n| st.replay.since(n, st.seq));
         let delivered = match replay {
-            Some(frames) if frames.len() < handle.tx.max_capacity() => frames
-                .into_iter()
-                .all(|(seq, text)| handle.tx.try_send(Outbound { seq: Some(seq), text }).is_ok()),
+            Some(frames) if frames.len() < handle.tx.max_capacity() => {
+                frames.into_iter().all(|(seq, text)| {
+                    handle
+                        .tx
+                        .try_send(Outbound {
+                            seq: Some(seq),
+                            text,
+                        })
+                        .is_ok()
+                })
+            }
             _ => {
                 let ev = ServerEvent {
                     room: Some(self.key.name.clone()),
@@ -170,10 +182,18 @@ impl Room {
     pub fn typing(&self, session_id: Uuid, active: bool) {
         let mut st = self.lock();
         let now = Instant::now();
-        let Some(entry) = st.members.iter_mut().find(|m| m.member.session_id == session_id) else {
+        let Some(entry) = st
+            .members
+            .iter_mut()
+            .find(|m| m.member.session_id == session_id)
+        else {
             return;
         };
-        if active && entry.last_typing.is_some_and(|t| now.duration_since(t) < TYPING_INTERVAL) {
+        if active
+            && entry
+                .last_typing
+                .is_some_and(|t| now.duration_since(t) < TYPING_INTERVAL)
+        {
             return;
         }
         entry.last_typing = if active { Some(now) } else { None };
@@ -188,7 +208,11 @@ impl Room {
             },
         };
         let text = encode(&ev);
-        for m in st.members.iter().filter(|m| m.member.session_id != session_id) {
+        for m in st
+            .members
+            .iter()
+            .filter(|m| m.member.session_id != session_id)
+        {
             // Typing is best effort: a full queue just misses it.
             let _ = m.handle.tx.try_send(Outbound {
                 seq: None,

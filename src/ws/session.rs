@@ -2,6 +2,7 @@
 
 use std::io::ErrorKind;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use poem::web::websocket::{Message, WebSocketStream};
@@ -20,6 +21,10 @@ use crate::protocol::{
 use crate::rooms::{MemberHandle, Outbound, Room, RoomKey, room_encode, room_now_ms};
 
 const MAX_ROOM_CHARS: usize = 128;
+/// How long to keep reading after our Close frame, waiting for the client's Close reply.
+/// Closing the socket with unread input would send a TCP reset and the client could lose
+/// the close frame (and its reason) with it.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 const MAX_NAME_CHARS: usize = 64;
 
 struct Session {
@@ -41,7 +46,10 @@ pub async fn serve_session(socket: WebSocketStream, state: AppState) {
     let mut session = Session {
         id: Uuid::new_v4(),
         state: state.clone(),
-        handle: MemberHandle { tx, slow: slow.clone() },
+        handle: MemberHandle {
+            tx,
+            slow: slow.clone(),
+        },
         joined: None,
     };
     session.send_event(
@@ -56,32 +64,43 @@ pub async fn serve_session(socket: WebSocketStream, state: AppState) {
     );
 
     let idle = ms(cfg.idle_timeout_ms);
-    let close = loop {
+    let exit = loop {
         tokio::select! {
             biased;
-            _ = slow.cancelled() => break None,
-            _ = &mut writer => break None,
-            _ = state.life.sessions_close.cancelled() => break Some(CloseRequest {
+            // The writer closes with 4008 and the seq to resume from.
+            _ = slow.cancelled() => break Exit::Close(None),
+            _ = &mut writer => break Exit::Gone,
+            _ = state.life.sessions_close.cancelled() => break Exit::Close(Some(CloseRequest {
                 reason: CloseReason::Restart,
                 detail: format!("server restarting; reconnect_after_ms={}", state.config.server.reconnect_hint_ms),
-            }),
+            })),
             frame = timeout(idle, stream.next()) => match frame {
-                Err(_) => break Some(CloseRequest {
+                Err(_) => break Exit::Close(Some(CloseRequest {
                     reason: CloseReason::IdleTimeout,
                     detail: format!("no frame for {} ms", cfg.idle_timeout_ms),
-                }),
-                Ok(None) | Ok(Some(Ok(Message::Close(_)))) => break None,
+                })),
+                Ok(None) | Ok(Some(Ok(Message::Close(_)))) => break Exit::Gone,
                 Ok(Some(Err(e))) => {
                     if is_capacity_error(&e) {
-                        break Some(CloseRequest {
+                        break Exit::Close(Some(CloseRequest {
                             reason: CloseReason::FrameTooLarge,
-                            detail: format!("frame exceeds {} bytes", cfg.max_frame_bytes),
-                        });
+                            detail: format!("frame far exceeds {} bytes", cfg.max_frame_bytes),
+                        }));
                     }
                     tracing::debug!(session = %session.id, error = %e, "websocket read failed");
-                    break None;
+                    break Exit::Gone;
                 }
-                Ok(Some(Ok(Message::Text(text)))) => session.handle_text(&text),
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    if text.len() > cfg.max_frame_bytes {
+                        session.send_error(
+                            None,
+                            ErrorCode::FrameTooLarge,
+                            format!("frame of {} bytes exceeds the limit of {} bytes; it was discarded", text.len(), cfg.max_frame_bytes),
+                        );
+                    } else {
+                        session.handle_text(&text);
+                    }
+                }
                 Ok(Some(Ok(Message::Binary(_)))) => session.send_error(
                     None,
                     ErrorCode::BinaryNotSupported,
@@ -92,21 +111,44 @@ pub async fn serve_session(socket: WebSocketStream, state: AppState) {
         }
     };
     session.leave_room();
-    if let Some(req) = close {
-        let _ = close_tx.send(req);
-    } else {
-        drop(close_tx);
-    }
     drop(session);
+    match exit {
+        Exit::Gone => drop(close_tx),
+        Exit::Close(request) => {
+            if let Some(req) = request {
+                let _ = close_tx.send(req);
+            }
+            let linger = async {
+                loop {
+                    match stream.next().await {
+                        Some(Ok(Message::Close(_))) | None => break,
+                        Some(Ok(_)) => {}
+                        // The read side is unusable (e.g. a frame over the hard limit is still
+                        // unread): keep the socket open for the rest of the linger so the client
+                        // can read our close frame before the reset.
+                        Some(Err(_)) => std::future::pending::<()>().await,
+                    }
+                }
+            };
+            let _ = timeout(CLOSE_LINGER, linger).await;
+        }
+    }
     let _ = writer.await;
 }
 
-/// tungstenite reports oversize frames as `Capacity` errors, wrapped in an `io::Error` by poem.
+/// How the read loop ended.
+enum Exit {
+    /// The client closed or the connection broke: nothing more to say.
+    Gone,
+    /// We close: with this request, or (slow consumer) with the writer's own close frame.
+    Close(Option<CloseRequest>),
+}
+
+/// tungstenite reports oversize frames as `Error::Capacity`; poem flattens it into
+/// `io::Error::other(err.to_string())`, so only the message identifies it. The integration
+/// test `bad_input_gets_clear_errors_and_the_server_stays_up` pins this.
 fn is_capacity_error(e: &std::io::Error) -> bool {
-    e.kind() == ErrorKind::Other
-        && e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<tungstenite::Error>())
-            .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
+    e.kind() == ErrorKind::Other && e.to_string().starts_with("Space limit exceeded")
 }
 
 impl Session {
@@ -130,7 +172,11 @@ impl Session {
                     return self.not_in_room();
                 };
                 if let Err(code) = room.cancel(turn_id) {
-                    self.send_error(Some(turn_id), code, format!("no running or queued turn {turn_id}"));
+                    self.send_error(
+                        Some(turn_id),
+                        code,
+                        format!("no running or queued turn {turn_id}"),
+                    );
                 }
             }
             ClientMessage::Typing { active } => {
@@ -184,7 +230,11 @@ impl Session {
             );
         }
         if text.trim().is_empty() {
-            return self.send_error(None, ErrorCode::InvalidMessage, "prompt text is empty".into());
+            return self.send_error(
+                None,
+                ErrorCode::InvalidMessage,
+                "prompt text is empty".into(),
+            );
         }
         if self.state.life.is_draining() {
             return self.send_error(
@@ -203,12 +253,20 @@ impl Session {
                     client_msg_id.unwrap_or_default()
                 ),
             ),
-            Err(code) => self.send_error(None, code, format!("prompt not accepted: {}", code.as_str())),
+            Err(code) => self.send_error(
+                None,
+                code,
+                format!("prompt not accepted: {}", code.as_str()),
+            ),
         }
     }
 
     fn not_in_room(&self) {
-        self.send_error(None, ErrorCode::NotInRoom, "send a join message first".into());
+        self.send_error(
+            None,
+            ErrorCode::NotInRoom,
+            "send a join message first".into(),
+        );
     }
 
     fn leave_room(&mut self) {

@@ -42,7 +42,12 @@ pub async fn write_loop<S>(
             req = &mut close => break req.ok(),
             frame = rx.recv() => {
                 let Some(frame) = frame else { break None };
-                match timeout(write_timeout, sink.send(Message::Text(frame.text.to_string()))).await {
+                let sent = tokio::select! {
+                    // Kicked by the room while blocked on a full socket: stop writing now.
+                    _ = slow.cancelled() => break None,
+                    r = timeout(write_timeout, sink.send(Message::Text(frame.text.to_string()))) => r,
+                };
+                match sent {
                     Ok(Ok(())) => {
                         if frame.seq.is_some() {
                             last_seq = frame.seq;
@@ -74,7 +79,11 @@ pub async fn write_loop<S>(
         // Flush what is already queued (e.g. the end of a turn) before closing.
         if req.reason != CloseReason::FrameTooLarge {
             while let Ok(frame) = rx.try_recv() {
-                let sent = timeout(write_timeout, sink.send(Message::Text(frame.text.to_string()))).await;
+                let sent = timeout(
+                    write_timeout,
+                    sink.send(Message::Text(frame.text.to_string())),
+                )
+                .await;
                 if !matches!(sent, Ok(Ok(()))) {
                     return;
                 }

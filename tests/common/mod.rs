@@ -1,0 +1,206 @@
+//! Shared harness: the real server on 127.0.0.1:0, a scripted upstream, WebSocket clients.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use confab::Config;
+use confab_loadtest::mock::{Behavior, MockUpstream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_util::sync::CancellationToken;
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub mock: MockUpstream,
+    pub shutdown: CancellationToken,
+    pub running: Option<confab::Running>,
+}
+
+/// Test config: fast timers and the mock as upstream; `tweak` adjusts it per test.
+pub fn config(mock: &MockUpstream, tweak: impl FnOnce(&mut Config)) -> Config {
+    let mut cfg = Config::default();
+    cfg.server.bind = "127.0.0.1:0".parse().unwrap();
+    cfg.server.shutdown_grace_ms = 3_000;
+    cfg.provider.base_url = mock.base_url();
+    cfg.provider.model = "mock-model".into();
+    cfg.provider.first_token_timeout_ms = 2_000;
+    cfg.provider.idle_timeout_ms = 2_000;
+    cfg.provider.total_timeout_ms = 10_000;
+    tweak(&mut cfg);
+    cfg
+}
+
+impl TestServer {
+    pub async fn start(default: Behavior) -> Self {
+        Self::start_with(default, |_| {}).await
+    }
+
+    pub async fn start_with(default: Behavior, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mock = MockUpstream::start(0, default).await.expect("mock");
+        let cfg = config(&mock, tweak);
+        let shutdown = CancellationToken::new();
+        let running = confab::run(cfg, shutdown.clone())
+            .await
+            .expect("server starts");
+        Self {
+            addr: running.local_addr(),
+            mock,
+            shutdown,
+            running: Some(running),
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.ws_url()).await
+    }
+
+    /// A client that has joined `room` as `name` (welcome, resync and presence consumed).
+    pub async fn joined(&self, room: &str, name: &str) -> Client {
+        let mut c = self.client().await;
+        c.join(room, name).await;
+        c
+    }
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub welcome: Value,
+    pub last_seq: u64,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = connect_async(url).await.expect("ws connect");
+        let mut c = Client {
+            ws,
+            welcome: Value::Null,
+            last_seq: 0,
+        };
+        c.welcome = c.recv().await;
+        assert_eq!(c.welcome["type"], "welcome", "{}", c.welcome);
+        c
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    /// Joins and consumes the events up to and including this member's own presence.
+    pub async fn join(&mut self, room: &str, name: &str) {
+        self.send(json!({"type": "join", "room": room, "name": name}))
+            .await;
+        let me = self.welcome["session_id"].clone();
+        loop {
+            let ev = self.recv().await;
+            if ev["type"] == "presence"
+                && ev["members"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|x| x["session_id"] == me))
+            {
+                return;
+            }
+            assert_ne!(ev["type"], "error", "join failed: {ev}");
+        }
+    }
+
+    /// The next JSON event (text frame), skipping pings; panics after [`WAIT`].
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for an event")
+                .expect("stream ended")
+                .expect("ws error");
+            match msg {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).expect("server sent JSON");
+                    if let Some(s) = v["seq"].as_u64() {
+                        self.last_seq = s;
+                    }
+                    return v;
+                }
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Events up to and including the next `end`.
+    pub async fn until_end(&mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        loop {
+            let ev = self.recv().await;
+            let end = ev["type"] == "end";
+            out.push(ev);
+            if end {
+                return out;
+            }
+        }
+    }
+
+    /// Events until one of type `ty` (included).
+    pub async fn until_type(&mut self, ty: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        loop {
+            let ev = self.recv().await;
+            let hit = ev["type"] == ty;
+            out.push(ev);
+            if hit {
+                return out;
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and reason.
+    pub async fn close_frame(&mut self) -> (u16, String) {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for close");
+            match msg {
+                Some(Ok(Message::Close(Some(f)))) => return (f.code.into(), f.reason.to_string()),
+                Some(Ok(Message::Close(None))) => return (1005, String::new()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("ws error before close: {e}"),
+                None => panic!("stream ended without close frame"),
+            }
+        }
+    }
+}
+
+/// The concatenated `delta` texts of a turn's events.
+pub fn answer(events: &[Value]) -> String {
+    events
+        .iter()
+        .filter(|e| e["type"] == "delta")
+        .filter_map(|e| e["text"].as_str())
+        .collect()
+}
+
+/// Event types in order.
+pub fn types(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
