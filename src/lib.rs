@@ -9,6 +9,7 @@ pub mod chat;
 pub mod config;
 pub mod error;
 pub mod lifecycle;
+pub mod net;
 pub mod protocol;
 pub mod providers;
 pub mod rooms;
@@ -18,7 +19,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use poem::Server;
-use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::listener::Acceptor;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -71,15 +72,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Running,
     let _ = rustls::crypto::ring::default_provider().install_default();
     let provider = Provider::from_config(&config.provider)?;
     let bind = config.server.bind;
-    let acceptor = TcpListener::bind(bind)
-        .into_acceptor()
+    let acceptor = net::NoDelayAcceptor::bind(bind)
         .await
         .map_err(|source| StartError::Bind { addr: bind, source })?;
     let addr = acceptor
-        .local_addr()
-        .first()
-        .and_then(|a| a.as_socket_addr().copied())
-        .unwrap_or(bind);
+        .socket_addr()
+        .map_err(|source| StartError::Bind { addr: bind, source })?;
     let state = AppState::new(config, provider);
     tracing::info!(%addr, "confab listening");
     let task = tokio::spawn(serve(acceptor, state, shutdown));

@@ -13,8 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures_util::stream;
 use poem::http::StatusCode;
-use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::listener::{Acceptor, TcpAcceptor};
 use poem::web::{Data, Json};
+use poem::web::{LocalAddr, RemoteAddr};
 use poem::{Body, EndpointExt, Response, Route, Server, handler, post};
 
 /// What the mock does with one request.
@@ -83,14 +84,10 @@ pub struct MockUpstream {
 impl MockUpstream {
     /// Starts on `127.0.0.1:port` (0 = any free port).
     pub async fn start(port: u16, default: Behavior) -> std::io::Result<Self> {
-        let acceptor = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
-            .into_acceptor()
-            .await?;
-        let addr = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().copied())
-            .ok_or_else(|| std::io::Error::other("no local address"))?;
+        let listener =
+            tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+        let addr = listener.local_addr()?;
+        let acceptor = NoDelay(TcpAcceptor::from_tokio(listener)?);
         let state = Arc::new(MockState {
             script: Mutex::new(VecDeque::new()),
             default: Mutex::new(default),
@@ -321,5 +318,25 @@ impl Drop for StreamGuard {
         } else {
             self.state.aborted.fetch_add(1, Ordering::SeqCst);
         }
+    }
+}
+
+/// poem's acceptor leaves Nagle on; token chunks must leave at once or the mock itself adds
+/// delayed-ACK stalls to every latency measured through it.
+struct NoDelay(TcpAcceptor);
+
+impl Acceptor for NoDelay {
+    type Io = tokio::net::TcpStream;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        self.0.local_addr()
+    }
+
+    async fn accept(
+        &mut self,
+    ) -> std::io::Result<(Self::Io, LocalAddr, RemoteAddr, poem::http::uri::Scheme)> {
+        let accepted = self.0.accept().await?;
+        let _ = accepted.0.set_nodelay(true);
+        Ok(accepted)
     }
 }

@@ -69,7 +69,7 @@ pub async fn serve_session(socket: WebSocketStream, state: AppState) {
             biased;
             // The writer closes with 4008 and the seq to resume from.
             _ = slow.cancelled() => break Exit::Close(None),
-            _ = &mut writer => break Exit::Gone,
+            _ = &mut writer => break Exit::WriterDone,
             _ = state.life.sessions_close.cancelled() => break Exit::Close(Some(CloseRequest {
                 reason: CloseReason::Restart,
                 detail: format!("server restarting; reconnect_after_ms={}", state.config.server.reconnect_hint_ms),
@@ -113,6 +113,7 @@ pub async fn serve_session(socket: WebSocketStream, state: AppState) {
     session.leave_room();
     drop(session);
     match exit {
+        Exit::WriterDone => return,
         Exit::Gone => drop(close_tx),
         Exit::Close(request) => {
             if let Some(req) = request {
@@ -138,6 +139,8 @@ pub async fn serve_session(socket: WebSocketStream, state: AppState) {
 
 /// How the read loop ended.
 enum Exit {
+    /// The writer already stopped (socket write failed): nothing left to close or await.
+    WriterDone,
     /// The client closed or the connection broke: nothing more to say.
     Gone,
     /// We close: with this request, or (slow consumer) with the writer's own close frame.
