@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use crate::chat::TurnEngine;
+use crate::chat::chain::Models;
 use crate::config::Config;
 use crate::lifecycle::Lifecycle;
-use crate::providers::Provider;
 use crate::rooms::Rooms;
 
 /// Cheap to clone: everything inside is shared.
@@ -18,9 +18,9 @@ pub struct AppState {
 
 impl AppState {
     /// Wires the domain core from a validated config.
-    pub fn new(config: Config, provider: Provider) -> Self {
+    pub fn new(config: Config, models: Models) -> Self {
         let life = Arc::new(Lifecycle::default());
-        let engine = Arc::new(TurnEngine::new(provider, config.provider.clone()));
+        let engine = Arc::new(TurnEngine::new(models, config.turn.clone()));
         let rooms = Rooms::new(config.rooms.clone(), engine, life.clone());
         Self {
             config: Arc::new(config),

@@ -27,8 +27,9 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 
 use crate::app::AppState;
+use crate::chat::chain::Models;
 use crate::config::ms;
-use crate::providers::{Provider, ProviderError};
+use crate::providers::ProviderError;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,11 +67,11 @@ impl Running {
 }
 
 /// Binds, starts serving in the background and returns; cancel `shutdown` to drain and stop.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
-    config.validate()?;
+pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
+    config.finalize()?;
     // reqwest is built without a bundled crypto provider; ring is the one we ship.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let provider = Provider::from_config(&config.provider)?;
+    let models = Models::from_config(&config)?;
     let bind = config.server.bind;
     let acceptor = net::NoDelayAcceptor::bind(bind)
         .await
@@ -78,7 +79,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Running,
     let addr = acceptor
         .socket_addr()
         .map_err(|source| StartError::Bind { addr: bind, source })?;
-    let state = AppState::new(config, provider);
+    let state = AppState::new(config, models);
     tracing::info!(%addr, "confab listening");
     let task = tokio::spawn(serve(acceptor, state, shutdown));
     Ok(Running { addr, task })

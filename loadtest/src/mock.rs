@@ -1,4 +1,5 @@
-//! A scripted `/v1/chat/completions` streaming server.
+//! A scripted streaming server speaking OpenAI's `/v1/chat/completions` and Anthropic's
+//! `/v1/messages`.
 //!
 //! Each request takes the next [`Behavior`] from the script queue, or the default one when the
 //! queue is empty. The server records every request body and counts streams that the client
@@ -98,6 +99,7 @@ impl MockUpstream {
         });
         let app = Route::new()
             .at("/v1/chat/completions", post(completions))
+            .at("/v1/messages", post(messages))
             .data(state.clone());
         tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
         Ok(Self { addr, state })
@@ -142,11 +144,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Which wire format the answer is streamed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    OpenAi,
+    Anthropic,
+}
+
 #[handler]
 async fn completions(
     Json(body): Json<serde_json::Value>,
     Data(state): Data<&Arc<MockState>>,
 ) -> Response {
+    respond(body, state, Dialect::OpenAi)
+}
+
+#[handler]
+async fn messages(
+    Json(body): Json<serde_json::Value>,
+    Data(state): Data<&Arc<MockState>>,
+) -> Response {
+    respond(body, state, Dialect::Anthropic)
+}
+
+fn respond(body: serde_json::Value, state: &Arc<MockState>, dialect: Dialect) -> Response {
     lock(&state.requests).push(body);
     let behavior = lock(&state.script)
         .pop_front()
@@ -173,7 +194,8 @@ async fn completions(
         Behavior::Malformed { tokens } => {
             Plan::new(tokens, Duration::ZERO, Duration::ZERO, End::Malformed)
         }
-    };
+    }
+    .dialect(dialect);
     let guard = StreamGuard {
         state: state.clone(),
         finished: false,
@@ -208,6 +230,7 @@ struct Plan {
     gap: Duration,
     end: End,
     stamped: bool,
+    dialect: Dialect,
     sent_any: bool,
     tail: VecDeque<String>,
     ended: bool,
@@ -222,6 +245,7 @@ impl Plan {
             gap,
             end,
             stamped: false,
+            dialect: Dialect::OpenAi,
             sent_any: false,
             tail: VecDeque::new(),
             ended: false,
@@ -231,6 +255,11 @@ impl Plan {
 
     fn stamped(mut self) -> Self {
         self.stamped = true;
+        self
+    }
+
+    fn dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
         self
     }
 
@@ -245,12 +274,20 @@ impl Plan {
         if self.ended {
             return None;
         }
+        let anthropic = self.dialect == Dialect::Anthropic;
         if i == 0 {
-            // The role chunk, as OpenAI and llama.cpp send it first.
-            return Some(sse(&serde_json::json!({
-                "id": format!("mock-{id}"), "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": {"role": "assistant", "content": null}, "finish_reason": null}]
-            })));
+            // The opening chunk, as OpenAI/llama.cpp (role) and Anthropic (message_start) send it.
+            return Some(if anthropic {
+                sse(&serde_json::json!({
+                    "type": "message_start",
+                    "message": {"id": format!("mock-{id}"), "usage": {"input_tokens": 10, "output_tokens": 1}}
+                }))
+            } else {
+                sse(&serde_json::json!({
+                    "id": format!("mock-{id}"), "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": null}, "finish_reason": null}]
+                }))
+            });
         }
         if let Some(tok) = self.tokens.pop_front() {
             let wait = if self.sent_any { self.gap } else { self.ttft };
@@ -267,27 +304,47 @@ impl Plan {
             } else {
                 tok
             };
-            return Some(sse(&serde_json::json!({
-                "id": format!("mock-{id}"), "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]
-            })));
+            return Some(if anthropic {
+                sse(&serde_json::json!({
+                    "type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": text}
+                }))
+            } else {
+                sse(&serde_json::json!({
+                    "id": format!("mock-{id}"), "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]
+                }))
+            });
         }
         self.ended = true;
         match self.end {
             End::Finish => {
                 let n = i.saturating_sub(1);
-                self.tail.push_back(
-                    String::from_utf8_lossy(&sse(&serde_json::json!({
-                        "id": format!("mock-{id}"), "object": "chat.completion.chunk",
-                        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]
-                    })))
-                    .into_owned(),
-                );
-                self.tail.push_back(String::from_utf8_lossy(&sse(&serde_json::json!({
-                    "id": format!("mock-{id}"), "object": "chat.completion.chunk", "choices": [],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": n, "total_tokens": 10 + n}
-                }))).into_owned());
-                self.tail.push_back("data: [DONE]\n\n".into());
+                let tail: Vec<Bytes> = if anthropic {
+                    vec![
+                        sse(&serde_json::json!({
+                            "type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                            "usage": {"output_tokens": n}
+                        })),
+                        sse(&serde_json::json!({"type": "message_stop"})),
+                    ]
+                } else {
+                    vec![
+                        sse(&serde_json::json!({
+                            "id": format!("mock-{id}"), "object": "chat.completion.chunk",
+                            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+                        })),
+                        sse(&serde_json::json!({
+                            "id": format!("mock-{id}"), "object": "chat.completion.chunk", "choices": [],
+                            "usage": {"prompt_tokens": 10, "completion_tokens": n, "total_tokens": 10 + n}
+                        })),
+                        Bytes::from_static(b"data: [DONE]\n\n"),
+                    ]
+                };
+                self.tail = tail
+                    .into_iter()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .collect();
                 let first = self.tail.pop_front()?;
                 Some(Bytes::from(first))
             }

@@ -1,47 +1,65 @@
-//! A chat turn: build the conversation, stream the answer from the provider into the room,
+//! A chat turn: build the conversation, route it to a chain, stream the answer into the room,
 //! and end the turn exactly once whatever happens (stop, length, cancel, timeout, failure).
+//!
+//! Fallback happens only before the first token reaches clients: retries with backoff, then
+//! the next link. After that, a failure ends the turn with `error` + `end(error)` and the
+//! partial answer is kept.
 
+mod attempt;
+pub mod chain;
 mod prompt;
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::time::timeout_at;
-use tokio_util::sync::CancellationToken;
+use tokio::time::Instant;
 
-use crate::config::{ProviderConfig, ms};
+use self::attempt::{AttemptEnd, Progress};
+use self::chain::{Link, Models, RouteInput};
+use crate::config::{TurnConfig, ms};
 use crate::error::ErrorCode;
 use crate::lifecycle::Lifecycle;
-use crate::protocol::{EventBody, FinishReason, TurnMetrics};
-use crate::providers::{Provider, ProviderError, StreamEvent, UpstreamFinish};
+use crate::protocol::{AttemptOutcome, EventBody, FinishReason, TurnMetrics};
+use crate::providers::{BreakerState, ProviderError, UpstreamFinish};
 use crate::rooms::{QueuedTurn, Room};
 
-/// Runs turns against the configured provider.
+/// Runs turns through the configured fallback chains.
 pub struct TurnEngine {
-    provider: Provider,
-    cfg: ProviderConfig,
+    models: Models,
+    cfg: TurnConfig,
 }
 
-/// How generation ended.
+/// How the turn ended.
 enum Outcome {
     Finished(UpstreamFinish),
     Cancelled,
-    Failed {
-        code: ErrorCode,
-        message: String,
-        retry_after: Option<Duration>,
-    },
+    Failed(Failure),
 }
 
-#[derive(Default)]
-struct Progress {
-    first_token: Option<Instant>,
-    deltas: u64,
-    usage: Option<(u64, u64)>,
+/// An error as the client will see it.
+#[derive(Debug, Clone)]
+struct Failure {
+    code: ErrorCode,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+impl Failure {
+    fn from_provider(e: &ProviderError) -> Self {
+        Failure {
+            code: ErrorCode::from(e),
+            message: e.to_string(),
+            retry_after: match e {
+                ProviderError::Status { retry_after, .. } => *retry_after,
+                _ => None,
+            },
+        }
+    }
 }
 
 impl TurnEngine {
-    pub fn new(provider: Provider, cfg: ProviderConfig) -> Self {
-        Self { provider, cfg }
+    pub fn new(models: Models, cfg: TurnConfig) -> Self {
+        Self { models, cfg }
     }
 
     /// Runs one turn to its single `end` event.
@@ -54,60 +72,228 @@ impl TurnEngine {
             );
             return;
         }
-        let cancel = life.turn_cancel.child_token();
-        let model = self.provider.model().to_string();
-        let Some(ctx) = room.begin_turn(&turn, &model, cancel.clone()) else {
+        let Some(chain) = self.models.chain(&self.cfg.chain) else {
+            room.reject_turn(
+                turn.turn_id,
+                ErrorCode::Internal,
+                "no chain configured".into(),
+            );
             return;
         };
-        let request = prompt::build_request(&self.cfg.system_prompt, &ctx.history, &turn);
-        let tokens_in_estimate = prompt::estimate_tokens(&request);
-        let started = Instant::now();
-        let mut progress = Progress::default();
-        let outcome = self
-            .generate(room, &turn, &request, &cancel, started, &mut progress)
-            .await;
+        let history = room.history();
+        let request = prompt::build_request(&self.cfg.system_prompt, &history, &turn, Vec::new());
+        let prompt_tokens = prompt::estimate_tokens(&request);
+        let start = self.models.start_index(
+            chain,
+            RouteInput {
+                prompt_tokens,
+                sources: request.sources.len(),
+                quality: turn.quality,
+            },
+        );
+        let cancel = life.turn_cancel.child_token();
+        let first_model = chain.links[start].provider.model().to_string();
+        if !room.begin_turn(&turn, &first_model, &chain.name, cancel.clone()) {
+            return;
+        }
 
-        let (finish_reason, partial) = match &outcome {
-            Outcome::Finished(UpstreamFinish::Stop) => (FinishReason::Stop, false),
-            Outcome::Finished(UpstreamFinish::Length) => (FinishReason::Length, false),
-            Outcome::Cancelled => (FinishReason::Cancelled, progress.deltas > 0),
-            Outcome::Failed { .. } => (FinishReason::Error, progress.deltas > 0),
+        let started = Instant::now();
+        let deadline = started + ms(self.cfg.deadline_ms);
+        let mut progress = Progress::default();
+        let mut last: Option<Arc<Link>> = None;
+        let mut last_failure: Option<Failure> = None;
+        let mut outcome: Option<Outcome> = None;
+
+        'links: for (i, link) in chain.links.iter().enumerate().skip(start) {
+            last = Some(link.clone());
+            if !link.is_extractive() && !link.breaker.try_acquire() {
+                progress.attempts.push(attempt::record(
+                    link,
+                    AttemptOutcome::CircuitOpen,
+                    Duration::ZERO,
+                    None,
+                    None,
+                ));
+                continue;
+            }
+            let probe = chain.escalate_on_refusal && chain.has_stronger_after(i);
+            let mut retries = 0;
+            loop {
+                if Instant::now() >= deadline {
+                    if !link.is_extractive() {
+                        link.breaker.release();
+                    }
+                    last_failure = Some(Failure {
+                        code: ErrorCode::UpstreamTimeout,
+                        message: format!("turn exceeded its {} ms deadline", self.cfg.deadline_ms),
+                        retry_after: None,
+                    });
+                    break 'links;
+                }
+                let t0 = Instant::now();
+                let end = attempt::run(
+                    room,
+                    &turn,
+                    link,
+                    &request,
+                    &cancel,
+                    deadline,
+                    probe,
+                    chain,
+                    &mut progress,
+                )
+                .await;
+                let took = t0.elapsed();
+                if !link.is_extractive() {
+                    match &end {
+                        AttemptEnd::Cancelled => link.breaker.release(),
+                        AttemptEnd::Done(_) | AttemptEnd::Empty | AttemptEnd::Refused => {
+                            link.breaker.record(true)
+                        }
+                        AttemptEnd::Failed { .. } => link.breaker.record(false),
+                    }
+                }
+                progress.attempts.push(end.record(link, took));
+                match end {
+                    AttemptEnd::Done(finish) => {
+                        outcome = Some(Outcome::Finished(finish));
+                        break 'links;
+                    }
+                    AttemptEnd::Cancelled => {
+                        outcome = Some(Outcome::Cancelled);
+                        break 'links;
+                    }
+                    AttemptEnd::Empty | AttemptEnd::Refused => continue 'links,
+                    AttemptEnd::Failed {
+                        error, timeout_msg, ..
+                    } => {
+                        let failure = match &timeout_msg {
+                            Some(msg) => Failure {
+                                code: ErrorCode::UpstreamTimeout,
+                                message: msg.clone(),
+                                retry_after: None,
+                            },
+                            None => error
+                                .as_ref()
+                                .map(Failure::from_provider)
+                                .unwrap_or(Failure {
+                                    code: ErrorCode::Internal,
+                                    message: "attempt failed".into(),
+                                    retry_after: None,
+                                }),
+                        };
+                        if progress.deltas > 0 {
+                            // Text already reached clients: no silent switch to another model.
+                            outcome = Some(Outcome::Failed(failure));
+                            break 'links;
+                        }
+                        let retryable =
+                            timeout_msg.is_none() && error.as_ref().is_some_and(retry_helps);
+                        let breaker_ok =
+                            link.is_extractive() || link.breaker.state() == BreakerState::Closed;
+                        last_failure = Some(failure.clone());
+                        if !(retryable && breaker_ok && retries < link.entry.max_retries) {
+                            continue 'links;
+                        }
+                        let wait = failure
+                            .retry_after
+                            .unwrap_or_else(|| backoff(link, retries));
+                        if Instant::now() + wait >= deadline {
+                            continue 'links;
+                        }
+                        tokio::select! {
+                            _ = cancel.cancelled() => {
+                                outcome = Some(Outcome::Cancelled);
+                                break 'links;
+                            }
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                        retries += 1;
+                    }
+                }
+            }
+        }
+        let outcome = outcome.unwrap_or_else(|| {
+            Outcome::Failed(last_failure.unwrap_or(Failure {
+                code: ErrorCode::Internal,
+                message: "no link of the chain could answer".into(),
+                retry_after: None,
+            }))
+        });
+        self.finish(
+            room,
+            &turn,
+            life,
+            chain,
+            last,
+            outcome,
+            progress,
+            prompt_tokens,
+            started,
+        );
+    }
+
+    /// Sends `error` (when failed), `metrics` and the one `end`.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        room: &Room,
+        turn: &QueuedTurn,
+        life: &Lifecycle,
+        chain: &chain::Chain,
+        last: Option<Arc<Link>>,
+        outcome: Outcome,
+        progress: Progress,
+        prompt_tokens: u64,
+        started: Instant,
+    ) {
+        let finish_reason = match &outcome {
+            Outcome::Finished(UpstreamFinish::Stop) => FinishReason::Stop,
+            Outcome::Finished(UpstreamFinish::Length) => FinishReason::Length,
+            Outcome::Cancelled => FinishReason::Cancelled,
+            Outcome::Failed(_) => FinishReason::Error,
         };
-        if let Outcome::Failed {
-            code,
-            message,
-            retry_after,
-        } = outcome
-        {
-            tracing::warn!(turn_id = %turn.turn_id, code = code.as_str(), %message, "turn failed");
+        let error = match outcome {
+            Outcome::Failed(f) => Some(f),
+            Outcome::Cancelled if life.turn_cancel.is_cancelled() => Some(Failure {
+                code: ErrorCode::ShuttingDown,
+                message: "turn cancelled: server shutdown grace period ran out".into(),
+                retry_after: None,
+            }),
+            _ => None,
+        };
+        if let Some(f) = error {
+            tracing::warn!(turn_id = %turn.turn_id, code = f.code.as_str(), message = %f.message, "turn failed");
             room.turn_event(
                 turn.turn_id,
                 EventBody::Error {
-                    code,
-                    message,
-                    retryable: code.retryable(),
-                    retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
-                },
-            );
-        } else if matches!(outcome, Outcome::Cancelled) && life.turn_cancel.is_cancelled() {
-            room.turn_event(
-                turn.turn_id,
-                EventBody::Error {
-                    code: ErrorCode::ShuttingDown,
-                    message: "turn cancelled: server shutdown grace period ran out".into(),
-                    retryable: true,
-                    retry_after_ms: None,
+                    code: f.code,
+                    message: f.message,
+                    retryable: f.code.retryable(),
+                    retry_after_ms: f.retry_after.map(|d| d.as_millis() as u64),
                 },
             );
         }
         let (tokens_in, tokens_out, usage_reported) = match progress.usage {
             Some((i, o)) => (i, o, true),
-            None => (tokens_in_estimate, progress.deltas, false),
+            None => (prompt_tokens, progress.deltas, false),
+        };
+        let (model, provider, cost_usd) = match &last {
+            Some(link) => (
+                link.provider.model().to_string(),
+                link.name.clone(),
+                (tokens_in as f64 * link.entry.price_input_per_mtok
+                    + tokens_out as f64 * link.entry.price_output_per_mtok)
+                    / 1e6,
+            ),
+            None => (String::new(), String::new(), 0.0),
         };
         room.turn_event(
             turn.turn_id,
             EventBody::Metrics(TurnMetrics {
                 model,
+                provider,
+                chain: chain.name.clone(),
                 ttft_ms: progress
                     .first_token
                     .map(|t| t.duration_since(started).as_millis() as u64),
@@ -115,95 +301,32 @@ impl TurnEngine {
                 tokens_in,
                 tokens_out,
                 usage_reported,
+                cost_usd,
+                attempts: progress.attempts,
             }),
         );
+        let partial = progress.deltas > 0
+            && matches!(finish_reason, FinishReason::Cancelled | FinishReason::Error);
         room.finish_turn(turn.turn_id, finish_reason, partial);
-    }
-
-    /// Streams from the provider into the room, enforcing the first-token, idle and total
-    /// timeouts and the turn's cancel token.
-    async fn generate(
-        &self,
-        room: &Room,
-        turn: &QueuedTurn,
-        request: &crate::providers::ChatRequest,
-        cancel: &CancellationToken,
-        started: Instant,
-        progress: &mut Progress,
-    ) -> Outcome {
-        let start = tokio::time::Instant::from_std(started);
-        let deadline = start + ms(self.cfg.total_timeout_ms);
-        let first_deadline = (start + ms(self.cfg.first_token_timeout_ms)).min(deadline);
-
-        let opened = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Outcome::Cancelled,
-            r = timeout_at(first_deadline, self.provider.stream(request)) => r,
-        };
-        let mut stream = match opened {
-            Err(_) => return self.timeout_outcome(progress, first_deadline == deadline),
-            Ok(Err(e)) => return failed(&e),
-            Ok(Ok(s)) => s,
-        };
-        let mut finish = None;
-        loop {
-            let limit = if progress.first_token.is_none() {
-                first_deadline
-            } else {
-                (tokio::time::Instant::now() + ms(self.cfg.idle_timeout_ms)).min(deadline)
-            };
-            let next = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return Outcome::Cancelled,
-                r = timeout_at(limit, stream.next()) => r,
-            };
-            match next {
-                Err(_) => return self.timeout_outcome(progress, limit == deadline),
-                Ok(None) => break,
-                Ok(Some(Err(e))) => return failed(&e),
-                Ok(Some(Ok(StreamEvent::Delta(text)))) => {
-                    if progress.first_token.is_none() {
-                        progress.first_token = Some(Instant::now());
-                    }
-                    progress.deltas += 1;
-                    room.delta(turn.turn_id, text);
-                }
-                Ok(Some(Ok(StreamEvent::Finish(f)))) => finish = Some(f),
-                Ok(Some(Ok(StreamEvent::Usage { input, output }))) => {
-                    progress.usage = Some((input, output));
-                }
-            }
-        }
-        Outcome::Finished(finish.unwrap_or(UpstreamFinish::Stop))
-    }
-
-    fn timeout_outcome(&self, progress: &Progress, total: bool) -> Outcome {
-        let message = if total {
-            format!("turn exceeded {} ms", self.cfg.total_timeout_ms)
-        } else if progress.first_token.is_none() {
-            format!(
-                "no first token within {} ms",
-                self.cfg.first_token_timeout_ms
-            )
-        } else {
-            format!("no token for {} ms", self.cfg.idle_timeout_ms)
-        };
-        Outcome::Failed {
-            code: ErrorCode::UpstreamTimeout,
-            message,
-            retry_after: None,
-        }
     }
 }
 
-fn failed(e: &ProviderError) -> Outcome {
-    let retry_after = match e {
-        ProviderError::Status { retry_after, .. } => *retry_after,
-        _ => None,
-    };
-    Outcome::Failed {
-        code: ErrorCode::from(e),
-        message: e.to_string(),
-        retry_after,
+/// Before the first token, these failures may pass if the same link is asked again.
+fn retry_helps(e: &ProviderError) -> bool {
+    match e {
+        ProviderError::Connect(_) | ProviderError::Transport(_) | ProviderError::Cut => true,
+        ProviderError::Status { status, .. } => *status == 429 || *status >= 500,
+        ProviderError::Malformed(_) => false,
     }
+}
+
+/// Exponential backoff with equal jitter: half fixed, half random.
+fn backoff(link: &Link, retries: u32) -> Duration {
+    let exp = link
+        .entry
+        .backoff_base_ms
+        .saturating_mul(1u64 << retries.min(16))
+        .min(link.entry.backoff_max_ms);
+    let half = exp / 2;
+    Duration::from_millis(half + fastrand::u64(0..=half))
 }

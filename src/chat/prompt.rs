@@ -1,11 +1,16 @@
 //! The conversation sent upstream: system prompt, the room's bounded history, the new prompt.
 
 use crate::protocol::{FinishReason, TurnSnapshot};
-use crate::providers::{ChatMessage, ChatRequest, Role};
+use crate::providers::{ChatMessage, ChatRequest, Role, Source};
 use crate::rooms::QueuedTurn;
 
 /// Speakers are named in the user messages because several people share the conversation.
-pub fn build_request(system: &str, history: &[TurnSnapshot], turn: &QueuedTurn) -> ChatRequest {
+pub fn build_request(
+    system: &str,
+    history: &[TurnSnapshot],
+    turn: &QueuedTurn,
+    sources: Vec<Source>,
+) -> ChatRequest {
     let mut messages = Vec::with_capacity(history.len() * 2 + 2);
     if !system.is_empty() {
         messages.push(ChatMessage {
@@ -33,7 +38,11 @@ pub fn build_request(system: &str, history: &[TurnSnapshot], turn: &QueuedTurn) 
         role: Role::User,
         content: format!("{}: {}", turn.from.name, turn.prompt),
     });
-    ChatRequest { messages }
+    ChatRequest {
+        messages,
+        query: turn.prompt.clone(),
+        sources,
+    }
 }
 
 /// A rough count (4 characters per token) used only when the upstream reports no usage.

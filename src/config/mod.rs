@@ -4,8 +4,10 @@
 //! [`Config::validate`] names the offending field. This is the only module that reads the
 //! process environment.
 
+mod models;
 mod secret;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -14,6 +16,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use models::{
+    ChainConfig, EXTRACTIVE, ProviderEntry, ProviderKind, Quality, RouteRule, TurnConfig,
+};
 pub use secret::Secret;
 
 /// Why the configuration could not be loaded.
@@ -24,18 +29,31 @@ pub enum ConfigError {
     Parse(#[from] Box<figment::Error>),
     /// A value parsed but is out of range.
     #[error("configuration: `{field}` {reason}")]
-    Invalid { field: &'static str, reason: String },
+    Invalid { field: String, reason: String },
 }
 
 /// The whole server configuration.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
     pub ws: WsConfig,
     pub rooms: RoomsConfig,
-    pub provider: ProviderConfig,
+    pub turn: TurnConfig,
+    /// Upstream models by name, referenced from chains.
+    pub providers: BTreeMap<String, ProviderEntry>,
+    /// Fallback chains by name.
+    #[serde(default = "models::default_chains")]
+    pub chains: BTreeMap<String, ChainConfig>,
+    pub routing: RoutingConfig,
     pub log: LogConfig,
+}
+
+/// Cheap-first routing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    pub rules: Vec<RouteRule>,
 }
 
 /// Listener and lifecycle.
@@ -125,47 +143,6 @@ impl Default for RoomsConfig {
     }
 }
 
-/// The OpenAI-compatible upstream (OpenAI, vLLM, llama.cpp server, Ollama).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProviderConfig {
-    /// Base URL including the version prefix, e.g. `https://api.openai.com/v1`.
-    pub base_url: String,
-    /// Bearer token; empty sends no Authorization header.
-    pub api_key: Secret,
-    /// Model name sent upstream.
-    pub model: String,
-    /// Cap on generated tokens per turn; 0 leaves it to the upstream.
-    pub max_tokens: u32,
-    /// System prompt placed before the room's history.
-    pub system_prompt: String,
-    pub connect_timeout_ms: u64,
-    /// Time allowed from sending the request to the first token.
-    pub first_token_timeout_ms: u64,
-    /// Longest silence between two tokens.
-    pub idle_timeout_ms: u64,
-    /// Hard limit for a whole turn.
-    pub total_timeout_ms: u64,
-}
-
-impl Default for ProviderConfig {
-    fn default() -> Self {
-        Self {
-            base_url: "http://127.0.0.1:8080/v1".into(),
-            api_key: Secret::default(),
-            model: "default".into(),
-            max_tokens: 512,
-            system_prompt: "You are a helpful assistant in a shared chat room. Several people may \
-                            speak; their names prefix their messages. Answer concisely."
-                .into(),
-            connect_timeout_ms: 2_000,
-            first_token_timeout_ms: 30_000,
-            idle_timeout_ms: 15_000,
-            total_timeout_ms: 120_000,
-        }
-    }
-}
-
 /// Logging.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -185,6 +162,21 @@ impl Default for LogConfig {
     }
 }
 
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            ws: WsConfig::default(),
+            rooms: RoomsConfig::default(),
+            turn: TurnConfig::default(),
+            providers: BTreeMap::new(),
+            chains: models::default_chains(),
+            routing: RoutingConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
 impl Config {
     /// Defaults, then the TOML file if given, then `CONFAB__SECTION__KEY` variables; validated.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -192,7 +184,7 @@ impl Config {
         if let Some(path) = file {
             if !path.exists() {
                 return Err(ConfigError::Invalid {
-                    field: "--config",
+                    field: "--config".into(),
                     reason: format!("file {} does not exist", path.display()),
                 });
             }
@@ -210,17 +202,29 @@ impl Config {
     }
 
     fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
-        let cfg: Config = fig.extract().map_err(Box::new)?;
-        cfg.validate()?;
+        let mut cfg: Config = fig.extract().map_err(Box::new)?;
+        cfg.finalize()?;
         Ok(cfg)
     }
 
+    /// Validates and fills derived values (per-kind defaults, key files, `extractive` as the
+    /// last link of every chain). Idempotent; [`crate::run`] calls it too.
+    pub fn finalize(&mut self) -> Result<(), ConfigError> {
+        self.validate()?;
+        models::finalize(
+            &mut self.providers,
+            &mut self.chains,
+            &self.routing.rules,
+            &self.turn,
+        )
+    }
+
     /// Range checks that serde cannot express; errors name the field.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         fn positive(field: &'static str, v: u64) -> Result<(), ConfigError> {
             if v == 0 {
                 return Err(ConfigError::Invalid {
-                    field,
+                    field: field.into(),
                     reason: "must be greater than 0".into(),
                 });
             }
@@ -233,7 +237,7 @@ impl Config {
         positive("ws.write_timeout_ms", self.ws.write_timeout_ms)?;
         if self.ws.idle_timeout_ms <= self.ws.heartbeat_ms {
             return Err(ConfigError::Invalid {
-                field: "ws.idle_timeout_ms",
+                field: "ws.idle_timeout_ms".into(),
                 reason: format!(
                     "must be greater than ws.heartbeat_ms ({})",
                     self.ws.heartbeat_ms
@@ -245,33 +249,6 @@ impl Config {
         positive("rooms.max_queued_turns", self.rooms.max_queued_turns as u64)?;
         positive("rooms.replay_events", self.rooms.replay_events as u64)?;
         positive("rooms.replay_bytes", self.rooms.replay_bytes as u64)?;
-        if !(self.provider.base_url.starts_with("http://")
-            || self.provider.base_url.starts_with("https://"))
-        {
-            return Err(ConfigError::Invalid {
-                field: "provider.base_url",
-                reason: format!(
-                    "must start with http:// or https://, got {:?}",
-                    self.provider.base_url
-                ),
-            });
-        }
-        if self.provider.model.trim().is_empty() {
-            return Err(ConfigError::Invalid {
-                field: "provider.model",
-                reason: "must not be empty".into(),
-            });
-        }
-        positive(
-            "provider.connect_timeout_ms",
-            self.provider.connect_timeout_ms,
-        )?;
-        positive(
-            "provider.first_token_timeout_ms",
-            self.provider.first_token_timeout_ms,
-        )?;
-        positive("provider.idle_timeout_ms", self.provider.idle_timeout_ms)?;
-        positive("provider.total_timeout_ms", self.provider.total_timeout_ms)?;
         Ok(())
     }
 }
@@ -301,11 +278,28 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("ws.idle_timeout_ms"), "{err}");
-        let err = Config::from_toml("[provider]\nbase_url = \"ftp://x\"\n")
+        let err = Config::from_toml("[providers.fast]\nbase_url = \"ftp://x\"\nmodel = \"m\"\n")
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("provider.base_url"), "{err}");
+        assert!(err.contains("providers.fast.base_url"), "{err}");
+        let err = Config::from_toml("[chains.default]\nlinks = [\"nope\"]\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("chains.default.links"), "{err}");
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../confab.example.toml");
+        let cfg = Config::from_toml(text).map_err(|e| e.to_string());
+        let cfg = cfg.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            cfg.chains["default"].links,
+            ["mini", "claude", "extractive"]
+        );
+        assert_eq!(cfg.routing.rules.len(), 2);
     }
 
     #[test]
@@ -314,12 +308,16 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
                 "c.toml",
-                "[provider]\nmodel = \"from-file\"\napi_key = \"sk-1\"\n",
+                "[providers.main]\nmodel = \"from-file\"\napi_key = \"sk-1\"\n",
             )?;
-            jail.set_env("CONFAB__PROVIDER__MODEL", "from-env");
+            jail.set_env("CONFAB__PROVIDERS__MAIN__MODEL", "from-env");
+            jail.set_env("CONFAB__CHAINS__DEFAULT__LINKS", "[main]");
             let cfg = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
-            assert_eq!(cfg.provider.model, "from-env");
-            assert_eq!(cfg.provider.api_key.expose(), "sk-1");
+            let main = &cfg.providers["main"];
+            assert_eq!(main.model, "from-env");
+            assert_eq!(main.api_key.expose(), "sk-1");
+            assert_eq!(main.base_url, "https://api.openai.com/v1");
+            assert_eq!(cfg.chains["default"].links, ["main", "extractive"]);
             assert!(!format!("{cfg:?}").contains("sk-1"));
             jail.set_env("CONFAB__WS__NOPE", "1");
             assert!(Config::load(None).is_err());

@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::config::Quality;
 use crate::error::ErrorCode;
 
 pub use decode::{DecodeError, decode_client_message};
@@ -33,6 +34,9 @@ pub enum ClientMessage {
         /// Client-chosen id; a repeat within the room is rejected as `duplicate_prompt`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_msg_id: Option<String>,
+        /// Speed/quality hint for cheap-first routing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        quality: Option<Quality>,
     },
     /// Stop a running or queued turn; anyone in the room may cancel.
     Cancel { turn_id: Uuid },
@@ -93,8 +97,12 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_msg_id: Option<String>,
     },
-    /// The assistant starts answering the turn.
-    Start { model: String, prompt_seq: u64 },
+    /// The assistant starts answering the turn with the first link routing chose.
+    Start {
+        model: String,
+        chain: String,
+        prompt_seq: u64,
+    },
     /// A piece of the answer.
     Delta { text: String },
     /// A tool call made during the turn (retrieval and others), with its result.
@@ -149,7 +157,11 @@ pub enum FinishReason {
 /// Per-turn measurements sent in the `metrics` event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TurnMetrics {
+    /// The model that produced the answer (or was tried last).
     pub model: String,
+    /// The provider (chain link) of that model.
+    pub provider: String,
+    pub chain: String,
     /// From the turn's start to the first delta; absent when no token arrived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttft_ms: Option<u64>,
@@ -158,6 +170,44 @@ pub struct TurnMetrics {
     pub tokens_out: u64,
     /// False when the upstream sent no usage and the counts are estimates.
     pub usage_reported: bool,
+    /// USD at the provider's configured prices.
+    pub cost_usd: f64,
+    /// Every upstream attempt of the turn, in order (retries and fallbacks included).
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// One upstream attempt as the client sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AttemptRecord {
+    pub provider: String,
+    pub model: String,
+    pub outcome: AttemptOutcome,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorCode>,
+    /// Upstream HTTP status, when it answered with an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// Streamed an answer to the end.
+    Ok,
+    /// Failed; the chain retried or moved on (before the first token) or the turn failed.
+    Error,
+    /// No first token (or no next token) in time.
+    Timeout,
+    /// Skipped: the provider's circuit breaker is open.
+    CircuitOpen,
+    /// Finished without any text; escalated.
+    Empty,
+    /// Began with a refusal; escalated without showing it.
+    Refused,
+    /// The turn was cancelled during this attempt.
+    Cancelled,
 }
 
 /// The room's state for a client that cannot replay.

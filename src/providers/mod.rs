@@ -4,13 +4,20 @@
 //! events are the caller's business (the turn engine knows which phase it is in); providers
 //! only report what the upstream did.
 
+mod anthropic;
+mod breaker;
+pub mod extractive;
+mod http;
 mod openai;
 
 use std::time::Duration;
 
+pub use anthropic::{AnthropicProvider, AnthropicStream};
+pub use breaker::{BreakerState, CircuitBreaker};
+pub use extractive::ExtractiveStream;
 pub use openai::{OpenAiProvider, OpenAiStream};
 
-use crate::config::ProviderConfig;
+use crate::config::{ProviderEntry, ProviderKind};
 
 /// Who said a message in the conversation sent upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -28,10 +35,26 @@ pub struct ChatMessage {
     pub content: String,
 }
 
+/// A retrieved passage offered to the model, cited as `[n]`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Source {
+    /// 1-based citation number.
+    pub n: usize,
+    pub doc_id: String,
+    pub title: String,
+    pub chunk: usize,
+    pub text: String,
+    pub score: f32,
+}
+
 /// What the turn engine asks of a provider.
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
+    /// The user's question alone (the extractive provider matches against it).
+    pub query: String,
+    /// Retrieved passages, already numbered and listed in the messages.
+    pub sources: Vec<Source>,
 }
 
 /// Why the upstream stopped generating.
@@ -72,23 +95,33 @@ pub enum ProviderError {
 #[derive(Debug, Clone)]
 pub enum Provider {
     OpenAi(OpenAiProvider),
+    Anthropic(AnthropicProvider),
+    Extractive,
 }
 
 /// A running upstream stream.
 pub enum ProviderStream {
     OpenAi(OpenAiStream),
+    Anthropic(AnthropicStream),
+    Extractive(ExtractiveStream),
 }
 
 impl Provider {
-    /// Builds the provider described by the config.
-    pub fn from_config(cfg: &ProviderConfig) -> Result<Self, ProviderError> {
-        Ok(Provider::OpenAi(OpenAiProvider::new(cfg)?))
+    /// Builds the provider described by a config entry.
+    pub fn from_entry(entry: &ProviderEntry) -> Result<Self, ProviderError> {
+        Ok(match entry.kind {
+            ProviderKind::Openai => Provider::OpenAi(OpenAiProvider::new(entry)?),
+            ProviderKind::Anthropic => Provider::Anthropic(AnthropicProvider::new(entry)?),
+            ProviderKind::Extractive => Provider::Extractive,
+        })
     }
 
     /// The model name reported in `start` and `metrics`.
     pub fn model(&self) -> &str {
         match self {
             Provider::OpenAi(p) => p.model(),
+            Provider::Anthropic(p) => p.model(),
+            Provider::Extractive => extractive::MODEL,
         }
     }
 
@@ -96,6 +129,8 @@ impl Provider {
     pub async fn stream(&self, req: &ChatRequest) -> Result<ProviderStream, ProviderError> {
         match self {
             Provider::OpenAi(p) => p.stream(req).await.map(ProviderStream::OpenAi),
+            Provider::Anthropic(p) => p.stream(req).await.map(ProviderStream::Anthropic),
+            Provider::Extractive => Ok(ProviderStream::Extractive(extractive::answer(req))),
         }
     }
 }
@@ -105,6 +140,8 @@ impl ProviderStream {
     pub async fn next(&mut self) -> Option<Result<StreamEvent, ProviderError>> {
         match self {
             ProviderStream::OpenAi(s) => s.next().await,
+            ProviderStream::Anthropic(s) => s.next().await,
+            ProviderStream::Extractive(s) => s.next().await,
         }
     }
 }

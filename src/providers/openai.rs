@@ -1,15 +1,12 @@
 //! OpenAI-compatible streaming chat completions (OpenAI, vLLM, llama.cpp server, Ollama).
 
 use std::collections::VecDeque;
-use std::pin::Pin;
-use std::time::Duration;
 
-use eventsource_stream::{EventStreamError, Eventsource};
-use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 
+use super::http::{self, Next, SseStream};
 use super::{ChatRequest, ProviderError, StreamEvent, UpstreamFinish};
-use crate::config::{ProviderConfig, Secret, ms};
+use crate::config::{ProviderEntry, Secret};
 
 /// Client for one OpenAI-compatible endpoint; cheap to clone (shares the connection pool).
 #[derive(Debug, Clone)]
@@ -21,14 +18,6 @@ pub struct OpenAiProvider {
     max_tokens: u32,
 }
 
-type ByteStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send>>;
-type SseStream = Pin<
-    Box<
-        dyn Stream<Item = Result<eventsource_stream::Event, EventStreamError<reqwest::Error>>>
-            + Send,
-    >,
->;
-
 /// An open completion stream. Dropping it closes the upstream connection, which is how a
 /// cancelled turn stops the upstream from generating.
 pub struct OpenAiStream {
@@ -39,20 +28,13 @@ pub struct OpenAiStream {
 }
 
 impl OpenAiProvider {
-    /// Builds the HTTP client with the configured connect timeout.
-    pub fn new(cfg: &ProviderConfig) -> Result<Self, ProviderError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(ms(cfg.connect_timeout_ms))
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| ProviderError::Connect(format!("cannot build HTTP client: {e}")))?;
+    pub fn new(entry: &ProviderEntry) -> Result<Self, ProviderError> {
         Ok(Self {
-            http,
-            url: format!("{}/chat/completions", cfg.base_url.trim_end_matches('/')),
-            api_key: cfg.api_key.clone(),
-            model: cfg.model.clone(),
-            max_tokens: cfg.max_tokens,
+            http: http::client(entry)?,
+            url: format!("{}/chat/completions", entry.base_url.trim_end_matches('/')),
+            api_key: entry.api_key.clone(),
+            model: entry.model.clone(),
+            max_tokens: entry.max_tokens,
         })
     }
 
@@ -60,7 +42,7 @@ impl OpenAiProvider {
         &self.model
     }
 
-    /// Posts the request with `stream: true` and usage reporting; fails on a non-2xx status.
+    /// Posts the request with `stream: true` and usage reporting.
     pub async fn stream(&self, req: &ChatRequest) -> Result<OpenAiStream, ProviderError> {
         let mut body = serde_json::json!({
             "model": self.model,
@@ -75,31 +57,8 @@ impl OpenAiProvider {
         if !self.api_key.is_empty() {
             rb = rb.bearer_auth(self.api_key.expose());
         }
-        let resp = rb.send().await.map_err(|e| {
-            if e.is_connect() || e.is_timeout() {
-                ProviderError::Connect(e.to_string())
-            } else {
-                ProviderError::Transport(e.to_string())
-            }
-        })?;
-        let status = resp.status();
-        if !status.is_success() {
-            let retry_after = resp
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let text = resp.text().await.unwrap_or_default();
-            return Err(ProviderError::Status {
-                status: status.as_u16(),
-                retry_after,
-                body: text.chars().take(300).collect(),
-            });
-        }
-        let bytes: ByteStream = Box::pin(resp.bytes_stream());
         Ok(OpenAiStream {
-            events: Box::pin(bytes.eventsource()),
+            events: http::send_sse(rb).await?,
             pending: VecDeque::new(),
             finished: false,
             done: false,
@@ -149,55 +108,39 @@ impl OpenAiStream {
             if self.done {
                 return None;
             }
-            match self.events.next().await {
-                None => {
+            let event = match http::next_event(&mut self.events, self.finished).await {
+                Next::Event(ev) => ev,
+                Next::End => {
                     self.done = true;
-                    if self.finished {
-                        return None;
-                    }
-                    return Some(Err(ProviderError::Cut));
+                    return None;
                 }
-                Some(Err(EventStreamError::Transport(e))) => {
+                Next::Failed(e) => {
                     self.done = true;
-                    return Some(Err(if self.finished {
-                        ProviderError::Transport(e.to_string())
-                    } else {
-                        ProviderError::Cut
-                    }));
+                    return Some(Err(e));
                 }
-                Some(Err(e)) => {
-                    self.done = true;
-                    return Some(Err(ProviderError::Malformed(e.to_string())));
-                }
-                Some(Ok(event)) => {
-                    let data = event.data.trim();
-                    if data.is_empty() {
-                        continue;
-                    }
-                    if data == "[DONE]" {
-                        self.done = true;
-                        return None;
-                    }
-                    if let Err(e) = self.parse_chunk(data) {
-                        self.done = true;
-                        return Some(Err(e));
-                    }
-                }
+            };
+            let data = event.data.trim();
+            if data.is_empty() {
+                continue;
+            }
+            if data == "[DONE]" {
+                self.done = true;
+                return None;
+            }
+            if let Err(e) = self.parse_chunk(data) {
+                self.done = true;
+                return Some(Err(e));
             }
         }
     }
 
     fn parse_chunk(&mut self, data: &str) -> Result<(), ProviderError> {
-        let chunk: Chunk = serde_json::from_str(data).map_err(|e| {
-            let shown: String = data.chars().take(120).collect();
-            ProviderError::Malformed(format!("{e} in chunk {shown:?}"))
-        })?;
+        let chunk: Chunk = serde_json::from_str(data).map_err(|e| http::malformed(e, data))?;
         if let Some(err) = chunk.error {
-            let shown: String = err.to_string().chars().take(300).collect();
             return Err(ProviderError::Status {
                 status: 500,
                 retry_after: None,
-                body: shown,
+                body: err.to_string().chars().take(300).collect(),
             });
         }
         for choice in chunk.choices {

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use registry::{RoomKey, Rooms};
-pub use room::{ActiveTurnContext, Room, encode as room_encode, now_ms as room_now_ms};
+pub use room::{Room, encode as room_encode, now_ms as room_now_ms};
 
 use crate::protocol::Member;
 
@@ -43,4 +43,5 @@ pub struct QueuedTurn {
     pub turn_id: Uuid,
     pub from: Member,
     pub prompt: String,
+    pub quality: Option<crate::config::Quality>,
 }

@@ -51,13 +51,6 @@ struct RoomState {
     last_activity: Instant,
 }
 
-/// What the turn engine needs to generate: the conversation so far.
-#[derive(Debug, Clone)]
-pub struct ActiveTurnContext {
-    /// Completed turns (oldest first), the turn's context upstream.
-    pub history: Vec<TurnSnapshot>,
-}
-
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -228,6 +221,7 @@ impl Room {
         from: Member,
         text: String,
         client_msg_id: Option<String>,
+        quality: Option<crate::config::Quality>,
     ) -> Result<Uuid, ErrorCode> {
         let mut st = self.lock();
         if let Some(id) = &client_msg_id
@@ -240,6 +234,7 @@ impl Room {
             turn_id,
             from: from.clone(),
             prompt: text.clone(),
+            quality,
         };
         match self.turns_tx.try_send(queued) {
             Ok(()) => {}
@@ -282,14 +277,20 @@ impl Room {
         Err(ErrorCode::UnknownTurn)
     }
 
-    /// Marks the turn as running and announces `start`. `None` when it was cancelled while
+    /// Completed turns, oldest first: the context of the next turn.
+    pub fn history(&self) -> Vec<TurnSnapshot> {
+        self.lock().history.iter().cloned().collect()
+    }
+
+    /// Marks the turn as running and announces `start`. False when it was cancelled while
     /// queued (its `end` is sent here).
     pub fn begin_turn(
         &self,
         turn: &QueuedTurn,
         model: &str,
+        chain: &str,
         cancel: CancellationToken,
-    ) -> Option<ActiveTurnContext> {
+    ) -> bool {
         let mut st = self.lock();
         let message_seq = st
             .queued
@@ -306,7 +307,7 @@ impl Room {
                     partial: false,
                 },
             );
-            return None;
+            return false;
         }
         let prompt_seq = message_seq.unwrap_or(st.seq);
         st.active = Some(ActiveTurn {
@@ -320,16 +321,16 @@ impl Room {
             },
             cancel,
         });
-        let history = st.history.iter().cloned().collect();
         self.publish(
             &mut st,
             Some(turn.turn_id),
             EventBody::Start {
                 model: model.to_string(),
+                chain: chain.to_string(),
                 prompt_seq,
             },
         );
-        Some(ActiveTurnContext { history })
+        true
     }
 
     /// Appends a piece of the answer and streams it to everyone.

@@ -169,7 +169,8 @@ impl Session {
             ClientMessage::Prompt {
                 text,
                 client_msg_id,
-            } => self.prompt(text, client_msg_id),
+                quality,
+            } => self.prompt(text, client_msg_id, quality),
             ClientMessage::Cancel { turn_id } => {
                 let Some((room, _)) = &self.joined else {
                     return self.not_in_room();
@@ -219,7 +220,12 @@ impl Session {
         }
     }
 
-    fn prompt(&mut self, text: String, client_msg_id: Option<String>) {
+    fn prompt(
+        &mut self,
+        text: String,
+        client_msg_id: Option<String>,
+        quality: Option<crate::config::Quality>,
+    ) {
         let Some((room, member)) = &self.joined else {
             return self.not_in_room();
         };
@@ -246,7 +252,7 @@ impl Session {
                 "server is shutting down; reconnect and send again".into(),
             );
         }
-        match room.submit_prompt(member.clone(), text, client_msg_id.clone()) {
+        match room.submit_prompt(member.clone(), text, client_msg_id.clone(), quality) {
             Ok(_) => {}
             Err(ErrorCode::DuplicatePrompt) => self.send_error(
                 None,

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use confab::Config;
+use confab::config::{ChainConfig, ProviderEntry, ProviderKind};
 use confab_loadtest::mock::{Behavior, MockUpstream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -27,13 +28,44 @@ pub fn config(mock: &MockUpstream, tweak: impl FnOnce(&mut Config)) -> Config {
     let mut cfg = Config::default();
     cfg.server.bind = "127.0.0.1:0".parse().unwrap();
     cfg.server.shutdown_grace_ms = 3_000;
-    cfg.provider.base_url = mock.base_url();
-    cfg.provider.model = "mock-model".into();
-    cfg.provider.first_token_timeout_ms = 2_000;
-    cfg.provider.idle_timeout_ms = 2_000;
-    cfg.provider.total_timeout_ms = 10_000;
+    cfg.providers
+        .insert("mock".into(), provider(&mock.base_url(), "mock-model"));
+    cfg.chains.insert(
+        "default".into(),
+        ChainConfig {
+            links: vec!["mock".into()],
+            ..ChainConfig::default()
+        },
+    );
     tweak(&mut cfg);
     cfg
+}
+
+/// An OpenAI-compatible provider entry with test-sized timeouts and no retries.
+pub fn provider(base_url: &str, model: &str) -> ProviderEntry {
+    ProviderEntry {
+        kind: ProviderKind::Openai,
+        base_url: base_url.into(),
+        model: model.into(),
+        first_token_timeout_ms: 2_000,
+        idle_timeout_ms: 2_000,
+        total_timeout_ms: 10_000,
+        max_retries: 0,
+        backoff_base_ms: 20,
+        backoff_max_ms: 100,
+        ..ProviderEntry::default()
+    }
+}
+
+/// Sets the default chain's links.
+pub fn chain(cfg: &mut Config, links: &[&str]) {
+    cfg.chains.insert(
+        "default".into(),
+        ChainConfig {
+            links: links.iter().map(|s| s.to_string()).collect(),
+            ..ChainConfig::default()
+        },
+    );
 }
 
 impl TestServer {

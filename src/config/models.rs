@@ -1,0 +1,293 @@
+//! Model configuration: named providers, fallback chains, cheap-first routing rules.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, Secret};
+
+/// Name of the built-in no-LLM provider; always the last link of every chain.
+pub const EXTRACTIVE: &str = "extractive";
+
+/// Which API a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI-compatible chat completions (OpenAI, vLLM, llama.cpp server, Ollama).
+    Openai,
+    /// Anthropic Messages API.
+    Anthropic,
+    /// No LLM: an answer composed from the retrieved passages.
+    Extractive,
+}
+
+/// One upstream model with its timeouts, retry policy, breaker and prices.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderEntry {
+    pub kind: ProviderKind,
+    /// Base URL with the version prefix (`…/v1`); defaults per kind.
+    pub base_url: String,
+    pub api_key: Secret,
+    /// Read the key from this file at boot (a mounted secret); wins over `api_key`.
+    pub api_key_file: Option<PathBuf>,
+    pub model: String,
+    /// Cap on generated tokens; 0 leaves it to the upstream (Anthropic requires one: 1024).
+    pub max_tokens: u32,
+    /// USD per million input tokens.
+    pub price_input_per_mtok: f64,
+    /// USD per million output tokens.
+    pub price_output_per_mtok: f64,
+    pub connect_timeout_ms: u64,
+    /// From sending the request to the first token; on expiry the chain moves on.
+    pub first_token_timeout_ms: u64,
+    /// Longest silence between two tokens.
+    pub idle_timeout_ms: u64,
+    /// Hard limit for one attempt.
+    pub total_timeout_ms: u64,
+    /// Retries of this link before its first token (5xx, 429, connection errors).
+    pub max_retries: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Circuit breaker: the rolling window the error ratio is measured over.
+    pub breaker_window_ms: u64,
+    /// At least this many attempts in the window before the breaker may open.
+    pub breaker_min_requests: u32,
+    /// Error ratio (0..1] that opens the breaker.
+    pub breaker_error_ratio: f64,
+    /// How long an open breaker skips this link before a half-open probe.
+    pub breaker_cooldown_ms: u64,
+}
+
+impl Default for ProviderEntry {
+    fn default() -> Self {
+        Self {
+            kind: ProviderKind::Openai,
+            base_url: String::new(),
+            api_key: Secret::default(),
+            api_key_file: None,
+            model: String::new(),
+            max_tokens: 512,
+            price_input_per_mtok: 0.0,
+            price_output_per_mtok: 0.0,
+            connect_timeout_ms: 2_000,
+            first_token_timeout_ms: 20_000,
+            idle_timeout_ms: 15_000,
+            total_timeout_ms: 120_000,
+            max_retries: 2,
+            backoff_base_ms: 200,
+            backoff_max_ms: 5_000,
+            breaker_window_ms: 60_000,
+            breaker_min_requests: 5,
+            breaker_error_ratio: 0.5,
+            breaker_cooldown_ms: 30_000,
+        }
+    }
+}
+
+/// An ordered list of provider names tried in turn; `extractive` is appended when missing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChainConfig {
+    pub links: Vec<String>,
+    /// Hold the first characters of a non-final link's answer and escalate when they read as
+    /// a refusal; clients never see the refused text. Costs that link some TTFT.
+    pub escalate_on_refusal: bool,
+    /// How many characters to hold for the refusal check.
+    pub refusal_probe_chars: usize,
+    /// Case-insensitive prefixes that count as a refusal.
+    pub refusal_patterns: Vec<String>,
+}
+
+impl Default for ChainConfig {
+    fn default() -> Self {
+        Self {
+            links: vec![EXTRACTIVE.into()],
+            escalate_on_refusal: false,
+            refusal_probe_chars: 48,
+            refusal_patterns: vec![
+                "i'm sorry".into(),
+                "i am sorry".into(),
+                "i can't".into(),
+                "i cannot".into(),
+                "as an ai".into(),
+            ],
+        }
+    }
+}
+
+/// The client's hint on the speed/quality trade-off of one prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Quality {
+    Fast,
+    Balanced,
+    Best,
+}
+
+/// A cheap-first routing rule: when every condition that is set holds, the turn starts at
+/// link `start` of its chain. The first matching rule wins; no match starts at the first link.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteRule {
+    pub chain: Option<String>,
+    pub min_prompt_tokens: Option<u64>,
+    pub max_prompt_tokens: Option<u64>,
+    pub min_sources: Option<usize>,
+    pub max_sources: Option<usize>,
+    pub quality: Option<Quality>,
+    pub start: String,
+}
+
+/// Turn-wide settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    /// The chain rooms use.
+    pub chain: String,
+    /// Deadline for the whole turn, across every attempt and backoff.
+    pub deadline_ms: u64,
+    /// System prompt placed before the room's history.
+    pub system_prompt: String,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self {
+            chain: "default".into(),
+            deadline_ms: 180_000,
+            system_prompt: "You are a helpful assistant in a shared chat room. Several people may \
+                            speak; their names prefix their messages. Answer concisely."
+                .into(),
+        }
+    }
+}
+
+/// Default chains: `default = [extractive]`, so a server with no model still answers.
+pub fn default_chains() -> BTreeMap<String, ChainConfig> {
+    BTreeMap::from([("default".to_string(), ChainConfig::default())])
+}
+
+fn invalid(field: String, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Fills per-kind defaults, reads key files, appends `extractive` to chains, checks references.
+pub fn finalize(
+    providers: &mut BTreeMap<String, ProviderEntry>,
+    chains: &mut BTreeMap<String, ChainConfig>,
+    rules: &[RouteRule],
+    turn: &TurnConfig,
+) -> Result<(), ConfigError> {
+    if providers.contains_key(EXTRACTIVE) {
+        return Err(invalid(
+            format!("providers.{EXTRACTIVE}"),
+            "is built in and cannot be redefined",
+        ));
+    }
+    for (name, p) in providers.iter_mut() {
+        let f = |k: &str| format!("providers.{name}.{k}");
+        if p.base_url.is_empty() {
+            p.base_url = match p.kind {
+                ProviderKind::Openai => "https://api.openai.com/v1".into(),
+                ProviderKind::Anthropic => "https://api.anthropic.com/v1".into(),
+                ProviderKind::Extractive => String::new(),
+            };
+        }
+        if p.kind == ProviderKind::Extractive {
+            return Err(invalid(
+                f("kind"),
+                "extractive is built in; name it `extractive` in a chain instead",
+            ));
+        }
+        if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
+            return Err(invalid(
+                f("base_url"),
+                format!("must start with http:// or https://, got {:?}", p.base_url),
+            ));
+        }
+        if p.model.trim().is_empty() {
+            return Err(invalid(f("model"), "must not be empty"));
+        }
+        if p.kind == ProviderKind::Anthropic && p.max_tokens == 0 {
+            p.max_tokens = 1024;
+        }
+        if let Some(path) = &p.api_key_file {
+            let key = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    f("api_key_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            p.api_key = Secret::new(key.trim());
+        }
+        for (k, v) in [
+            ("connect_timeout_ms", p.connect_timeout_ms),
+            ("first_token_timeout_ms", p.first_token_timeout_ms),
+            ("idle_timeout_ms", p.idle_timeout_ms),
+            ("total_timeout_ms", p.total_timeout_ms),
+            ("breaker_window_ms", p.breaker_window_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(f(k), "must be greater than 0"));
+            }
+        }
+        if !(p.breaker_error_ratio > 0.0 && p.breaker_error_ratio <= 1.0) {
+            return Err(invalid(f("breaker_error_ratio"), "must be in (0, 1]"));
+        }
+        if p.price_input_per_mtok < 0.0 || p.price_output_per_mtok < 0.0 {
+            return Err(invalid(
+                f("price_input_per_mtok"),
+                "prices must not be negative",
+            ));
+        }
+    }
+    for (name, chain) in chains.iter_mut() {
+        for link in &chain.links {
+            if link != EXTRACTIVE && !providers.contains_key(link) {
+                return Err(invalid(
+                    format!("chains.{name}.links"),
+                    format!("names provider {link:?}, which is not defined under [providers]"),
+                ));
+            }
+        }
+        if chain.links.last().map(String::as_str) != Some(EXTRACTIVE) {
+            chain.links.retain(|l| l != EXTRACTIVE);
+            chain.links.push(EXTRACTIVE.into());
+        }
+        chain.refusal_patterns = chain
+            .refusal_patterns
+            .iter()
+            .map(|p| p.to_lowercase())
+            .collect();
+    }
+    if !chains.contains_key(&turn.chain) {
+        return Err(invalid(
+            "turn.chain".into(),
+            format!("chain {:?} is not defined under [chains]", turn.chain),
+        ));
+    }
+    if turn.deadline_ms == 0 {
+        return Err(invalid("turn.deadline_ms".into(), "must be greater than 0"));
+    }
+    for (i, rule) in rules.iter().enumerate() {
+        let chain_name = rule.chain.as_deref().unwrap_or(&turn.chain);
+        let Some(chain) = chains.get(chain_name) else {
+            return Err(invalid(
+                format!("routing.rules[{i}].chain"),
+                format!("chain {chain_name:?} is not defined"),
+            ));
+        };
+        if !chain.links.contains(&rule.start) {
+            return Err(invalid(
+                format!("routing.rules[{i}].start"),
+                format!("{:?} is not a link of chain {chain_name:?}", rule.start),
+            ));
+        }
+    }
+    Ok(())
+}

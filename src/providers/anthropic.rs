@@ -1,0 +1,216 @@
+//! Anthropic Messages API, streaming.
+
+use std::collections::VecDeque;
+
+use serde::Deserialize;
+
+use super::http::{self, Next, SseStream};
+use super::{ChatMessage, ChatRequest, ProviderError, Role, StreamEvent, UpstreamFinish};
+use crate::config::{ProviderEntry, Secret};
+
+const API_VERSION: &str = "2023-06-01";
+
+/// Client for the Messages API; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AnthropicProvider {
+    http: reqwest::Client,
+    url: String,
+    api_key: Secret,
+    model: String,
+    max_tokens: u32,
+}
+
+/// An open message stream; dropping it closes the connection.
+pub struct AnthropicStream {
+    events: SseStream,
+    pending: VecDeque<StreamEvent>,
+    input_tokens: u64,
+    finished: bool,
+    done: bool,
+}
+
+impl AnthropicProvider {
+    pub fn new(entry: &ProviderEntry) -> Result<Self, ProviderError> {
+        Ok(Self {
+            http: http::client(entry)?,
+            url: format!("{}/messages", entry.base_url.trim_end_matches('/')),
+            api_key: entry.api_key.clone(),
+            model: entry.model.clone(),
+            max_tokens: entry.max_tokens.max(1),
+        })
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The system prompt goes in its own field; consecutive messages of one role are merged
+    /// because the API expects user and assistant to alternate.
+    pub async fn stream(&self, req: &ChatRequest) -> Result<AnthropicStream, ProviderError> {
+        let system: Vec<&str> = req
+            .messages
+            .iter()
+            .filter(|m| m.role == Role::System)
+            .map(|m| m.content.as_str())
+            .collect();
+        let mut messages: Vec<ChatMessage> = Vec::new();
+        for m in req.messages.iter().filter(|m| m.role != Role::System) {
+            match messages.last_mut() {
+                Some(last) if last.role == m.role => {
+                    last.content.push_str("\n\n");
+                    last.content.push_str(&m.content);
+                }
+                _ => messages.push(m.clone()),
+            }
+        }
+        let body = serde_json::json!({
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "system": system.join("\n\n"),
+            "messages": messages,
+            "stream": true,
+        });
+        let rb = self
+            .http
+            .post(&self.url)
+            .header("x-api-key", self.api_key.expose())
+            .header("anthropic-version", API_VERSION)
+            .json(&body);
+        Ok(AnthropicStream {
+            events: http::send_sse(rb).await?,
+            pending: VecDeque::new(),
+            input_tokens: 0,
+            finished: false,
+            done: false,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Event {
+    MessageStart {
+        message: StartMessage,
+    },
+    ContentBlockDelta {
+        delta: BlockDelta,
+    },
+    MessageDelta {
+        delta: MessageDeltaBody,
+        #[serde(default)]
+        usage: Option<OutUsage>,
+    },
+    MessageStop,
+    Error {
+        error: serde_json::Value,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct StartMessage {
+    #[serde(default)]
+    usage: Option<InUsage>,
+}
+
+#[derive(Deserialize)]
+struct InUsage {
+    #[serde(default)]
+    input_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct OutUsage {
+    #[serde(default)]
+    output_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct BlockDelta {
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MessageDeltaBody {
+    #[serde(default)]
+    stop_reason: Option<String>,
+}
+
+impl AnthropicStream {
+    /// The next event; `None` after `message_stop`.
+    pub async fn next(&mut self) -> Option<Result<StreamEvent, ProviderError>> {
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Some(Ok(ev));
+            }
+            if self.done {
+                return None;
+            }
+            let event = match http::next_event(&mut self.events, self.finished).await {
+                Next::Event(ev) => ev,
+                Next::End => {
+                    self.done = true;
+                    return None;
+                }
+                Next::Failed(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            };
+            let data = event.data.trim();
+            if data.is_empty() {
+                continue;
+            }
+            let parsed: Event = match serde_json::from_str(data) {
+                Ok(e) => e,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(http::malformed(e, data)));
+                }
+            };
+            match parsed {
+                Event::MessageStart { message } => {
+                    self.input_tokens = message.usage.map(|u| u.input_tokens).unwrap_or(0);
+                }
+                Event::ContentBlockDelta { delta } => {
+                    if let Some(t) = delta.text.filter(|t| !t.is_empty()) {
+                        self.pending.push_back(StreamEvent::Delta(t));
+                    }
+                }
+                Event::MessageDelta { delta, usage } => {
+                    if let Some(reason) = delta.stop_reason {
+                        self.finished = true;
+                        self.pending
+                            .push_back(StreamEvent::Finish(if reason == "max_tokens" {
+                                UpstreamFinish::Length
+                            } else {
+                                UpstreamFinish::Stop
+                            }));
+                    }
+                    if let Some(u) = usage {
+                        self.pending.push_back(StreamEvent::Usage {
+                            input: self.input_tokens,
+                            output: u.output_tokens,
+                        });
+                    }
+                }
+                Event::MessageStop => {
+                    self.finished = true;
+                    self.done = true;
+                }
+                Event::Error { error } => {
+                    self.done = true;
+                    let overloaded = error["type"] == "overloaded_error";
+                    return Some(Err(ProviderError::Status {
+                        status: if overloaded { 529 } else { 500 },
+                        retry_after: None,
+                        body: error.to_string().chars().take(300).collect(),
+                    }));
+                }
+                Event::Other => {}
+            }
+        }
+    }
+}
