@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 if [ -z "${CARGO_TARGET_DIR:-}" ] && [ -d "$HOME/.cache/confab/target" ]; then
   export CARGO_TARGET_DIR="$HOME/.cache/confab/target"
 fi
+echo "== model assets (scripts/fetch-models.sh)"
+bash scripts/fetch-models.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"

@@ -6,6 +6,7 @@ use crate::chat::TurnEngine;
 use crate::chat::chain::Models;
 use crate::config::Config;
 use crate::lifecycle::Lifecycle;
+use crate::retrieval::Retrieval;
 use crate::rooms::Rooms;
 
 /// Cheap to clone: everything inside is shared.
@@ -14,18 +15,25 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub rooms: Arc<Rooms>,
     pub life: Arc<Lifecycle>,
+    /// `None` when `retrieval.enabled` is off.
+    pub retrieval: Option<Arc<Retrieval>>,
 }
 
 impl AppState {
     /// Wires the domain core from a validated config.
-    pub fn new(config: Config, models: Models) -> Self {
+    pub fn new(config: Config, models: Models, retrieval: Option<Arc<Retrieval>>) -> Self {
         let life = Arc::new(Lifecycle::default());
-        let engine = Arc::new(TurnEngine::new(models, config.turn.clone()));
+        let engine = Arc::new(TurnEngine::new(
+            models,
+            config.turn.clone(),
+            retrieval.clone(),
+        ));
         let rooms = Rooms::new(config.rooms.clone(), engine, life.clone());
         Self {
             config: Arc::new(config),
             rooms,
             life,
+            retrieval,
         }
     }
 }

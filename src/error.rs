@@ -44,6 +44,10 @@ pub enum ErrorCode {
     UpstreamProtocol,
     /// The upstream stream ended before it finished.
     UpstreamCut,
+    /// A queue (e.g. embedding) is full; try again shortly.
+    Overloaded,
+    /// Retrieval (embedding model or vector store) failed or is disabled.
+    RetrievalUnavailable,
     /// The server is draining for shutdown.
     ShuttingDown,
     /// A bug; details are in the server log.
@@ -62,6 +66,8 @@ impl ErrorCode {
                 | ErrorCode::UpstreamRateLimited
                 | ErrorCode::UpstreamTimeout
                 | ErrorCode::UpstreamCut
+                | ErrorCode::Overloaded
+                | ErrorCode::RetrievalUnavailable
                 | ErrorCode::ShuttingDown
         )
     }
@@ -87,6 +93,8 @@ impl ErrorCode {
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::UpstreamProtocol => "upstream_protocol",
             ErrorCode::UpstreamCut => "upstream_cut",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::RetrievalUnavailable => "retrieval_unavailable",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
         }
@@ -111,7 +119,9 @@ impl ErrorCode {
             | ErrorCode::UpstreamError
             | ErrorCode::UpstreamProtocol
             | ErrorCode::UpstreamCut => 502,
-            ErrorCode::ShuttingDown => 503,
+            ErrorCode::ShuttingDown | ErrorCode::Overloaded | ErrorCode::RetrievalUnavailable => {
+                503
+            }
             ErrorCode::UpstreamTimeout => 504,
             ErrorCode::Internal => 500,
         }
@@ -166,6 +176,18 @@ impl From<&crate::providers::ProviderError> for ErrorCode {
             P::Status { .. } => ErrorCode::UpstreamError,
             P::Malformed(_) => ErrorCode::UpstreamProtocol,
             P::Cut => ErrorCode::UpstreamCut,
+        }
+    }
+}
+
+impl From<&crate::retrieval::RetrievalError> for ErrorCode {
+    fn from(e: &crate::retrieval::RetrievalError) -> Self {
+        use crate::embedding::EmbedError;
+        use crate::retrieval::RetrievalError as R;
+        match e {
+            R::Embed(EmbedError::Overloaded(_)) => ErrorCode::Overloaded,
+            R::Invalid(_) => ErrorCode::InvalidMessage,
+            R::Embed(_) | R::Vector(_) => ErrorCode::RetrievalUnavailable,
         }
     }
 }

@@ -7,13 +7,20 @@ pub mod api;
 pub mod app;
 pub mod chat;
 pub mod config;
+pub mod embedding;
 pub mod error;
+pub mod ingest;
 pub mod lifecycle;
 pub mod net;
 pub mod protocol;
 pub mod providers;
+pub mod retrieval;
 pub mod rooms;
+pub mod vector;
 pub mod ws;
+
+/// The tenant of every room and document until API keys map requests to tenants.
+pub const DEFAULT_TENANT: &str = "default";
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -43,6 +50,8 @@ pub enum StartError {
     },
     #[error("provider: {0}")]
     Provider(#[from] ProviderError),
+    #[error("retrieval: {0}")]
+    Retrieval(#[from] retrieval::RetrievalError),
 }
 
 /// A started server.
@@ -72,6 +81,14 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Runn
     // reqwest is built without a bundled crypto provider; ring is the one we ship.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let models = Models::from_config(&config)?;
+    let retrieval = if config.retrieval.enabled {
+        Some(std::sync::Arc::new(
+            retrieval::Retrieval::start(&config).await?,
+        ))
+    } else {
+        tracing::info!("retrieval disabled");
+        None
+    };
     let bind = config.server.bind;
     let acceptor = net::NoDelayAcceptor::bind(bind)
         .await
@@ -79,7 +96,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Runn
     let addr = acceptor
         .socket_addr()
         .map_err(|source| StartError::Bind { addr: bind, source })?;
-    let state = AppState::new(config, models);
+    let state = AppState::new(config, models, retrieval);
     tracing::info!(%addr, "confab listening");
     let task = tokio::spawn(serve(acceptor, state, shutdown));
     Ok(Running { addr, task })

@@ -1,4 +1,7 @@
-//! HTTP routes: the WebSocket upgrade and health probes. Thin: all logic lives in the core.
+//! HTTP routes: the WebSocket upgrade, health probes and the OpenAPI-described REST routes.
+//! Thin: all logic lives in the core.
+
+pub mod rest;
 
 use poem::http::StatusCode;
 use poem::web::websocket::{WebSocket, WebSocketConfig};
@@ -8,9 +11,24 @@ use poem::{EndpointExt, IntoResponse, Response, Route, get, handler};
 use crate::app::AppState;
 use crate::ws::serve_session;
 
+/// The OpenAPI service of the REST routes.
+pub fn openapi(state: AppState) -> poem_openapi::OpenApiService<rest::RetrievalApi, ()> {
+    poem_openapi::OpenApiService::new(
+        rest::RetrievalApi { state },
+        "confab",
+        env!("CARGO_PKG_VERSION"),
+    )
+}
+
 /// All routes with the state attached.
 pub fn routes(state: AppState) -> impl poem::Endpoint {
+    let api = openapi(state.clone());
+    let docs = api.swagger_ui();
+    let spec = api.spec_endpoint();
     Route::new()
+        .nest("/", api)
+        .nest("/docs", docs)
+        .at("/openapi.json", spec)
         .at("/v1/ws", get(ws_upgrade))
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))

@@ -21,6 +21,8 @@ pub struct Progress {
     pub deltas: u64,
     pub usage: Option<(u64, u64)>,
     pub attempts: Vec<AttemptRecord>,
+    /// The text that reached clients.
+    pub answer: String,
 }
 
 /// How one attempt ended.
@@ -102,6 +104,7 @@ fn release(room: &Room, turn: &QueuedTurn, progress: &mut Progress, text: String
         progress.first_token = Some(Instant::now());
     }
     progress.deltas += 1;
+    progress.answer.push_str(&text);
     room.delta(turn.turn_id, text);
 }
 

@@ -20,13 +20,15 @@ use crate::config::{TurnConfig, ms};
 use crate::error::ErrorCode;
 use crate::lifecycle::Lifecycle;
 use crate::protocol::{AttemptOutcome, EventBody, FinishReason, TurnMetrics};
-use crate::providers::{BreakerState, ProviderError, UpstreamFinish};
+use crate::providers::{BreakerState, ProviderError, Source, UpstreamFinish};
+use crate::retrieval::Retrieval;
 use crate::rooms::{QueuedTurn, Room};
 
 /// Runs turns through the configured fallback chains.
 pub struct TurnEngine {
     models: Models,
     cfg: TurnConfig,
+    retrieval: Option<Arc<Retrieval>>,
 }
 
 /// How the turn ended.
@@ -58,8 +60,80 @@ impl Failure {
 }
 
 impl TurnEngine {
-    pub fn new(models: Models, cfg: TurnConfig) -> Self {
-        Self { models, cfg }
+    pub fn new(models: Models, cfg: TurnConfig, retrieval: Option<Arc<Retrieval>>) -> Self {
+        Self {
+            models,
+            cfg,
+            retrieval,
+        }
+    }
+
+    /// Searches the tenant's documents for the turn; a failure is reported in the `tool`
+    /// event and the turn goes on without sources.
+    async fn retrieve(
+        &self,
+        room: &Room,
+        history: &[crate::protocol::TurnSnapshot],
+        turn: &QueuedTurn,
+    ) -> (Vec<Source>, Option<EventBody>) {
+        let Some(r) = &self.retrieval else {
+            return (Vec::new(), None);
+        };
+        let query = prompt::retrieval_query(history, &turn.prompt, r.cfg.short_prompt_words);
+        let t0 = Instant::now();
+        let input = serde_json::json!({ "query": query, "top_k": r.cfg.top_k });
+        match r
+            .search(&room.key.tenant, &query, r.cfg.top_k, r.cfg.score_floor)
+            .await
+        {
+            Ok(found) => {
+                let sources: Vec<Source> = found
+                    .hits
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, h)| Source {
+                        n: i + 1,
+                        doc_id: h.doc_id,
+                        title: h.title,
+                        chunk: h.chunk,
+                        text: h.text,
+                        score: h.score,
+                    })
+                    .collect();
+                let results: Vec<_> = sources
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "n": s.n, "doc_id": s.doc_id, "title": s.title, "chunk": s.chunk,
+                            "score": s.score, "snippet": s.text.chars().take(300).collect::<String>(),
+                        })
+                    })
+                    .collect();
+                let tool = EventBody::Tool {
+                    name: "search_documents".into(),
+                    input,
+                    output: serde_json::json!({
+                        "results": results,
+                        "dropped_duplicates": found.dropped_duplicates,
+                    }),
+                    duration_ms: found.took.as_millis() as u64,
+                };
+                (sources, Some(tool))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retrieval failed; answering without sources");
+                let tool = EventBody::Tool {
+                    name: "search_documents".into(),
+                    input,
+                    output: serde_json::json!({
+                        "error": { "code": ErrorCode::from(&e).as_str(), "message": e.to_string() },
+                        "results": [],
+                    }),
+                    duration_ms: t0.elapsed().as_millis() as u64,
+                };
+                (Vec::new(), Some(tool))
+            }
+        }
     }
 
     /// Runs one turn to its single `end` event.
@@ -81,7 +155,8 @@ impl TurnEngine {
             return;
         };
         let history = room.history();
-        let request = prompt::build_request(&self.cfg.system_prompt, &history, &turn, Vec::new());
+        let (sources, tool) = self.retrieve(room, &history, &turn).await;
+        let request = prompt::build_request(&self.cfg.system_prompt, &history, &turn, sources);
         let prompt_tokens = prompt::estimate_tokens(&request);
         let start = self.models.start_index(
             chain,
@@ -95,6 +170,9 @@ impl TurnEngine {
         let first_model = chain.links[start].provider.model().to_string();
         if !room.begin_turn(&turn, &first_model, &chain.name, cancel.clone()) {
             return;
+        }
+        if let Some(tool) = tool {
+            room.turn_event(turn.turn_id, tool);
         }
 
         let started = Instant::now();
@@ -220,6 +298,7 @@ impl TurnEngine {
                 retry_after: None,
             }))
         });
+        let citations = prompt::citations(&progress.answer, request.sources.len());
         self.finish(
             room,
             &turn,
@@ -230,6 +309,7 @@ impl TurnEngine {
             progress,
             prompt_tokens,
             started,
+            citations,
         );
     }
 
@@ -246,6 +326,7 @@ impl TurnEngine {
         progress: Progress,
         prompt_tokens: u64,
         started: Instant,
+        citations: Vec<usize>,
     ) {
         let finish_reason = match &outcome {
             Outcome::Finished(UpstreamFinish::Stop) => FinishReason::Stop,
@@ -302,6 +383,7 @@ impl TurnEngine {
                 tokens_out,
                 usage_reported,
                 cost_usd,
+                citations,
                 attempts: progress.attempts,
             }),
         );

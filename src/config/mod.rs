@@ -5,6 +5,7 @@
 //! process environment.
 
 mod models;
+mod retrieval;
 mod secret;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,10 @@ use serde::{Deserialize, Serialize};
 
 pub use models::{
     ChainConfig, EXTRACTIVE, ProviderEntry, ProviderKind, Quality, RouteRule, TurnConfig,
+};
+pub use retrieval::{
+    EmbeddingConfig, RetrievalConfig, VectorBackend, VectorConfig, default_assets_dir,
+    test_qdrant_url,
 };
 pub use secret::Secret;
 
@@ -46,6 +51,9 @@ pub struct Config {
     #[serde(default = "models::default_chains")]
     pub chains: BTreeMap<String, ChainConfig>,
     pub routing: RoutingConfig,
+    pub retrieval: RetrievalConfig,
+    pub embedding: EmbeddingConfig,
+    pub vector: VectorConfig,
     pub log: LogConfig,
 }
 
@@ -172,6 +180,9 @@ impl Default for Config {
             providers: BTreeMap::new(),
             chains: models::default_chains(),
             routing: RoutingConfig::default(),
+            retrieval: RetrievalConfig::default(),
+            embedding: EmbeddingConfig::default(),
+            vector: VectorConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -249,6 +260,30 @@ impl Config {
         positive("rooms.max_queued_turns", self.rooms.max_queued_turns as u64)?;
         positive("rooms.replay_events", self.rooms.replay_events as u64)?;
         positive("rooms.replay_bytes", self.rooms.replay_bytes as u64)?;
+        positive("embedding.dim", self.embedding.dim as u64)?;
+        positive("embedding.workers", self.embedding.workers as u64)?;
+        positive(
+            "embedding.intra_threads",
+            self.embedding.intra_threads as u64,
+        )?;
+        positive("embedding.max_batch", self.embedding.max_batch as u64)?;
+        positive("embedding.max_length", self.embedding.max_length as u64)?;
+        positive(
+            "embedding.queue_capacity",
+            self.embedding.queue_capacity as u64,
+        )?;
+        positive(
+            "embedding.query_queue_capacity",
+            self.embedding.query_queue_capacity as u64,
+        )?;
+        positive("retrieval.top_k", self.retrieval.top_k as u64)?;
+        positive("vector.timeout_ms", self.vector.timeout_ms)?;
+        if self.embedding.gpu && !cfg!(feature = "gpu") {
+            return Err(ConfigError::Invalid {
+                field: "embedding.gpu".into(),
+                reason: "needs a build with the `gpu` cargo feature".into(),
+            });
+        }
         Ok(())
     }
 }

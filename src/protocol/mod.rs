@@ -172,6 +172,8 @@ pub struct TurnMetrics {
     pub usage_reported: bool,
     /// USD at the provider's configured prices.
     pub cost_usd: f64,
+    /// Source numbers (`[n]` of the `tool` event's results) the answer cites.
+    pub citations: Vec<usize>,
     /// Every upstream attempt of the turn, in order (retries and fallbacks included).
     pub attempts: Vec<AttemptRecord>,
 }

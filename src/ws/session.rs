@@ -203,7 +203,7 @@ impl Session {
         }
         self.leave_room();
         let key = RoomKey {
-            tenant: "default".into(),
+            tenant: crate::DEFAULT_TENANT.into(),
             name: room.clone(),
         };
         let room_ref = match self.state.rooms.get_or_create(key) {

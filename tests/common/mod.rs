@@ -37,8 +37,19 @@ pub fn config(mock: &MockUpstream, tweak: impl FnOnce(&mut Config)) -> Config {
             ..ChainConfig::default()
         },
     );
+    // Suites about rooms and models run without the embedding model; retrieval tests turn
+    // it on with `with_retrieval`.
+    cfg.retrieval.enabled = false;
     tweak(&mut cfg);
     cfg
+}
+
+/// Turns retrieval on with the store in `dir` (the model comes from the default assets
+/// folder that `scripts/fetch-models.sh` fills) and one small embedding worker.
+pub fn with_retrieval(cfg: &mut Config, dir: &std::path::Path) {
+    cfg.retrieval.enabled = true;
+    cfg.vector.data_dir = dir.to_path_buf();
+    cfg.embedding.workers = 1;
 }
 
 /// An OpenAI-compatible provider entry with test-sized timeouts and no retries.
@@ -86,6 +97,10 @@ impl TestServer {
             shutdown,
             running: Some(running),
         }
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
     }
 
     pub fn ws_url(&self) -> String {

@@ -1,0 +1,143 @@
+//! Retrieval configuration: the embedding model and its worker pool, the vector store, and
+//! how turns search it.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::Secret;
+
+/// Where `scripts/fetch-models.sh` puts its files: `$XDG_CACHE_HOME` or `~/.cache`, then
+/// `confab/assets`.
+pub fn default_assets_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    std::env::var_os("CONFAB_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| base.join("confab").join("assets"))
+}
+
+/// The URL of a real Qdrant server for the remote-store tests, if the environment names one.
+pub fn test_qdrant_url() -> Option<String> {
+    std::env::var("CONFAB_TEST_QDRANT_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// The sentence-embedding model and the pool that runs it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddingConfig {
+    /// Folder with `model.onnx`, `tokenizer.json`, `config.json`, `special_tokens_map.json`,
+    /// `tokenizer_config.json` (all-MiniLM-L6-v2 or a compatible mean-pooled model).
+    pub model_dir: PathBuf,
+    /// The ONNX Runtime shared library (≥ 1.24).
+    pub ort_dylib: PathBuf,
+    /// Output dimension of the model.
+    pub dim: usize,
+    /// Worker threads, each owning one model instance.
+    pub workers: usize,
+    /// ONNX Runtime intra-op threads per worker.
+    pub intra_threads: usize,
+    /// Most texts in one model call.
+    pub max_batch: usize,
+    /// Most (estimated) tokens in one model call.
+    pub max_batch_tokens: usize,
+    /// How long a worker waits for more requests to fill a batch.
+    pub batch_wait_ms: u64,
+    /// Bulk texts waiting before requests are refused as `overloaded`.
+    pub queue_capacity: usize,
+    /// Query texts waiting before requests are refused as `overloaded`.
+    pub query_queue_capacity: usize,
+    /// Tokens per text; longer texts are truncated by the tokenizer.
+    pub max_length: usize,
+    /// Use ONNX Runtime's CUDA provider (needs the `gpu` cargo feature).
+    pub gpu: bool,
+}
+
+impl Default for EmbeddingConfig {
+    fn default() -> Self {
+        let assets = default_assets_dir();
+        Self {
+            model_dir: assets.join("minilm"),
+            ort_dylib: assets.join("onnxruntime").join("libonnxruntime.so.1.31.1"),
+            dim: 384,
+            workers: 2,
+            intra_threads: 1,
+            max_batch: 32,
+            max_batch_tokens: 8_192,
+            batch_wait_ms: 2,
+            queue_capacity: 8_192,
+            query_queue_capacity: 512,
+            max_length: 256,
+            gpu: false,
+        }
+    }
+}
+
+/// Which vector store backs retrieval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VectorBackend {
+    /// qdrant-edge in-process, on disk under `data_dir`.
+    Edge,
+    /// A Qdrant server or cluster over gRPC.
+    Remote,
+}
+
+/// The vector store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VectorConfig {
+    pub backend: VectorBackend,
+    /// Edge: the store lives in `<data_dir>/vectors`.
+    pub data_dir: PathBuf,
+    /// Remote: gRPC URL, e.g. `http://qdrant:6334`.
+    pub url: String,
+    pub api_key: Secret,
+    pub collection: String,
+    pub timeout_ms: u64,
+    /// Remote: retries of a failed call (with backoff).
+    pub retries: u32,
+}
+
+impl Default for VectorConfig {
+    fn default() -> Self {
+        Self {
+            backend: VectorBackend::Edge,
+            data_dir: PathBuf::from("data"),
+            url: "http://127.0.0.1:6334".into(),
+            api_key: Secret::default(),
+            collection: "confab_chunks".into(),
+            timeout_ms: 5_000,
+            retries: 2,
+        }
+    }
+}
+
+/// How turns use retrieval.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrievalConfig {
+    /// Off: no model is loaded, turns get no sources, `/v1/search` answers 503.
+    pub enabled: bool,
+    pub top_k: usize,
+    /// Results scoring below this cosine similarity are dropped.
+    pub score_floor: f32,
+    /// Prompts shorter than this many words are embedded with the previous prompt in front,
+    /// so follow-ups ("and in 2020?") still find their documents.
+    pub short_prompt_words: usize,
+}
+
+impl Default for RetrievalConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            top_k: 5,
+            score_floor: 0.25,
+            short_prompt_words: 6,
+        }
+    }
+}
