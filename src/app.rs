@@ -17,6 +17,8 @@ pub struct AppState {
     pub life: Arc<Lifecycle>,
     /// `None` when `retrieval.enabled` is off.
     pub retrieval: Option<Arc<Retrieval>>,
+    /// Renders `/metrics`; `None` if another metrics recorder owns the process.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl AppState {
@@ -34,6 +36,7 @@ impl AppState {
             rooms,
             life,
             retrieval,
+            metrics: crate::metrics::install(),
         }
     }
 }

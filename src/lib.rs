@@ -11,6 +11,7 @@ pub mod embedding;
 pub mod error;
 pub mod ingest;
 pub mod lifecycle;
+pub mod metrics;
 pub mod net;
 pub mod protocol;
 pub mod providers;
@@ -81,6 +82,16 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Runn
     // reqwest is built without a bundled crypto provider; ring is the one we ship.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let models = Models::from_config(&config)?;
+    if metrics::install().is_some() {
+        let providers: Vec<&str> = config
+            .providers
+            .keys()
+            .map(String::as_str)
+            .chain([config::EXTRACTIVE])
+            .collect();
+        let chains: Vec<&str> = config.chains.keys().map(String::as_str).collect();
+        metrics::init_series(&providers, &chains);
+    }
     let retrieval = if config.retrieval.enabled {
         Some(std::sync::Arc::new(
             retrieval::Retrieval::start(&config).await?,

@@ -6,7 +6,7 @@ pub mod rest;
 use poem::http::StatusCode;
 use poem::web::websocket::{WebSocket, WebSocketConfig};
 use poem::web::{Data, Json};
-use poem::{EndpointExt, IntoResponse, Response, Route, get, handler};
+use poem::{Endpoint, EndpointExt, IntoResponse, Response, Route, get, handler};
 
 use crate::app::AppState;
 use crate::ws::serve_session;
@@ -32,7 +32,29 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
         .at("/v1/ws", get(ws_upgrade))
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
+        .at("/metrics", get(metrics))
+        .around(|ep, req| async move {
+            let path = req.uri().path().to_string();
+            let t0 = std::time::Instant::now();
+            let resp = ep.get_response(req).await;
+            crate::metrics::http_request(&path, resp.status().as_u16(), t0.elapsed());
+            Ok(resp)
+        })
         .data(state)
+}
+
+#[handler]
+fn metrics(Data(state): Data<&AppState>) -> Response {
+    match &state.metrics {
+        Some(h) => Response::builder()
+            .content_type("text/plain; version=0.0.4")
+            .body(crate::metrics::render(h)),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder not installed",
+        )
+            .into_response(),
+    }
 }
 
 /// The socket layer's frame cap, as a multiple of `ws.max_frame_bytes`.

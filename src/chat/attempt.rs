@@ -17,6 +17,8 @@ use crate::rooms::{QueuedTurn, Room};
 #[derive(Default)]
 pub struct Progress {
     pub first_token: Option<Instant>,
+    /// When the last delta went out, for the inter-token gap metric.
+    pub last_token: Option<Instant>,
     /// Deltas that reached clients; once non-zero the turn is committed to its model.
     pub deltas: u64,
     pub usage: Option<(u64, u64)>,
@@ -100,8 +102,12 @@ fn is_refusal(text: &str, chain: &Chain) -> bool {
 }
 
 fn release(room: &Room, turn: &QueuedTurn, progress: &mut Progress, text: String) {
+    let now = Instant::now();
     if progress.first_token.is_none() {
-        progress.first_token = Some(Instant::now());
+        progress.first_token = Some(now);
+    }
+    if let Some(prev) = progress.last_token.replace(now) {
+        crate::metrics::inter_token(now.duration_since(prev));
     }
     progress.deltas += 1;
     progress.answer.push_str(&text);

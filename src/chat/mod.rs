@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use self::attempt::{AttemptEnd, Progress};
 use self::chain::{Link, Models, RouteInput};
@@ -155,7 +156,10 @@ impl TurnEngine {
             return;
         };
         let history = room.history();
-        let (sources, tool) = self.retrieve(room, &history, &turn).await;
+        let (sources, tool) = self
+            .retrieve(room, &history, &turn)
+            .instrument(tracing::info_span!("retrieve"))
+            .await;
         let request = prompt::build_request(&self.cfg.system_prompt, &history, &turn, sources);
         let prompt_tokens = prompt::estimate_tokens(&request);
         let start = self.models.start_index(
@@ -185,6 +189,7 @@ impl TurnEngine {
         'links: for (i, link) in chain.links.iter().enumerate().skip(start) {
             last = Some(link.clone());
             if !link.is_extractive() && !link.breaker.try_acquire() {
+                crate::metrics::provider_attempt(&link.name, "circuit_open");
                 progress.attempts.push(attempt::record(
                     link,
                     AttemptOutcome::CircuitOpen,
@@ -209,6 +214,7 @@ impl TurnEngine {
                     break 'links;
                 }
                 let t0 = Instant::now();
+                let span = tracing::info_span!("generate", provider = %link.name, retry = retries);
                 let end = attempt::run(
                     room,
                     &turn,
@@ -220,6 +226,7 @@ impl TurnEngine {
                     chain,
                     &mut progress,
                 )
+                .instrument(span)
                 .await;
                 let took = t0.elapsed();
                 if !link.is_extractive() {
@@ -231,7 +238,12 @@ impl TurnEngine {
                         AttemptEnd::Failed { .. } => link.breaker.record(false),
                     }
                 }
-                progress.attempts.push(end.record(link, took));
+                let rec = end.record(link, took);
+                crate::metrics::provider_attempt(&link.name, rec.outcome.as_str());
+                if !link.is_extractive() {
+                    crate::metrics::circuit_state(&link.name, link.breaker.state().as_metric());
+                }
+                progress.attempts.push(rec);
                 match end {
                     AttemptEnd::Done(finish) => {
                         outcome = Some(Outcome::Finished(finish));
@@ -241,7 +253,10 @@ impl TurnEngine {
                         outcome = Some(Outcome::Cancelled);
                         break 'links;
                     }
-                    AttemptEnd::Empty | AttemptEnd::Refused => continue 'links,
+                    AttemptEnd::Empty | AttemptEnd::Refused => {
+                        crate::metrics::provider_fallback(&chain.name);
+                        continue 'links;
+                    }
                     AttemptEnd::Failed {
                         error, timeout_msg, ..
                     } => {
@@ -271,14 +286,17 @@ impl TurnEngine {
                             link.is_extractive() || link.breaker.state() == BreakerState::Closed;
                         last_failure = Some(failure.clone());
                         if !(retryable && breaker_ok && retries < link.entry.max_retries) {
+                            crate::metrics::provider_fallback(&chain.name);
                             continue 'links;
                         }
                         let wait = failure
                             .retry_after
                             .unwrap_or_else(|| backoff(link, retries));
                         if Instant::now() + wait >= deadline {
+                            crate::metrics::provider_fallback(&chain.name);
                             continue 'links;
                         }
+                        crate::metrics::provider_retry(&link.name);
                         tokio::select! {
                             _ = cancel.cancelled() => {
                                 outcome = Some(Outcome::Cancelled);
@@ -369,16 +387,25 @@ impl TurnEngine {
             ),
             None => (String::new(), String::new(), 0.0),
         };
+        let duration = started.elapsed();
+        let ttft = progress.first_token.map(|t| t.duration_since(started));
+        crate::metrics::turn_finished(&crate::metrics::TurnRecord {
+            finish_reason: finish_reason.as_str(),
+            model: &model,
+            duration,
+            ttft,
+            tokens_in,
+            tokens_out,
+            cost_usd,
+        });
         room.turn_event(
             turn.turn_id,
             EventBody::Metrics(TurnMetrics {
                 model,
                 provider,
                 chain: chain.name.clone(),
-                ttft_ms: progress
-                    .first_token
-                    .map(|t| t.duration_since(started).as_millis() as u64),
-                duration_ms: started.elapsed().as_millis() as u64,
+                ttft_ms: ttft.map(|d| d.as_millis() as u64),
+                duration_ms: duration.as_millis() as u64,
                 tokens_in,
                 tokens_out,
                 usage_reported,

@@ -184,6 +184,7 @@ impl Embedder {
                 q.bulk.push_back(job);
             }
         }
+        crate::metrics::embed_queue(q.query_texts, q.bulk_texts);
         drop(q);
         self.shared.ready.notify_one();
         Ok(Wait(rx))

@@ -19,6 +19,7 @@ pub(super) fn run(mut model: TextEmbedding, shared: Arc<Shared>) {
             .flat_map(|j| j.texts.iter().map(String::as_str))
             .collect();
         let n = texts.len();
+        let t0 = std::time::Instant::now();
         // fastembed or ONNX Runtime panicking must not kill the worker and strand callers.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             model.embed(&texts, Some(n))
@@ -32,6 +33,7 @@ pub(super) fn run(mut model: TextEmbedding, shared: Arc<Shared>) {
             Ok(Err(e)) => Err(EmbedError::Model(e.to_string())),
             Err(_) => Err(EmbedError::Model("the model panicked".into())),
         };
+        crate::metrics::embed_batch(n, t0.elapsed());
         reply(batch, result);
     }
 }
@@ -77,6 +79,7 @@ fn take_batch(shared: &Shared, wait: Duration) -> Option<Vec<Job>> {
         }
         let full = texts >= cfg.max_batch || tokens >= cfg.max_batch_tokens;
         if full || waited || wait.is_zero() {
+            crate::metrics::embed_queue(q.query_texts, q.bulk_texts);
             return Some(batch);
         }
         // Wait once, only as long as the oldest job in the batch can still afford.

@@ -137,6 +137,26 @@ pub enum EventBody {
     },
 }
 
+impl EventBody {
+    /// The `type` tag, as a bounded metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventBody::Welcome { .. } => "welcome",
+            EventBody::Presence { .. } => "presence",
+            EventBody::Typing { .. } => "typing",
+            EventBody::Message { .. } => "message",
+            EventBody::Start { .. } => "start",
+            EventBody::Delta { .. } => "delta",
+            EventBody::Tool { .. } => "tool",
+            EventBody::Metrics(_) => "metrics",
+            EventBody::End { .. } => "end",
+            EventBody::Error { .. } => "error",
+            EventBody::Resync { .. } => "resync",
+            EventBody::Pong { .. } => "pong",
+        }
+    }
+}
+
 /// A participant as others see them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Member {
@@ -152,6 +172,33 @@ pub enum FinishReason {
     Length,
     Cancelled,
     Error,
+}
+
+impl FinishReason {
+    /// Bounded metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+            FinishReason::Error => "error",
+        }
+    }
+}
+
+impl AttemptOutcome {
+    /// Bounded metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Ok => "ok",
+            AttemptOutcome::Error => "error",
+            AttemptOutcome::Timeout => "timeout",
+            AttemptOutcome::CircuitOpen => "circuit_open",
+            AttemptOutcome::Empty => "empty",
+            AttemptOutcome::Refused => "refused",
+            AttemptOutcome::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// Per-turn measurements sent in the `metrics` event.

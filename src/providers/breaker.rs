@@ -26,6 +26,17 @@ struct Inner {
     probing: bool,
 }
 
+impl BreakerState {
+    /// The gauge value: 0 closed, 1 open, 2 half-open.
+    pub fn as_metric(self) -> u8 {
+        match self {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        }
+    }
+}
+
 /// Thread-safe; one per provider.
 #[derive(Debug)]
 pub struct CircuitBreaker {

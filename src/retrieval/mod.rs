@@ -86,6 +86,20 @@ impl Retrieval {
         title: &str,
         text: &str,
     ) -> Result<(String, usize), RetrievalError> {
+        let result = self.ingest_text_inner(tenant, title, text).await;
+        match &result {
+            Ok((_, chunks)) => crate::metrics::ingested("indexed", *chunks),
+            Err(_) => crate::metrics::ingested("failed", 0),
+        }
+        result
+    }
+
+    async fn ingest_text_inner(
+        &self,
+        tenant: &str,
+        title: &str,
+        text: &str,
+    ) -> Result<(String, usize), RetrievalError> {
         let chunks = chunk_text(text, CHUNK_WORDS, CHUNK_OVERLAP);
         if chunks.is_empty() {
             return Err(RetrievalError::Invalid("the document has no text".into()));

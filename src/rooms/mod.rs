@@ -25,6 +25,8 @@ use crate::protocol::Member;
 #[derive(Debug, Clone)]
 pub struct Outbound {
     pub seq: Option<u64>,
+    /// The event type, for the events-sent metric.
+    pub kind: &'static str,
     pub text: Arc<str>,
 }
 

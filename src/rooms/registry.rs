@@ -58,6 +58,7 @@ impl Rooms {
             self.life.clone(),
         ));
         map.insert(key, room.clone());
+        crate::metrics::rooms(map.len());
         Ok(room)
     }
 
@@ -74,6 +75,7 @@ impl Rooms {
         let ttl = ms(self.cfg.idle_ttl_ms);
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, room| !room.is_idle(ttl));
+        crate::metrics::rooms(map.len());
     }
 }
 

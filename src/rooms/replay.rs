@@ -6,7 +6,7 @@ use std::sync::Arc;
 /// Bounded by event count and by bytes; the oldest events fall out first.
 #[derive(Debug)]
 pub struct ReplayBuffer {
-    events: VecDeque<(u64, Arc<str>)>,
+    events: VecDeque<(u64, &'static str, Arc<str>)>,
     bytes: usize,
     max_events: usize,
     max_bytes: usize,
@@ -23,13 +23,13 @@ impl ReplayBuffer {
     }
 
     /// Appends the event with sequence number `seq` (callers pass strictly increasing seqs).
-    pub fn push(&mut self, seq: u64, frame: Arc<str>) {
+    pub fn push(&mut self, seq: u64, kind: &'static str, frame: Arc<str>) {
         self.bytes += frame.len();
-        self.events.push_back((seq, frame));
+        self.events.push_back((seq, kind, frame));
         while self.events.len() > self.max_events
             || (self.bytes > self.max_bytes && self.events.len() > 1)
         {
-            if let Some((_, old)) = self.events.pop_front() {
+            if let Some((_, _, old)) = self.events.pop_front() {
                 self.bytes -= old.len();
             }
         }
@@ -37,21 +37,25 @@ impl ReplayBuffer {
 
     /// The frames after `last_seq`, or `None` when some of them are no longer held (or
     /// `last_seq` is from the future): the client must resync.
-    pub fn since(&self, last_seq: u64, current_seq: u64) -> Option<Vec<(u64, Arc<str>)>> {
+    pub fn since(
+        &self,
+        last_seq: u64,
+        current_seq: u64,
+    ) -> Option<Vec<(u64, &'static str, Arc<str>)>> {
         if last_seq > current_seq {
             return None;
         }
         if last_seq == current_seq {
             return Some(Vec::new());
         }
-        let oldest = self.events.front().map(|(s, _)| *s)?;
+        let oldest = self.events.front().map(|(s, _, _)| *s)?;
         if last_seq + 1 < oldest {
             return None;
         }
         Some(
             self.events
                 .iter()
-                .filter(|(s, _)| *s > last_seq)
+                .filter(|(s, _, _)| *s > last_seq)
                 .cloned()
                 .collect(),
         )
@@ -65,7 +69,7 @@ mod tests {
     fn filled(n: u64, max_events: usize, max_bytes: usize) -> ReplayBuffer {
         let mut b = ReplayBuffer::new(max_events, max_bytes);
         for s in 1..=n {
-            b.push(s, Arc::from(format!("e{s}").as_str()));
+            b.push(s, "delta", Arc::from(format!("e{s}").as_str()));
         }
         b
     }

@@ -118,17 +118,24 @@ impl Room {
         let replay = last_seq.and_then(|n| st.replay.since(n, st.seq));
         let delivered = match replay {
             Some(frames) if frames.len() < handle.tx.max_capacity() => {
-                frames.into_iter().all(|(seq, text)| {
+                if last_seq.is_some() {
+                    crate::metrics::ws_resume(true);
+                }
+                frames.into_iter().all(|(seq, kind, text)| {
                     handle
                         .tx
                         .try_send(Outbound {
                             seq: Some(seq),
+                            kind,
                             text,
                         })
                         .is_ok()
                 })
             }
             _ => {
+                if last_seq.is_some() {
+                    crate::metrics::ws_resume(false);
+                }
                 let ev = ServerEvent {
                     room: Some(self.key.name.clone()),
                     seq: Some(st.seq),
@@ -142,6 +149,7 @@ impl Room {
                     .tx
                     .try_send(Outbound {
                         seq: Some(st.seq),
+                        kind: "resync",
                         text: encode(&ev),
                     })
                     .is_ok()
@@ -209,6 +217,7 @@ impl Room {
             // Typing is best effort: a full queue just misses it.
             let _ = m.handle.tx.try_send(Outbound {
                 seq: None,
+                kind: "typing",
                 text: text.clone(),
             });
         }
@@ -431,6 +440,7 @@ impl Room {
     fn publish(&self, st: &mut RoomState, turn_id: Option<Uuid>, body: EventBody) -> u64 {
         st.seq += 1;
         let seq = st.seq;
+        let kind = body.kind();
         let ev = ServerEvent {
             room: Some(self.key.name.clone()),
             seq: Some(seq),
@@ -439,17 +449,19 @@ impl Room {
             body,
         };
         let text = encode(&ev);
-        st.replay.push(seq, text.clone());
+        st.replay.push(seq, kind, text.clone());
         let mut dropped = false;
         st.members.retain(|m| {
             match m.handle.tx.try_send(Outbound {
                 seq: Some(seq),
+                kind,
                 text: text.clone(),
             }) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_)) => {
                     tracing::warn!(room = %self.key.name, session = %m.member.session_id, "slow consumer dropped");
                     m.handle.slow.cancel();
+                    crate::metrics::ws_slow_consumer();
                     dropped = true;
                     false
                 }

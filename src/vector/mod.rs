@@ -130,10 +130,13 @@ impl VectorStore {
         k: usize,
         floor: Option<f32>,
     ) -> Result<Vec<Hit>, VectorError> {
-        match self {
-            VectorStore::Edge(s) => s.search(tenant, vector, k, floor).await,
-            VectorStore::Remote(s) => s.search(tenant, vector, k, floor).await,
-        }
+        let t0 = std::time::Instant::now();
+        let (backend, result) = match self {
+            VectorStore::Edge(s) => ("edge", s.search(tenant, vector, k, floor).await),
+            VectorStore::Remote(s) => ("remote", s.search(tenant, vector, k, floor).await),
+        };
+        crate::metrics::vector_search(backend, t0.elapsed());
+        result
     }
 
     /// Removes every chunk of a document of `tenant`.

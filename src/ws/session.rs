@@ -37,6 +37,8 @@ struct Session {
 /// Serves one upgraded connection until the client leaves, misbehaves, or the server drains.
 pub async fn serve_session(socket: WebSocketStream, state: AppState) {
     let cfg = state.config.ws.clone();
+    crate::metrics::ws_connected();
+    let _gauge = SessionGauge;
     let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::channel::<Outbound>(cfg.outbound_queue);
     let (close_tx, close_rx) = oneshot::channel();
@@ -135,6 +137,15 @@ pub async fn serve_session(socket: WebSocketStream, state: AppState) {
         }
     }
     let _ = writer.await;
+}
+
+/// Decrements the open-sessions gauge however the session ends.
+struct SessionGauge;
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        crate::metrics::ws_disconnected();
+    }
 }
 
 /// How the read loop ended.
@@ -285,6 +296,7 @@ impl Session {
     }
 
     fn send_error(&self, turn_id: Option<Uuid>, code: ErrorCode, message: String) {
+        crate::metrics::ws_error(code.as_str());
         self.send_event(
             turn_id,
             EventBody::Error {
@@ -310,6 +322,7 @@ impl Session {
             .tx
             .try_send(Outbound {
                 seq: None,
+                kind: ev.body.kind(),
                 text: room_encode(&ev),
             })
             .is_err()

@@ -49,6 +49,7 @@ pub async fn write_loop<S>(
                 };
                 match sent {
                     Ok(Ok(())) => {
+                        crate::metrics::ws_event_sent(frame.kind);
                         if frame.seq.is_some() {
                             last_seq = frame.seq;
                         }
@@ -93,6 +94,7 @@ pub async fn write_loop<S>(
     } else {
         return;
     };
+    crate::metrics::ws_closed(reason.as_str());
     let msg = Message::Close(Some((CloseCode::from(reason.code()), detail)));
     let _ = timeout(write_timeout, async {
         let _ = sink.send(msg).await;

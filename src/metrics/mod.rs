@@ -1,0 +1,356 @@
+//! Every metric confab exports, in one place: name, unit, help text, buckets and the bounded
+//! label values. Code elsewhere records through the functions below, never by name, so the
+//! catalogue cannot drift from what is exported. No label ever holds a room, user, session or
+//! document id; provider, model and chain names come from config and are bounded by it.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use ::metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+mod cost;
+
+/// The whole exposition: the recorder's metrics plus the float cost counter.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut out = handle.render();
+    cost::render(&mut out);
+    out
+}
+
+// --- names -----------------------------------------------------------------------------
+pub const WS_CONNECTIONS_TOTAL: &str = "confab_ws_connections_total";
+pub const WS_SESSIONS: &str = "confab_ws_sessions";
+pub const WS_EVENTS_SENT_TOTAL: &str = "confab_ws_events_sent_total";
+pub const WS_ERRORS_TOTAL: &str = "confab_ws_errors_total";
+pub const WS_CLOSES_TOTAL: &str = "confab_ws_closes_total";
+pub const WS_OUTBOUND_DROPPED_TOTAL: &str = "confab_ws_outbound_dropped_total";
+pub const WS_SLOW_CONSUMER_DISCONNECTS_TOTAL: &str = "confab_ws_slow_consumer_disconnects_total";
+pub const WS_RESUMES_TOTAL: &str = "confab_ws_resumes_total";
+pub const ROOMS: &str = "confab_rooms";
+pub const TURNS_TOTAL: &str = "confab_turns_total";
+pub const TURN_DURATION_SECONDS: &str = "confab_turn_duration_seconds";
+pub const TTFT_SECONDS: &str = "confab_ttft_seconds";
+pub const INTER_TOKEN_SECONDS: &str = "confab_inter_token_seconds";
+pub const TOKENS_TOTAL: &str = "confab_tokens_total";
+pub const COST_USD_TOTAL: &str = "confab_cost_usd_total";
+pub const PROVIDER_ATTEMPTS_TOTAL: &str = "confab_provider_attempts_total";
+pub const PROVIDER_RETRIES_TOTAL: &str = "confab_provider_retries_total";
+pub const PROVIDER_FALLBACKS_TOTAL: &str = "confab_provider_fallbacks_total";
+pub const PROVIDER_CIRCUIT_STATE: &str = "confab_provider_circuit_state";
+pub const EMBED_QUEUE_DEPTH: &str = "confab_embed_queue_depth";
+pub const EMBED_BATCH_SIZE: &str = "confab_embed_batch_size";
+pub const EMBED_DURATION_SECONDS: &str = "confab_embed_duration_seconds";
+pub const VECTOR_SEARCH_DURATION_SECONDS: &str = "confab_vector_search_duration_seconds";
+pub const INGEST_DOCUMENTS_TOTAL: &str = "confab_ingest_documents_total";
+pub const INGEST_CHUNKS_TOTAL: &str = "confab_ingest_chunks_total";
+pub const HTTP_REQUESTS_TOTAL: &str = "confab_http_requests_total";
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "confab_http_request_duration_seconds";
+
+// --- buckets ---------------------------------------------------------------------------
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+const FAST_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder once per process and describes every metric; later calls
+/// (several servers in one test process) share it. `None` if another recorder was installed.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let mut b = PrometheusBuilder::new();
+            for (name, buckets) in [
+                (TURN_DURATION_SECONDS, LATENCY_BUCKETS),
+                (TTFT_SECONDS, LATENCY_BUCKETS),
+                (INTER_TOKEN_SECONDS, FAST_BUCKETS),
+                (EMBED_DURATION_SECONDS, FAST_BUCKETS),
+                (VECTOR_SEARCH_DURATION_SECONDS, FAST_BUCKETS),
+                (HTTP_REQUEST_DURATION_SECONDS, LATENCY_BUCKETS),
+                (EMBED_BATCH_SIZE, BATCH_BUCKETS),
+            ] {
+                b = b
+                    .set_buckets_for_metric(Matcher::Full(name.into()), buckets)
+                    .ok()?;
+            }
+            let handle = b.install_recorder().ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(WS_CONNECTIONS_TOTAL, "WebSocket connections accepted.");
+    describe_gauge!(WS_SESSIONS, "WebSocket sessions open now.");
+    describe_counter!(
+        WS_EVENTS_SENT_TOTAL,
+        "Server events written to WebSockets, by event type."
+    );
+    describe_counter!(
+        WS_ERRORS_TOTAL,
+        "`error` events sent to a session, by error code."
+    );
+    describe_counter!(
+        WS_CLOSES_TOTAL,
+        "WebSocket sessions closed by the server, by reason."
+    );
+    describe_counter!(
+        WS_OUTBOUND_DROPPED_TOTAL,
+        "Frames not queued for a session because its outbound queue was full."
+    );
+    describe_counter!(
+        WS_SLOW_CONSUMER_DISCONNECTS_TOTAL,
+        "Sessions dropped from a room for not keeping up."
+    );
+    describe_counter!(
+        WS_RESUMES_TOTAL,
+        "Joins with last_seq, by result (replay or resync)."
+    );
+    describe_gauge!(ROOMS, "Rooms held in memory.");
+    describe_counter!(TURNS_TOTAL, "Finished turns, by finish reason.");
+    describe_histogram!(
+        TURN_DURATION_SECONDS,
+        Unit::Seconds,
+        "Turn duration from start to end."
+    );
+    describe_histogram!(
+        TTFT_SECONDS,
+        Unit::Seconds,
+        "Time from a turn's start to its first delta."
+    );
+    describe_histogram!(
+        INTER_TOKEN_SECONDS,
+        Unit::Seconds,
+        "Gap between consecutive deltas of a turn."
+    );
+    describe_counter!(
+        TOKENS_TOTAL,
+        "Tokens by model and direction (in = prompt, out = completion)."
+    );
+    describe_counter!(
+        PROVIDER_ATTEMPTS_TOTAL,
+        "Upstream attempts by provider and outcome."
+    );
+    describe_counter!(
+        PROVIDER_RETRIES_TOTAL,
+        "Retries of the same provider before the first token."
+    );
+    describe_counter!(
+        PROVIDER_FALLBACKS_TOTAL,
+        "Moves to the next link of a chain, by chain."
+    );
+    describe_gauge!(
+        PROVIDER_CIRCUIT_STATE,
+        "Circuit breaker state by provider: 0 closed, 1 open, 2 half-open."
+    );
+    describe_gauge!(
+        EMBED_QUEUE_DEPTH,
+        "Texts waiting for the embedding workers, by priority."
+    );
+    describe_histogram!(
+        EMBED_BATCH_SIZE,
+        Unit::Count,
+        "Texts per embedding model call."
+    );
+    describe_histogram!(
+        EMBED_DURATION_SECONDS,
+        Unit::Seconds,
+        "Embedding model call duration."
+    );
+    describe_histogram!(
+        VECTOR_SEARCH_DURATION_SECONDS,
+        Unit::Seconds,
+        "Vector search duration, by backend."
+    );
+    describe_counter!(INGEST_DOCUMENTS_TOTAL, "Documents ingested, by outcome.");
+    describe_counter!(INGEST_CHUNKS_TOTAL, "Chunks indexed.");
+    describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests by route and status.");
+    describe_histogram!(
+        HTTP_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "HTTP request duration by route."
+    );
+}
+
+/// Creates every series whose labels are known at boot, at zero, so `rate()` and the
+/// dashboards work before the first event (a series that does not exist reads as "no data").
+pub fn init_series(providers: &[&str], chains: &[&str]) {
+    for c in [
+        WS_CONNECTIONS_TOTAL,
+        WS_SLOW_CONSUMER_DISCONNECTS_TOTAL,
+        INGEST_CHUNKS_TOTAL,
+    ] {
+        counter!(c).absolute(0);
+    }
+    counter!(WS_OUTBOUND_DROPPED_TOTAL, "reason" => "queue_full").absolute(0);
+    for reason in [
+        "normal",
+        "frame_too_large",
+        "restart",
+        "idle_timeout",
+        "slow_consumer",
+    ] {
+        counter!(WS_CLOSES_TOTAL, "reason" => reason).absolute(0);
+    }
+    for result in ["replay", "resync"] {
+        counter!(WS_RESUMES_TOTAL, "result" => result).absolute(0);
+    }
+    for outcome in ["stop", "length", "cancelled", "error"] {
+        counter!(TURNS_TOTAL, "outcome" => outcome).absolute(0);
+    }
+    for outcome in ["indexed", "failed"] {
+        counter!(INGEST_DOCUMENTS_TOTAL, "outcome" => outcome).absolute(0);
+    }
+    gauge!(WS_SESSIONS).increment(0.0);
+    gauge!(ROOMS).increment(0.0);
+    embed_queue(0, 0);
+    for p in providers {
+        counter!(PROVIDER_RETRIES_TOTAL, "provider" => p.to_string()).absolute(0);
+        if *p != "extractive" {
+            gauge!(PROVIDER_CIRCUIT_STATE, "provider" => p.to_string()).increment(0.0);
+        }
+    }
+    for c in chains {
+        counter!(PROVIDER_FALLBACKS_TOTAL, "chain" => c.to_string()).absolute(0);
+    }
+}
+
+// --- bounded label values ----------------------------------------------------------------
+
+/// Routes known to the server; anything else is `other` (no raw paths as labels).
+pub fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v1/ws" => "/v1/ws",
+        "/v1/search" => "/v1/search",
+        "/v1/documents" => "/v1/documents",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        "/openapi.json" => "/openapi.json",
+        p if p.starts_with("/docs") => "/docs",
+        _ => "other",
+    }
+}
+
+/// Status classes keep the label set small.
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+// --- recording -------------------------------------------------------------------------
+
+pub fn ws_connected() {
+    counter!(WS_CONNECTIONS_TOTAL).increment(1);
+    gauge!(WS_SESSIONS).increment(1.0);
+}
+
+pub fn ws_disconnected() {
+    gauge!(WS_SESSIONS).decrement(1.0);
+}
+
+pub fn ws_event_sent(kind: &'static str) {
+    counter!(WS_EVENTS_SENT_TOTAL, "type" => kind).increment(1);
+}
+
+pub fn ws_error(code: &'static str) {
+    counter!(WS_ERRORS_TOTAL, "code" => code).increment(1);
+}
+
+pub fn ws_closed(reason: &'static str) {
+    counter!(WS_CLOSES_TOTAL, "reason" => reason).increment(1);
+}
+
+pub fn ws_slow_consumer() {
+    counter!(WS_OUTBOUND_DROPPED_TOTAL, "reason" => "queue_full").increment(1);
+    counter!(WS_SLOW_CONSUMER_DISCONNECTS_TOTAL).increment(1);
+}
+
+pub fn ws_resume(replayed: bool) {
+    counter!(WS_RESUMES_TOTAL, "result" => if replayed { "replay" } else { "resync" }).increment(1);
+}
+
+pub fn rooms(n: usize) {
+    gauge!(ROOMS).set(n as f64);
+}
+
+/// One finished turn.
+pub struct TurnRecord<'a> {
+    pub finish_reason: &'static str,
+    pub model: &'a str,
+    pub duration: Duration,
+    pub ttft: Option<Duration>,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub cost_usd: f64,
+}
+
+pub fn turn_finished(t: &TurnRecord<'_>) {
+    counter!(TURNS_TOTAL, "outcome" => t.finish_reason).increment(1);
+    histogram!(TURN_DURATION_SECONDS).record(t.duration.as_secs_f64());
+    if let Some(ttft) = t.ttft {
+        histogram!(TTFT_SECONDS).record(ttft.as_secs_f64());
+    }
+    let model = t.model.to_string();
+    counter!(TOKENS_TOTAL, "model" => model.clone(), "direction" => "in").increment(t.tokens_in);
+    counter!(TOKENS_TOTAL, "model" => model, "direction" => "out").increment(t.tokens_out);
+    cost::add(t.model, t.finish_reason, t.cost_usd);
+}
+
+pub fn inter_token(gap: Duration) {
+    histogram!(INTER_TOKEN_SECONDS).record(gap.as_secs_f64());
+}
+
+pub fn provider_attempt(provider: &str, outcome: &'static str) {
+    counter!(PROVIDER_ATTEMPTS_TOTAL, "provider" => provider.to_string(), "outcome" => outcome)
+        .increment(1);
+}
+
+pub fn provider_retry(provider: &str) {
+    counter!(PROVIDER_RETRIES_TOTAL, "provider" => provider.to_string()).increment(1);
+}
+
+pub fn provider_fallback(chain: &str) {
+    counter!(PROVIDER_FALLBACKS_TOTAL, "chain" => chain.to_string()).increment(1);
+}
+
+pub fn circuit_state(provider: &str, state: u8) {
+    gauge!(PROVIDER_CIRCUIT_STATE, "provider" => provider.to_string()).set(f64::from(state));
+}
+
+pub fn embed_queue(query: usize, bulk: usize) {
+    gauge!(EMBED_QUEUE_DEPTH, "priority" => "query").set(query as f64);
+    gauge!(EMBED_QUEUE_DEPTH, "priority" => "bulk").set(bulk as f64);
+}
+
+pub fn embed_batch(size: usize, took: Duration) {
+    histogram!(EMBED_BATCH_SIZE).record(size as f64);
+    histogram!(EMBED_DURATION_SECONDS).record(took.as_secs_f64());
+}
+
+pub fn vector_search(backend: &'static str, took: Duration) {
+    histogram!(VECTOR_SEARCH_DURATION_SECONDS, "backend" => backend).record(took.as_secs_f64());
+}
+
+pub fn ingested(outcome: &'static str, chunks: usize) {
+    counter!(INGEST_DOCUMENTS_TOTAL, "outcome" => outcome).increment(1);
+    counter!(INGEST_CHUNKS_TOTAL).increment(chunks as u64);
+}
+
+pub fn http_request(path: &str, status: u16, took: Duration) {
+    let route = route_label(path);
+    counter!(HTTP_REQUESTS_TOTAL, "route" => route, "status" => status_class(status)).increment(1);
+    histogram!(HTTP_REQUEST_DURATION_SECONDS, "route" => route).record(took.as_secs_f64());
+}
