@@ -25,10 +25,15 @@ impl AppState {
     /// Wires the domain core from a validated config.
     pub fn new(config: Config, models: Models, retrieval: Option<Arc<Retrieval>>) -> Self {
         let life = Arc::new(Lifecycle::default());
+        let cache = config
+            .cache
+            .enabled
+            .then(|| Arc::new(crate::cache::AnswerCache::new(config.cache.clone())));
         let engine = Arc::new(TurnEngine::new(
             models,
             config.turn.clone(),
             retrieval.clone(),
+            cache,
         ));
         let rooms = Rooms::new(config.rooms.clone(), engine, life.clone());
         Self {

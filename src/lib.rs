@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod app;
+pub mod cache;
 pub mod chat;
 pub mod config;
 pub mod embedding;

@@ -8,6 +8,8 @@
 mod attempt;
 pub mod chain;
 mod prompt;
+mod replay;
+mod retrieve;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +19,12 @@ use tracing::Instrument;
 
 use self::attempt::{AttemptEnd, Progress};
 use self::chain::{Link, Models, RouteInput};
+use crate::cache::{AnswerCache, CacheHit, CacheLayer, CachedAnswer, Scope, conversation_state};
 use crate::config::{TurnConfig, ms};
 use crate::error::ErrorCode;
 use crate::lifecycle::Lifecycle;
 use crate::protocol::{AttemptOutcome, EventBody, FinishReason, TurnMetrics};
-use crate::providers::{BreakerState, ProviderError, Source, UpstreamFinish};
+use crate::providers::{BreakerState, ProviderError, UpstreamFinish};
 use crate::retrieval::Retrieval;
 use crate::rooms::{QueuedTurn, Room};
 
@@ -30,6 +33,7 @@ pub struct TurnEngine {
     models: Models,
     cfg: TurnConfig,
     retrieval: Option<Arc<Retrieval>>,
+    cache: Option<Arc<AnswerCache>>,
 }
 
 /// How the turn ended.
@@ -61,80 +65,39 @@ impl Failure {
 }
 
 impl TurnEngine {
-    pub fn new(models: Models, cfg: TurnConfig, retrieval: Option<Arc<Retrieval>>) -> Self {
+    pub fn new(
+        models: Models,
+        cfg: TurnConfig,
+        retrieval: Option<Arc<Retrieval>>,
+        cache: Option<Arc<AnswerCache>>,
+    ) -> Self {
         Self {
             models,
             cfg,
             retrieval,
+            cache,
         }
     }
 
-    /// Searches the tenant's documents for the turn; a failure is reported in the `tool`
-    /// event and the turn goes on without sources.
-    async fn retrieve(
+    /// The cache lookup for one layer, counted in the metrics.
+    fn lookup(
         &self,
-        room: &Room,
-        history: &[crate::protocol::TurnSnapshot],
-        turn: &QueuedTurn,
-    ) -> (Vec<Source>, Option<EventBody>) {
-        let Some(r) = &self.retrieval else {
-            return (Vec::new(), None);
+        tenant: &str,
+        scope: Option<&Scope>,
+        prompt: &str,
+        vector: Option<&[f32]>,
+    ) -> Option<CacheHit> {
+        let (cache, scope) = (self.cache.as_ref()?, scope?);
+        let layer = if vector.is_some() {
+            "semantic"
+        } else {
+            "exact"
         };
-        let query = prompt::retrieval_query(history, &turn.prompt, r.cfg.short_prompt_words);
-        let t0 = Instant::now();
-        let input = serde_json::json!({ "query": query, "top_k": r.cfg.top_k });
-        match r
-            .search(&room.key.tenant, &query, r.cfg.top_k, r.cfg.score_floor)
-            .await
-        {
-            Ok(found) => {
-                let sources: Vec<Source> = found
-                    .hits
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, h)| Source {
-                        n: i + 1,
-                        doc_id: h.doc_id,
-                        title: h.title,
-                        chunk: h.chunk,
-                        text: h.text,
-                        score: h.score,
-                    })
-                    .collect();
-                let results: Vec<_> = sources
-                    .iter()
-                    .map(|s| {
-                        serde_json::json!({
-                            "n": s.n, "doc_id": s.doc_id, "title": s.title, "chunk": s.chunk,
-                            "score": s.score, "snippet": s.text.chars().take(300).collect::<String>(),
-                        })
-                    })
-                    .collect();
-                let tool = EventBody::Tool {
-                    name: "search_documents".into(),
-                    input,
-                    output: serde_json::json!({
-                        "results": results,
-                        "dropped_duplicates": found.dropped_duplicates,
-                    }),
-                    duration_ms: found.took.as_millis() as u64,
-                };
-                (sources, Some(tool))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "retrieval failed; answering without sources");
-                let tool = EventBody::Tool {
-                    name: "search_documents".into(),
-                    input,
-                    output: serde_json::json!({
-                        "error": { "code": ErrorCode::from(&e).as_str(), "message": e.to_string() },
-                        "results": [],
-                    }),
-                    duration_ms: t0.elapsed().as_millis() as u64,
-                };
-                (Vec::new(), Some(tool))
-            }
-        }
+        let hit = cache
+            .lookup(tenant, scope, prompt, vector)
+            .filter(|h| vector.is_none() || h.layer == CacheLayer::Semantic);
+        crate::metrics::cache_lookup(layer, hit.is_some());
+        hit
     }
 
     /// Runs one turn to its single `end` event.
@@ -155,11 +118,39 @@ impl TurnEngine {
             );
             return;
         };
+        let started = Instant::now();
         let history = room.history();
-        let (sources, tool) = self
-            .retrieve(room, &history, &turn)
-            .instrument(tracing::info_span!("retrieve"))
-            .await;
+        let tenant = room.key.tenant.clone();
+        let scope = (self.cache.is_some() && turn.use_cache).then(|| Scope {
+            corpus_version: self
+                .retrieval
+                .as_ref()
+                .map_or(0, |r| r.corpus_version(&tenant)),
+            conversation: conversation_state(&history),
+            chain: chain.name.clone(),
+        });
+        if let Some(hit) = self.lookup(&tenant, scope.as_ref(), &turn.prompt, None) {
+            return replay::replay(room, &turn, &chain.name, hit, started);
+        }
+        let mut embedding = None;
+        let (sources, tool) = match &self.retrieval {
+            None => (Vec::new(), None),
+            Some(r) => {
+                let query =
+                    prompt::retrieval_query(&history, &turn.prompt, r.cfg.short_prompt_words);
+                let vector = retrieve::embed(r, &query).await;
+                if let Ok(v) = &vector {
+                    if let Some(hit) = self.lookup(&tenant, scope.as_ref(), &turn.prompt, Some(v)) {
+                        return replay::replay(room, &turn, &chain.name, hit, started);
+                    }
+                    embedding = Some(v.clone());
+                }
+                let (sources, tool) = retrieve::search(r, &tenant, &query, vector)
+                    .instrument(tracing::info_span!("retrieve"))
+                    .await;
+                (sources, Some(tool))
+            }
+        };
         let request = prompt::build_request(&self.cfg.system_prompt, &history, &turn, sources);
         let prompt_tokens = prompt::estimate_tokens(&request);
         let start = self.models.start_index(
@@ -172,14 +163,13 @@ impl TurnEngine {
         );
         let cancel = life.turn_cancel.child_token();
         let first_model = chain.links[start].provider.model().to_string();
-        if !room.begin_turn(&turn, &first_model, &chain.name, cancel.clone()) {
+        if !room.begin_turn(&turn, &first_model, &chain.name, None, cancel.clone()) {
             return;
         }
-        if let Some(tool) = tool {
-            room.turn_event(turn.turn_id, tool);
+        if let Some(tool) = &tool {
+            room.turn_event(turn.turn_id, tool.clone());
         }
 
-        let started = Instant::now();
         let deadline = started + ms(self.cfg.deadline_ms);
         let mut progress = Progress::default();
         let mut last: Option<Arc<Link>> = None;
@@ -317,7 +307,13 @@ impl TurnEngine {
             }))
         });
         let citations = prompt::citations(&progress.answer, request.sources.len());
-        self.finish(
+        // Only complete, first-class answers are worth replaying: not errors, not cut by
+        // length, not the degraded extractive fallback.
+        let storable = matches!(outcome, Outcome::Finished(UpstreamFinish::Stop))
+            && last.as_ref().is_some_and(|l| !l.is_extractive())
+            && !progress.answer.trim().is_empty();
+        let answer = progress.answer.clone();
+        let (model, cost_usd) = self.finish(
             room,
             &turn,
             life,
@@ -327,8 +323,23 @@ impl TurnEngine {
             progress,
             prompt_tokens,
             started,
-            citations,
+            citations.clone(),
         );
+        if let (true, Some(cache), Some(scope)) = (storable, &self.cache, scope) {
+            cache.insert(
+                &tenant,
+                scope,
+                CachedAnswer {
+                    prompt: turn.prompt.clone(),
+                    embedding,
+                    text: answer,
+                    tool,
+                    model,
+                    cost_usd,
+                    citations,
+                },
+            );
+        }
     }
 
     /// Sends `error` (when failed), `metrics` and the one `end`.
@@ -345,7 +356,7 @@ impl TurnEngine {
         prompt_tokens: u64,
         started: Instant,
         citations: Vec<usize>,
-    ) {
+    ) -> (String, f64) {
         let finish_reason = match &outcome {
             Outcome::Finished(UpstreamFinish::Stop) => FinishReason::Stop,
             Outcome::Finished(UpstreamFinish::Length) => FinishReason::Length,
@@ -401,7 +412,7 @@ impl TurnEngine {
         room.turn_event(
             turn.turn_id,
             EventBody::Metrics(TurnMetrics {
-                model,
+                model: model.clone(),
                 provider,
                 chain: chain.name.clone(),
                 ttft_ms: ttft.map(|d| d.as_millis() as u64),
@@ -411,12 +422,15 @@ impl TurnEngine {
                 usage_reported,
                 cost_usd,
                 citations,
+                cached: false,
+                saved_usd: 0.0,
                 attempts: progress.attempts,
             }),
         );
         let partial = progress.deltas > 0
             && matches!(finish_reason, FinishReason::Cancelled | FinishReason::Error);
         room.finish_turn(turn.turn_id, finish_reason, partial);
+        (model, cost_usd)
     }
 }
 

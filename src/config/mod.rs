@@ -54,6 +54,7 @@ pub struct Config {
     pub retrieval: RetrievalConfig,
     pub embedding: EmbeddingConfig,
     pub vector: VectorConfig,
+    pub cache: crate::cache::CacheConfig,
     pub log: LogConfig,
 }
 
@@ -183,6 +184,7 @@ impl Default for Config {
             retrieval: RetrievalConfig::default(),
             embedding: EmbeddingConfig::default(),
             vector: VectorConfig::default(),
+            cache: crate::cache::CacheConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -278,6 +280,16 @@ impl Config {
         )?;
         positive("retrieval.top_k", self.retrieval.top_k as u64)?;
         positive("vector.timeout_ms", self.vector.timeout_ms)?;
+        if !(self.cache.semantic_threshold > 0.0 && self.cache.semantic_threshold <= 1.0) {
+            return Err(ConfigError::Invalid {
+                field: "cache.semantic_threshold".into(),
+                reason: "must be in (0, 1]".into(),
+            });
+        }
+        positive(
+            "cache.max_entries_per_scope",
+            self.cache.max_entries_per_scope as u64,
+        )?;
         if self.embedding.gpu && !cfg!(feature = "gpu") {
             return Err(ConfigError::Invalid {
                 field: "embedding.gpu".into(),

@@ -1,18 +1,20 @@
-//! `confab_cost_usd_total`: a float counter. The `metrics` facade only has integer counters,
-//! and cost in USD is fractional, so this one series family is kept and rendered here.
+//! Float counters (USD): the `metrics` facade only has integer counters, and money is
+//! fractional, so these families are kept and rendered here.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
-use super::COST_USD_TOTAL;
+type Labels = Vec<(&'static str, String)>;
 
-static COST: Mutex<BTreeMap<(String, &'static str), f64>> = Mutex::new(BTreeMap::new());
+static FAMILIES: Mutex<BTreeMap<&'static str, (&'static str, BTreeMap<Labels, f64>)>> =
+    Mutex::new(BTreeMap::new());
 
-/// Adds to the (model, outcome) series; a zero still creates the series.
-pub fn add(model: &str, outcome: &'static str, usd: f64) {
-    let mut m = COST.lock().unwrap_or_else(|p| p.into_inner());
-    *m.entry((model.to_string(), outcome)).or_insert(0.0) += usd.max(0.0);
+/// Adds `v` (negative values are ignored) to a series; a zero still creates it.
+pub fn add(name: &'static str, help: &'static str, labels: Labels, v: f64) {
+    let mut m = FAMILIES.lock().unwrap_or_else(|p| p.into_inner());
+    let family = m.entry(name).or_insert_with(|| (help, BTreeMap::new()));
+    *family.1.entry(labels).or_insert(0.0) += v.max(0.0);
 }
 
 fn escape(v: &str) -> String {
@@ -21,22 +23,22 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Appends the family in the text exposition format.
+/// Appends every family in the text exposition format.
 pub fn render(out: &mut String) {
-    let m = COST.lock().unwrap_or_else(|p| p.into_inner());
-    if m.is_empty() {
-        return;
-    }
-    let _ = writeln!(
-        out,
-        "# HELP {COST_USD_TOTAL} Cost in USD at configured prices, by model and outcome."
-    );
-    let _ = writeln!(out, "# TYPE {COST_USD_TOTAL} counter");
-    for ((model, outcome), v) in m.iter() {
-        let _ = writeln!(
-            out,
-            "{COST_USD_TOTAL}{{model=\"{}\",outcome=\"{outcome}\"}} {v}",
-            escape(model)
-        );
+    let m = FAMILIES.lock().unwrap_or_else(|p| p.into_inner());
+    for (name, (help, series)) in m.iter() {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (labels, v) in series {
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {v}");
+            } else {
+                let _ = writeln!(out, "{name}{{{}}} {v}", labels.join(","));
+            }
+        }
     }
 }

@@ -46,6 +46,10 @@ pub const EMBED_DURATION_SECONDS: &str = "confab_embed_duration_seconds";
 pub const VECTOR_SEARCH_DURATION_SECONDS: &str = "confab_vector_search_duration_seconds";
 pub const INGEST_DOCUMENTS_TOTAL: &str = "confab_ingest_documents_total";
 pub const INGEST_CHUNKS_TOTAL: &str = "confab_ingest_chunks_total";
+pub const CACHE_LOOKUPS_TOTAL: &str = "confab_cache_lookups_total";
+pub const CACHE_SAVED_USD_TOTAL: &str = "confab_cache_saved_usd_total";
+pub const CACHE_ENTRIES: &str = "confab_cache_entries";
+pub const CACHE_EVICTIONS_TOTAL: &str = "confab_cache_evictions_total";
 pub const HTTP_REQUESTS_TOTAL: &str = "confab_http_requests_total";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "confab_http_request_duration_seconds";
 
@@ -171,6 +175,15 @@ fn describe() {
     );
     describe_counter!(INGEST_DOCUMENTS_TOTAL, "Documents ingested, by outcome.");
     describe_counter!(INGEST_CHUNKS_TOTAL, "Chunks indexed.");
+    describe_counter!(
+        CACHE_LOOKUPS_TOTAL,
+        "Cache lookups by layer (exact, semantic, retrieval) and result."
+    );
+    describe_gauge!(CACHE_ENTRIES, "Answers held in the answer cache.");
+    describe_counter!(
+        CACHE_EVICTIONS_TOTAL,
+        "Answer-cache scopes evicted for space."
+    );
     describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests by route and status.");
     describe_histogram!(
         HTTP_REQUEST_DURATION_SECONDS,
@@ -208,6 +221,14 @@ pub fn init_series(providers: &[&str], chains: &[&str]) {
     for outcome in ["indexed", "failed"] {
         counter!(INGEST_DOCUMENTS_TOTAL, "outcome" => outcome).absolute(0);
     }
+    for layer in ["exact", "semantic", "retrieval"] {
+        for result in ["hit", "miss"] {
+            counter!(CACHE_LOOKUPS_TOTAL, "layer" => layer, "result" => result).absolute(0);
+        }
+    }
+    counter!(CACHE_EVICTIONS_TOTAL).absolute(0);
+    gauge!(CACHE_ENTRIES).increment(0.0);
+    cost::add(CACHE_SAVED_USD_TOTAL, SAVED_HELP, vec![], 0.0);
     gauge!(WS_SESSIONS).increment(0.0);
     gauge!(ROOMS).increment(0.0);
     embed_queue(0, 0);
@@ -306,7 +327,15 @@ pub fn turn_finished(t: &TurnRecord<'_>) {
     let model = t.model.to_string();
     counter!(TOKENS_TOTAL, "model" => model.clone(), "direction" => "in").increment(t.tokens_in);
     counter!(TOKENS_TOTAL, "model" => model, "direction" => "out").increment(t.tokens_out);
-    cost::add(t.model, t.finish_reason, t.cost_usd);
+    cost::add(
+        COST_USD_TOTAL,
+        "Cost in USD at configured prices, by model and outcome.",
+        vec![
+            ("model", t.model.to_string()),
+            ("outcome", t.finish_reason.to_string()),
+        ],
+        t.cost_usd,
+    );
 }
 
 pub fn inter_token(gap: Duration) {
@@ -347,6 +376,25 @@ pub fn vector_search(backend: &'static str, took: Duration) {
 pub fn ingested(outcome: &'static str, chunks: usize) {
     counter!(INGEST_DOCUMENTS_TOTAL, "outcome" => outcome).increment(1);
     counter!(INGEST_CHUNKS_TOTAL).increment(chunks as u64);
+}
+
+const SAVED_HELP: &str = "USD not spent because the answer cache served the turn.";
+
+pub fn cache_lookup(layer: &'static str, hit: bool) {
+    counter!(CACHE_LOOKUPS_TOTAL, "layer" => layer, "result" => if hit { "hit" } else { "miss" })
+        .increment(1);
+}
+
+pub fn cache_saved(usd: f64) {
+    cost::add(CACHE_SAVED_USD_TOTAL, SAVED_HELP, vec![], usd);
+}
+
+pub fn cache_entries(n: u64) {
+    gauge!(CACHE_ENTRIES).set(n as f64);
+}
+
+pub fn cache_eviction() {
+    counter!(CACHE_EVICTIONS_TOTAL).increment(1);
 }
 
 pub fn http_request(path: &str, status: u16, took: Duration) {

@@ -37,6 +37,9 @@ pub enum ClientMessage {
         /// Speed/quality hint for cheap-first routing.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         quality: Option<Quality>,
+        /// `false`: neither answer from nor store in the answer cache.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cache: Option<bool>,
     },
     /// Stop a running or queued turn; anyone in the room may cancel.
     Cancel { turn_id: Uuid },
@@ -102,6 +105,9 @@ pub enum EventBody {
         model: String,
         chain: String,
         prompt_seq: u64,
+        /// Set when the answer is replayed from the cache.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cached: Option<CacheInfo>,
     },
     /// A piece of the answer.
     Delta { text: String },
@@ -221,8 +227,20 @@ pub struct TurnMetrics {
     pub cost_usd: f64,
     /// Source numbers (`[n]` of the `tool` event's results) the answer cites.
     pub citations: Vec<usize>,
+    /// The answer came from the cache (cost 0).
+    pub cached: bool,
+    /// USD the cache saved: the original turn's cost.
+    pub saved_usd: f64,
     /// Every upstream attempt of the turn, in order (retries and fallbacks included).
     pub attempts: Vec<AttemptRecord>,
+}
+
+/// How a cached answer matched.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CacheInfo {
+    pub layer: crate::cache::CacheLayer,
+    /// Cosine similarity of the prompts (1 for an exact hit).
+    pub similarity: f32,
 }
 
 /// One upstream attempt as the client sees it.

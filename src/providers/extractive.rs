@@ -80,7 +80,8 @@ fn compose(query: &str, sources: &[Source]) -> String {
     out
 }
 
-fn split_keep_spaces(text: &str) -> Vec<String> {
+/// Splits after every space, keeping it: the pieces concatenate back to `text`.
+pub fn split_keep_spaces(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     for ch in text.chars() {

@@ -1,8 +1,11 @@
 //! Retrieval: embed the query, search the tenant's chunks, drop duplicates; and the plain-text
 //! upload path (chunk → embed in bulk → upsert).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use moka::sync::Cache;
 
 use uuid::Uuid;
 
@@ -34,11 +37,29 @@ pub struct SearchOutcome {
     pub took: Duration,
 }
 
+/// Retrieval-cache key: tenant, corpus version, query text, k, score floor (bits).
+type SearchKey = (String, u64, String, usize, u32);
+
+fn search_key(tenant: &str, version: u64, query: &str, k: usize, floor: f32) -> SearchKey {
+    (
+        tenant.to_string(),
+        version,
+        query.to_string(),
+        k,
+        floor.to_bits(),
+    )
+}
+
 /// The embedding service and the vector store together.
 pub struct Retrieval {
     pub embedder: Embedder,
     pub store: VectorStore,
     pub cfg: RetrievalConfig,
+    /// Per-tenant corpus version: every upload or delete bumps it, so caches keyed on it
+    /// stop matching at once.
+    versions: Mutex<HashMap<String, u64>>,
+    /// Search results by query, scoped like the answer cache; `None` when caching is off.
+    searches: Option<Cache<SearchKey, Arc<(Vec<Hit>, usize)>>>,
 }
 
 impl Retrieval {
@@ -49,10 +70,71 @@ impl Retrieval {
             .await
             .map_err(|e| EmbedError::Model(format!("model loading task failed: {e}")))??;
         let store = VectorStore::open(&config.vector, embedder.dim()).await?;
+        let searches = config.cache.enabled.then(|| {
+            Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(config.cache.ttl_secs))
+                .build()
+        });
         Ok(Self {
             embedder,
             store,
             cfg: config.retrieval.clone(),
+            versions: Mutex::new(HashMap::new()),
+            searches,
+        })
+    }
+
+    /// The tenant's corpus version.
+    pub fn corpus_version(&self, tenant: &str) -> u64 {
+        let v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        v.get(tenant).copied().unwrap_or(0)
+    }
+
+    fn bump_version(&self, tenant: &str) {
+        let mut v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        *v.entry(tenant.to_string()).or_insert(0) += 1;
+    }
+
+    fn cached_search(&self, key: &SearchKey) -> Option<SearchOutcome> {
+        let cache = self.searches.as_ref()?;
+        let hit = cache.get(key);
+        crate::metrics::cache_lookup("retrieval", hit.is_some());
+        hit.map(|h| SearchOutcome {
+            hits: h.0.clone(),
+            dropped_duplicates: h.1,
+            took: Duration::ZERO,
+        })
+    }
+
+    /// Searches with a query vector the caller already has (turns embed once, for the
+    /// semantic cache and for search).
+    pub async fn search_vector(
+        &self,
+        tenant: &str,
+        query: &str,
+        vector: Vec<f32>,
+        k: usize,
+        floor: f32,
+    ) -> Result<SearchOutcome, RetrievalError> {
+        let t0 = Instant::now();
+        let key = search_key(tenant, self.corpus_version(tenant), query, k, floor);
+        if let Some(found) = self.cached_search(&key) {
+            return Ok(found);
+        }
+        // Ask for a few more than k so that dropping duplicates still leaves k.
+        let raw = self
+            .store
+            .search(tenant, vector, k * 2, Some(floor))
+            .await?;
+        let (hits, dropped_duplicates) = dedupe(raw, k);
+        if let Some(c) = &self.searches {
+            c.insert(key, Arc::new((hits.clone(), dropped_duplicates)));
+        }
+        Ok(SearchOutcome {
+            hits,
+            dropped_duplicates,
+            took: t0.elapsed(),
         })
     }
 
@@ -64,19 +146,15 @@ impl Retrieval {
         k: usize,
         floor: f32,
     ) -> Result<SearchOutcome, RetrievalError> {
+        let key = search_key(tenant, self.corpus_version(tenant), query, k, floor);
+        if let Some(found) = self.cached_search(&key) {
+            return Ok(found);
+        }
         let t0 = Instant::now();
         let vector = self.embedder.embed_query(query).await?;
-        // Ask for a few more than k so that dropping duplicates still leaves k.
-        let raw = self
-            .store
-            .search(tenant, vector, k * 2, Some(floor))
-            .await?;
-        let (hits, dropped_duplicates) = dedupe(raw, k);
-        Ok(SearchOutcome {
-            hits,
-            dropped_duplicates,
-            took: t0.elapsed(),
-        })
+        let mut found = self.search_vector(tenant, query, vector, k, floor).await?;
+        found.took = t0.elapsed();
+        Ok(found)
     }
 
     /// Stores a plain-text document: same text = same id (re-uploading is idempotent).
@@ -128,6 +206,7 @@ impl Retrieval {
         self.store.delete_document(tenant, &doc_id).await?;
         self.store.upsert(points).await?;
         self.store.flush().await?;
+        self.bump_version(tenant);
         Ok((doc_id, n))
     }
 }

@@ -46,4 +46,6 @@ pub struct QueuedTurn {
     pub from: Member,
     pub prompt: String,
     pub quality: Option<crate::config::Quality>,
+    /// False when the client opted out of the answer cache.
+    pub use_cache: bool,
 }

@@ -231,6 +231,7 @@ impl Room {
         text: String,
         client_msg_id: Option<String>,
         quality: Option<crate::config::Quality>,
+        use_cache: bool,
     ) -> Result<Uuid, ErrorCode> {
         let mut st = self.lock();
         if let Some(id) = &client_msg_id
@@ -244,6 +245,7 @@ impl Room {
             from: from.clone(),
             prompt: text.clone(),
             quality,
+            use_cache,
         };
         match self.turns_tx.try_send(queued) {
             Ok(()) => {}
@@ -298,6 +300,7 @@ impl Room {
         turn: &QueuedTurn,
         model: &str,
         chain: &str,
+        cached: Option<crate::protocol::CacheInfo>,
         cancel: CancellationToken,
     ) -> bool {
         let mut st = self.lock();
@@ -337,6 +340,7 @@ impl Room {
                 model: model.to_string(),
                 chain: chain.to_string(),
                 prompt_seq,
+                cached,
             },
         );
         true

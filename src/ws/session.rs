@@ -181,7 +181,8 @@ impl Session {
                 text,
                 client_msg_id,
                 quality,
-            } => self.prompt(text, client_msg_id, quality),
+                cache,
+            } => self.prompt(text, client_msg_id, quality, cache.unwrap_or(true)),
             ClientMessage::Cancel { turn_id } => {
                 let Some((room, _)) = &self.joined else {
                     return self.not_in_room();
@@ -236,6 +237,7 @@ impl Session {
         text: String,
         client_msg_id: Option<String>,
         quality: Option<crate::config::Quality>,
+        use_cache: bool,
     ) {
         let Some((room, member)) = &self.joined else {
             return self.not_in_room();
@@ -263,7 +265,13 @@ impl Session {
                 "server is shutting down; reconnect and send again".into(),
             );
         }
-        match room.submit_prompt(member.clone(), text, client_msg_id.clone(), quality) {
+        match room.submit_prompt(
+            member.clone(),
+            text,
+            client_msg_id.clone(),
+            quality,
+            use_cache,
+        ) {
             Ok(_) => {}
             Err(ErrorCode::DuplicatePrompt) => self.send_error(
                 None,

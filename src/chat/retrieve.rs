@@ -1,0 +1,88 @@
+//! The retrieval phase of a turn: embed the query once (the semantic cache reuses the
+//! vector), search the tenant's documents, and describe it as a `search_documents` event.
+//! Failures never fail the turn: they are reported in the event and the turn goes on
+//! without sources.
+
+use std::time::Instant;
+
+use crate::error::ErrorCode;
+use crate::protocol::EventBody;
+use crate::providers::Source;
+use crate::retrieval::{Retrieval, RetrievalError, SearchOutcome};
+
+const TOOL: &str = "search_documents";
+
+/// Embeds the retrieval query; `Err` is reported later in the tool event.
+pub async fn embed(r: &Retrieval, query: &str) -> Result<Vec<f32>, RetrievalError> {
+    Ok(r.embedder.embed_query(query).await?)
+}
+
+/// Searches with the vector (or reports why there is none) and builds the tool event.
+pub async fn search(
+    r: &Retrieval,
+    tenant: &str,
+    query: &str,
+    vector: Result<Vec<f32>, RetrievalError>,
+) -> (Vec<Source>, EventBody) {
+    let t0 = Instant::now();
+    let input = serde_json::json!({ "query": query, "top_k": r.cfg.top_k });
+    let found = match vector {
+        Ok(v) => {
+            r.search_vector(tenant, query, v, r.cfg.top_k, r.cfg.score_floor)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match found {
+        Ok(found) => tool_ok(input, found),
+        Err(e) => {
+            tracing::warn!(error = %e, "retrieval failed; answering without sources");
+            let output = serde_json::json!({
+                "error": { "code": ErrorCode::from(&e).as_str(), "message": e.to_string() },
+                "results": [],
+            });
+            let tool = EventBody::Tool {
+                name: TOOL.into(),
+                input,
+                output,
+                duration_ms: t0.elapsed().as_millis() as u64,
+            };
+            (Vec::new(), tool)
+        }
+    }
+}
+
+fn tool_ok(input: serde_json::Value, found: SearchOutcome) -> (Vec<Source>, EventBody) {
+    let sources: Vec<Source> = found
+        .hits
+        .into_iter()
+        .enumerate()
+        .map(|(i, h)| Source {
+            n: i + 1,
+            doc_id: h.doc_id,
+            title: h.title,
+            chunk: h.chunk,
+            text: h.text,
+            score: h.score,
+        })
+        .collect();
+    let results: Vec<_> = sources
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "n": s.n, "doc_id": s.doc_id, "title": s.title, "chunk": s.chunk,
+                "score": s.score, "snippet": s.text.chars().take(300).collect::<String>(),
+            })
+        })
+        .collect();
+    let tool = EventBody::Tool {
+        name: TOOL.into(),
+        input,
+        output: serde_json::json!({
+            "results": results,
+            "dropped_duplicates": found.dropped_duplicates,
+        }),
+        duration_ms: found.took.as_millis() as u64,
+    };
+    (sources, tool)
+}
