@@ -6,9 +6,10 @@ use std::fmt::Write;
 use std::sync::Mutex;
 
 type Labels = Vec<(&'static str, String)>;
+/// Help text and the series of one family.
+type Family = (&'static str, BTreeMap<Labels, f64>);
 
-static FAMILIES: Mutex<BTreeMap<&'static str, (&'static str, BTreeMap<Labels, f64>)>> =
-    Mutex::new(BTreeMap::new());
+static FAMILIES: Mutex<BTreeMap<&'static str, Family>> = Mutex::new(BTreeMap::new());
 
 /// Adds `v` (negative values are ignored) to a series; a zero still creates it.
 pub fn add(name: &'static str, help: &'static str, labels: Labels, v: f64) {

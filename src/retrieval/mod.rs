@@ -40,6 +40,9 @@ pub struct SearchOutcome {
 /// Retrieval-cache key: tenant, corpus version, query text, k, score floor (bits).
 type SearchKey = (String, u64, String, usize, u32);
 
+/// Cached search results with the number of dropped duplicates.
+type CachedSearch = Arc<(Vec<Hit>, usize)>;
+
 fn search_key(tenant: &str, version: u64, query: &str, k: usize, floor: f32) -> SearchKey {
     (
         tenant.to_string(),
@@ -59,7 +62,7 @@ pub struct Retrieval {
     /// stop matching at once.
     versions: Mutex<HashMap<String, u64>>,
     /// Search results by query, scoped like the answer cache; `None` when caching is off.
-    searches: Option<Cache<SearchKey, Arc<(Vec<Hit>, usize)>>>,
+    searches: Option<Cache<SearchKey, CachedSearch>>,
 }
 
 impl Retrieval {
