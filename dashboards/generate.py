@@ -94,6 +94,11 @@ COST = dashboard("confab-cost", "confab / Cost & tokens", [
     panel("Retries and fallbacks", [q(f"sum by (provider) (rate(confab_provider_retries_total[{RI}]))", "retry {{provider}}"),
                                     q(f"sum by (chain) (rate(confab_provider_fallbacks_total[{RI}]))", "fallback {{chain}}")],
           "ops"),
+    panel("Cache savings (USD/hour)", [q(f"sum(rate(confab_cache_saved_usd_total[{RI}])) * 3600", "saved")],
+          "currencyUSD"),
+    panel("Cache hit ratio by layer",
+          [q(f"sum by (layer) (rate(confab_cache_lookups_total{{result=\"hit\"}}[{RI}])) / "
+             f"sum by (layer) (rate(confab_cache_lookups_total[{RI}]))", "{{layer}}")], "percentunit"),
     panel("Circuit breakers (0 closed, 1 open, 2 half-open)",
           [q("max by (provider) (confab_provider_circuit_state)", "{{provider}}")], "short", [(1, "red")]),
 ])

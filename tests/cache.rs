@@ -95,7 +95,7 @@ async fn paraphrase_hits_the_semantic_layer() {
     let (hit, _) = ask(&mut b, q("How does Larkspur recover after crashing?")).await;
     let cached = &find(&hit, "start")["cached"];
     assert_eq!(cached["layer"], "semantic", "{hit:?}");
-    assert!(cached["similarity"].as_f64().unwrap() >= 0.95);
+    assert!(cached["similarity"].as_f64().unwrap() >= 0.92);
     assert_eq!(srv.mock.requests().len(), 1);
     // A different question is not a hit.
     let mut c = srv.joined("r3", "carol").await;

@@ -114,6 +114,13 @@ async fn metrics_move_and_dashboards_only_use_exported_series() {
         let ev = a.until_end().await;
         assert_eq!(ev.last().unwrap()["finish_reason"], "stop");
     }
+    // The same first question in a fresh room: an exact cache hit.
+    let mut b = srv.joined("m2", "bob").await;
+    b.send(json!({"type": "prompt", "text": "how are metrics exported?"}))
+        .await;
+    let ev = b.until_end().await;
+    let start = ev.iter().find(|e| e["type"] == "start").unwrap();
+    assert_eq!(start["cached"]["layer"], "exact");
     a.send(json!({"type": "prompt", "text": "x".repeat(200)}))
         .await;
     assert_eq!(
@@ -181,6 +188,16 @@ async fn metrics_move_and_dashboards_only_use_exported_series() {
     );
     assert!(moved("confab_ingest_documents_total", &["outcome=\"indexed\""]) >= 1.0);
     assert!(moved("confab_ingest_chunks_total", &[]) >= 1.0);
+    let hit = ["layer=\"exact\"", "result=\"hit\""];
+    assert!(
+        moved("confab_cache_lookups_total", &hit) >= 1.0,
+        "cache hit counted"
+    );
+    assert!(
+        moved("confab_cache_saved_usd_total", &[]) > 0.0,
+        "saved cost counted"
+    );
+    assert!(total(&after, "confab_cache_entries", &[]) >= 1.0);
     assert!(
         moved(
             "confab_http_requests_total",

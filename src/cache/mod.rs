@@ -30,7 +30,9 @@ pub struct CacheConfig {
     /// Answers kept per scope (same tenant, corpus, conversation and chain).
     pub max_entries_per_scope: usize,
     /// Cosine similarity at or above which a cached prompt counts as the same question.
-    /// 0.95 gives 0% false hits on STS-B pairs rated ≤ 2.5 (see `examples/cache_calibration`).
+    /// Calibrated on STS-B (`examples/cache_calibration`): at 0.92, 0.37% of pairs rated
+    /// ≤ 2.5 would hit (wrong answers) and 45.5% of pairs rated ≥ 4.5 do (useful hits); 0.95
+    /// halves the false hits (0.15%) but loses a third of the useful ones (29%).
     pub semantic_threshold: f32,
 }
 
@@ -42,7 +44,7 @@ impl Default for CacheConfig {
             max_bytes_per_tenant: 64 * 1024 * 1024,
             max_tenants: 10_000,
             max_entries_per_scope: 128,
-            semantic_threshold: 0.95,
+            semantic_threshold: 0.92,
         }
     }
 }
