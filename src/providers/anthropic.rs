@@ -1,10 +1,8 @@
 //! Anthropic Messages API, streaming.
 
-use std::collections::VecDeque;
-
 use serde::Deserialize;
 
-use super::http::{self, Next, SseStream};
+use super::http::{self, Flow, Parsed, SseEvents};
 use super::{ChatMessage, ChatRequest, ProviderError, Role, StreamEvent, UpstreamFinish};
 use crate::config::{ProviderEntry, Secret};
 
@@ -22,11 +20,9 @@ pub struct AnthropicProvider {
 
 /// An open message stream; dropping it closes the connection.
 pub struct AnthropicStream {
-    events: SseStream,
-    pending: VecDeque<StreamEvent>,
+    events: SseEvents,
+    /// From `message_start`; reported with the output tokens of `message_delta`.
     input_tokens: u64,
-    finished: bool,
-    done: bool,
 }
 
 impl AnthropicProvider {
@@ -77,11 +73,8 @@ impl AnthropicProvider {
             .header("anthropic-version", API_VERSION)
             .json(&body);
         Ok(AnthropicStream {
-            events: http::send_sse(rb).await?,
-            pending: VecDeque::new(),
+            events: SseEvents::new(http::send_sse(rb).await?),
             input_tokens: 0,
-            finished: false,
-            done: false,
         })
     }
 }
@@ -141,76 +134,58 @@ struct MessageDeltaBody {
 impl AnthropicStream {
     /// The next event; `None` after `message_stop`.
     pub async fn next(&mut self) -> Option<Result<StreamEvent, ProviderError>> {
-        loop {
-            if let Some(ev) = self.pending.pop_front() {
-                return Some(Ok(ev));
-            }
-            if self.done {
-                return None;
-            }
-            let event = match http::next_event(&mut self.events, self.finished).await {
-                Next::Event(ev) => ev,
-                Next::End => {
-                    self.done = true;
-                    return None;
-                }
-                Next::Failed(e) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
-            };
-            let data = event.data.trim();
-            if data.is_empty() {
-                continue;
-            }
-            let parsed: Event = match serde_json::from_str(data) {
-                Ok(e) => e,
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(http::malformed(e, data)));
-                }
-            };
-            match parsed {
-                Event::MessageStart { message } => {
-                    self.input_tokens = message.usage.map(|u| u.input_tokens).unwrap_or(0);
-                }
-                Event::ContentBlockDelta { delta } => {
-                    if let Some(t) = delta.text.filter(|t| !t.is_empty()) {
-                        self.pending.push_back(StreamEvent::Delta(t));
-                    }
-                }
-                Event::MessageDelta { delta, usage } => {
-                    if let Some(reason) = delta.stop_reason {
-                        self.finished = true;
-                        self.pending
-                            .push_back(StreamEvent::Finish(if reason == "max_tokens" {
-                                UpstreamFinish::Length
-                            } else {
-                                UpstreamFinish::Stop
-                            }));
-                    }
-                    if let Some(u) = usage {
-                        self.pending.push_back(StreamEvent::Usage {
-                            input: self.input_tokens,
-                            output: u.output_tokens,
-                        });
-                    }
-                }
-                Event::MessageStop => {
-                    self.finished = true;
-                    self.done = true;
-                }
-                Event::Error { error } => {
-                    self.done = true;
-                    let overloaded = error["type"] == "overloaded_error";
-                    return Some(Err(ProviderError::Status {
-                        status: if overloaded { 529 } else { 500 },
-                        retry_after: None,
-                        body: error.to_string().chars().take(300).collect(),
-                    }));
-                }
-                Event::Other => {}
+        let input_tokens = &mut self.input_tokens;
+        self.events
+            .next(|data, out| parse_event(data, out, input_tokens))
+            .await
+    }
+}
+
+fn parse_event(
+    data: &str,
+    out: &mut Parsed,
+    input_tokens: &mut u64,
+) -> Result<Flow, ProviderError> {
+    let parsed: Event = serde_json::from_str(data).map_err(|e| http::malformed(e, data))?;
+    match parsed {
+        Event::MessageStart { message } => {
+            *input_tokens = message.usage.map(|u| u.input_tokens).unwrap_or(0);
+        }
+        Event::ContentBlockDelta { delta } => {
+            if let Some(t) = delta.text.filter(|t| !t.is_empty()) {
+                out.pending.push_back(StreamEvent::Delta(t));
             }
         }
+        Event::MessageDelta { delta, usage } => {
+            if let Some(reason) = delta.stop_reason {
+                out.finished = true;
+                out.pending
+                    .push_back(StreamEvent::Finish(if reason == "max_tokens" {
+                        UpstreamFinish::Length
+                    } else {
+                        UpstreamFinish::Stop
+                    }));
+            }
+            if let Some(u) = usage {
+                out.pending.push_back(StreamEvent::Usage {
+                    input: *input_tokens,
+                    output: u.output_tokens,
+                });
+            }
+        }
+        Event::MessageStop => {
+            out.finished = true;
+            return Ok(Flow::End);
+        }
+        Event::Error { error } => {
+            let overloaded = error["type"] == "overloaded_error";
+            return Err(ProviderError::Status {
+                status: if overloaded { 529 } else { 500 },
+                retry_after: None,
+                body: error.to_string().chars().take(300).collect(),
+            });
+        }
+        Event::Other => {}
     }
+    Ok(Flow::Continue)
 }

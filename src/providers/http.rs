@@ -1,13 +1,14 @@
 //! HTTP plumbing shared by the streaming providers: client construction, error statuses with
 //! `Retry-After`, and the SSE event stream.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::time::Duration;
 
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt};
 
-use super::ProviderError;
+use super::{ProviderError, StreamEvent};
 use crate::config::{ProviderEntry, ms};
 
 /// Server-sent events from an upstream response body.
@@ -54,14 +55,14 @@ pub async fn send_sse(rb: reqwest::RequestBuilder) -> Result<SseStream, Provider
 
 /// What the next SSE event was, with transport problems already mapped: a body that ends or
 /// breaks before the provider saw its end marker is a cut stream.
-pub enum Next {
+enum Next {
     Event(Event),
     End,
     Failed(ProviderError),
 }
 
 /// Reads the next event; `finished` says whether the provider already saw its finish marker.
-pub async fn next_event(events: &mut SseStream, finished: bool) -> Next {
+async fn next_event(events: &mut SseStream, finished: bool) -> Next {
     match events.next().await {
         None if finished => Next::End,
         None => Next::Failed(ProviderError::Cut),
@@ -79,4 +80,75 @@ pub async fn next_event(events: &mut SseStream, finished: bool) -> Next {
 pub fn malformed(e: serde_json::Error, data: &str) -> ProviderError {
     let shown: String = data.chars().take(120).collect();
     ProviderError::Malformed(format!("{e} in chunk {shown:?}"))
+}
+
+/// What a provider's parser made of one SSE data payload.
+pub enum Flow {
+    Continue,
+    /// The provider's end marker (`[DONE]`, `message_stop`): no more events.
+    End,
+}
+
+/// Events parsed so far, and whether the provider's finish marker was seen (a stream that
+/// ends after it is complete; before it, cut).
+#[derive(Default)]
+pub struct Parsed {
+    pub pending: VecDeque<StreamEvent>,
+    pub finished: bool,
+}
+
+/// The read loop every streaming provider shares: queued events first, then the next
+/// non-empty SSE payload through the provider's `parse`, transport problems mapped once.
+pub struct SseEvents {
+    events: SseStream,
+    parsed: Parsed,
+    done: bool,
+}
+
+impl SseEvents {
+    pub fn new(events: SseStream) -> Self {
+        Self {
+            events,
+            parsed: Parsed::default(),
+            done: false,
+        }
+    }
+
+    /// The next event; `None` once the stream ended cleanly.
+    pub async fn next(
+        &mut self,
+        mut parse: impl FnMut(&str, &mut Parsed) -> Result<Flow, ProviderError>,
+    ) -> Option<Result<StreamEvent, ProviderError>> {
+        loop {
+            if let Some(ev) = self.parsed.pending.pop_front() {
+                return Some(Ok(ev));
+            }
+            if self.done {
+                return None;
+            }
+            let event = match next_event(&mut self.events, self.parsed.finished).await {
+                Next::Event(ev) => ev,
+                Next::End => {
+                    self.done = true;
+                    return None;
+                }
+                Next::Failed(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            };
+            let data = event.data.trim();
+            if data.is_empty() {
+                continue;
+            }
+            match parse(data, &mut self.parsed) {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::End) => self.done = true,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
 }

@@ -1,10 +1,8 @@
 //! OpenAI-compatible streaming chat completions (OpenAI, vLLM, llama.cpp server, Ollama).
 
-use std::collections::VecDeque;
-
 use serde::Deserialize;
 
-use super::http::{self, Next, SseStream};
+use super::http::{self, Flow, Parsed, SseEvents};
 use super::{ChatRequest, ProviderError, StreamEvent, UpstreamFinish};
 use crate::config::{ProviderEntry, Secret};
 
@@ -21,10 +19,7 @@ pub struct OpenAiProvider {
 /// An open completion stream. Dropping it closes the upstream connection, which is how a
 /// cancelled turn stops the upstream from generating.
 pub struct OpenAiStream {
-    events: SseStream,
-    pending: VecDeque<StreamEvent>,
-    finished: bool,
-    done: bool,
+    events: SseEvents,
 }
 
 impl OpenAiProvider {
@@ -58,10 +53,7 @@ impl OpenAiProvider {
             rb = rb.bearer_auth(self.api_key.expose());
         }
         Ok(OpenAiStream {
-            events: http::send_sse(rb).await?,
-            pending: VecDeque::new(),
-            finished: false,
-            done: false,
+            events: SseEvents::new(http::send_sse(rb).await?),
         })
     }
 }
@@ -101,70 +93,43 @@ struct Usage {
 impl OpenAiStream {
     /// The next event; `None` after `[DONE]` (or a clean end after `finish_reason`).
     pub async fn next(&mut self) -> Option<Result<StreamEvent, ProviderError>> {
-        loop {
-            if let Some(ev) = self.pending.pop_front() {
-                return Some(Ok(ev));
-            }
-            if self.done {
-                return None;
-            }
-            let event = match http::next_event(&mut self.events, self.finished).await {
-                Next::Event(ev) => ev,
-                Next::End => {
-                    self.done = true;
-                    return None;
-                }
-                Next::Failed(e) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
-            };
-            let data = event.data.trim();
-            if data.is_empty() {
-                continue;
-            }
-            if data == "[DONE]" {
-                self.done = true;
-                return None;
-            }
-            if let Err(e) = self.parse_chunk(data) {
-                self.done = true;
-                return Some(Err(e));
-            }
-        }
+        self.events.next(parse_chunk).await
     }
+}
 
-    fn parse_chunk(&mut self, data: &str) -> Result<(), ProviderError> {
-        let chunk: Chunk = serde_json::from_str(data).map_err(|e| http::malformed(e, data))?;
-        if let Some(err) = chunk.error {
-            return Err(ProviderError::Status {
-                status: 500,
-                retry_after: None,
-                body: err.to_string().chars().take(300).collect(),
-            });
-        }
-        for choice in chunk.choices {
-            if let Some(text) = choice.delta.and_then(|d| d.content)
-                && !text.is_empty()
-            {
-                self.pending.push_back(StreamEvent::Delta(text));
-            }
-            if let Some(reason) = choice.finish_reason {
-                self.finished = true;
-                let finish = if reason == "length" {
-                    UpstreamFinish::Length
-                } else {
-                    UpstreamFinish::Stop
-                };
-                self.pending.push_back(StreamEvent::Finish(finish));
-            }
-        }
-        if let Some(u) = chunk.usage {
-            self.pending.push_back(StreamEvent::Usage {
-                input: u.prompt_tokens,
-                output: u.completion_tokens,
-            });
-        }
-        Ok(())
+fn parse_chunk(data: &str, out: &mut Parsed) -> Result<Flow, ProviderError> {
+    if data == "[DONE]" {
+        return Ok(Flow::End);
     }
+    let chunk: Chunk = serde_json::from_str(data).map_err(|e| http::malformed(e, data))?;
+    if let Some(err) = chunk.error {
+        return Err(ProviderError::Status {
+            status: 500,
+            retry_after: None,
+            body: err.to_string().chars().take(300).collect(),
+        });
+    }
+    for choice in chunk.choices {
+        if let Some(text) = choice.delta.and_then(|d| d.content)
+            && !text.is_empty()
+        {
+            out.pending.push_back(StreamEvent::Delta(text));
+        }
+        if let Some(reason) = choice.finish_reason {
+            out.finished = true;
+            let finish = if reason == "length" {
+                UpstreamFinish::Length
+            } else {
+                UpstreamFinish::Stop
+            };
+            out.pending.push_back(StreamEvent::Finish(finish));
+        }
+    }
+    if let Some(u) = chunk.usage {
+        out.pending.push_back(StreamEvent::Usage {
+            input: u.prompt_tokens,
+            output: u.completion_tokens,
+        });
+    }
+    Ok(Flow::Continue)
 }

@@ -81,20 +81,11 @@ impl EdgeStore {
         })
     }
 
-    fn check_dim(&self, v: &[f32]) -> Result<(), VectorError> {
-        if v.len() != self.dim {
-            return Err(VectorError::Dimension {
-                got: v.len(),
-                expected: self.dim,
-            });
-        }
-        Ok(())
+    pub fn dim(&self) -> usize {
+        self.dim
     }
 
     pub async fn upsert(&self, points: Vec<ChunkPoint>) -> Result<(), VectorError> {
-        for p in &points {
-            self.check_dim(&p.vector)?;
-        }
         let shard = self.shard.clone();
         blocking(move || {
             let list = points
@@ -125,7 +116,6 @@ impl EdgeStore {
         k: usize,
         floor: Option<f32>,
     ) -> Result<Vec<Hit>, VectorError> {
-        self.check_dim(&vector)?;
         let shard = self.shard.clone();
         let filter = filter(tenant, None)?;
         blocking(move || {

@@ -111,10 +111,32 @@ impl VectorStore {
         }
     }
 
+    /// The dimension the store was opened with.
+    pub fn dim(&self) -> usize {
+        match self {
+            VectorStore::Edge(s) => s.dim(),
+            VectorStore::Remote(s) => s.dim(),
+        }
+    }
+
+    /// Every vector in and out goes through here, for both backends.
+    fn check_dim(&self, v: &[f32]) -> Result<(), VectorError> {
+        if v.len() != self.dim() {
+            return Err(VectorError::Dimension {
+                got: v.len(),
+                expected: self.dim(),
+            });
+        }
+        Ok(())
+    }
+
     /// Inserts or replaces points (same id = same tenant, document and chunk).
     pub async fn upsert(&self, points: Vec<ChunkPoint>) -> Result<(), VectorError> {
         if points.is_empty() {
             return Ok(());
+        }
+        for p in &points {
+            self.check_dim(&p.vector)?;
         }
         match self {
             VectorStore::Edge(s) => s.upsert(points).await,
@@ -130,6 +152,7 @@ impl VectorStore {
         k: usize,
         floor: Option<f32>,
     ) -> Result<Vec<Hit>, VectorError> {
+        self.check_dim(&vector)?;
         let t0 = std::time::Instant::now();
         let (backend, result) = match self {
             VectorStore::Edge(s) => ("edge", s.search(tenant, vector, k, floor).await),

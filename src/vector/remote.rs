@@ -53,6 +53,10 @@ impl RemoteStore {
         Ok(store)
     }
 
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
     async fn bootstrap(&self) -> Result<(), VectorError> {
         let name = self.collection.clone();
         let exists = self
@@ -103,12 +107,6 @@ impl RemoteStore {
     pub async fn upsert(&self, points: Vec<ChunkPoint>) -> Result<(), VectorError> {
         let mut list = Vec::with_capacity(points.len());
         for p in points {
-            if p.vector.len() != self.dim {
-                return Err(VectorError::Dimension {
-                    got: p.vector.len(),
-                    expected: self.dim,
-                });
-            }
             let payload =
                 Payload::try_from(p.payload()).map_err(|e| VectorError::Store(e.to_string()))?;
             list.push(PointStruct::new(p.id().to_string(), p.vector, payload));
