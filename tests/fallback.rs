@@ -226,6 +226,32 @@ async fn no_model_configured_answers_extractively() {
 }
 
 #[tokio::test]
+async fn a_turn_that_consumed_nothing_costs_nothing() {
+    // A priced link that never produced a token: cancelled while waiting for it.
+    let srv = TestServer::start_with(Behavior::Hang, |c| {
+        let m = c.providers.get_mut("mock").unwrap();
+        m.price_input_per_mtok = 5.0;
+        m.price_output_per_mtok = 15.0;
+    })
+    .await;
+    let mut c = srv.joined("r", "u").await;
+    c.send(json!({"type": "prompt", "text": "this will hang"}))
+        .await;
+    let start = c.until_type("start").await;
+    let turn_id = start.last().unwrap()["turn_id"].clone();
+    c.send(json!({"type": "cancel", "turn_id": turn_id})).await;
+    let ev = c.until_end().await;
+    assert_eq!(ev.last().unwrap()["finish_reason"], "cancelled");
+    assert_eq!(outcomes(&ev), ["mock:cancelled"]);
+    assert_eq!(metrics(&ev)["provider"], "mock");
+    assert_eq!(
+        metrics(&ev)["cost_usd"],
+        0.0,
+        "nothing was generated, nothing is billed"
+    );
+}
+
+#[tokio::test]
 async fn breaker_opens_after_failures_and_skips_the_link() {
     let b = MockUpstream::start(0, Behavior::text(&["b"]))
         .await

@@ -388,13 +388,20 @@ impl TurnEngine {
             Some((i, o)) => (i, o, true),
             None => (prompt_tokens, progress.deltas, false),
         };
+        // Only an upstream that generated or reported usage is billed: a refused connection,
+        // an open breaker or an error status consumed nothing.
+        let billable = progress.usage.is_some() || progress.deltas > 0;
         let (model, provider, cost_usd) = match &last {
             Some(link) => (
                 link.provider.model().to_string(),
                 link.name.clone(),
-                (tokens_in as f64 * link.entry.price_input_per_mtok
-                    + tokens_out as f64 * link.entry.price_output_per_mtok)
-                    / 1e6,
+                if billable {
+                    (tokens_in as f64 * link.entry.price_input_per_mtok
+                        + tokens_out as f64 * link.entry.price_output_per_mtok)
+                        / 1e6
+                } else {
+                    0.0
+                },
             ),
             None => (String::new(), String::new(), 0.0),
         };
