@@ -24,6 +24,17 @@ pub struct AppState {
 impl AppState {
     /// Wires the domain core from a validated config.
     pub fn new(config: Config, models: Models, retrieval: Option<Arc<Retrieval>>) -> Self {
+        let metrics = crate::metrics::install();
+        if metrics.is_some() {
+            let providers: Vec<&str> = config
+                .providers
+                .keys()
+                .map(String::as_str)
+                .chain([crate::config::EXTRACTIVE])
+                .collect();
+            let chains: Vec<&str> = config.chains.keys().map(String::as_str).collect();
+            crate::metrics::init_series(&providers, &chains);
+        }
         let life = Arc::new(Lifecycle::default());
         let cache = config
             .cache
@@ -41,7 +52,7 @@ impl AppState {
             rooms,
             life,
             retrieval,
-            metrics: crate::metrics::install(),
+            metrics,
         }
     }
 }

@@ -83,16 +83,6 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Runn
     // reqwest is built without a bundled crypto provider; ring is the one we ship.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let models = Models::from_config(&config)?;
-    if metrics::install().is_some() {
-        let providers: Vec<&str> = config
-            .providers
-            .keys()
-            .map(String::as_str)
-            .chain([config::EXTRACTIVE])
-            .collect();
-        let chains: Vec<&str> = config.chains.keys().map(String::as_str).collect();
-        metrics::init_series(&providers, &chains);
-    }
     let retrieval = if config.retrieval.enabled {
         Some(std::sync::Arc::new(
             retrieval::Retrieval::start(&config).await?,

@@ -179,7 +179,10 @@ fn describe() {
         CACHE_LOOKUPS_TOTAL,
         "Cache lookups by layer (exact, semantic, retrieval) and result."
     );
-    describe_gauge!(CACHE_ENTRIES, "Answers held in the answer cache.");
+    describe_gauge!(
+        CACHE_ENTRIES,
+        "Answer-cache entries (answer lists per tenant, corpus version, conversation and chain)."
+    );
     describe_counter!(
         CACHE_EVICTIONS_TOTAL,
         "Answer-cache scopes evicted for space."
