@@ -193,6 +193,11 @@ async fn metrics_move_and_dashboards_only_use_exported_series() {
         moved("confab_cache_lookups_total", &hit) >= 1.0,
         "cache hit counted"
     );
+    // Retrieval cache, each lookup counted once: /v1/search, the first turn, and the second
+    // turn (a short prompt, so it is embedded with the previous one: another query) all miss.
+    let retrieval = |r: &str| moved("confab_cache_lookups_total", &["layer=\"retrieval\"", r]);
+    assert_eq!(retrieval("result=\"miss\""), 3.0);
+    assert_eq!(retrieval("result=\"hit\""), 0.0);
     assert!(
         moved("confab_cache_saved_usd_total", &[]) > 0.0,
         "saved cost counted"

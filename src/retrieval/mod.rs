@@ -125,6 +125,37 @@ impl Retrieval {
         if let Some(found) = self.cached_search(&key) {
             return Ok(found);
         }
+        self.search_store(key, tenant, vector, k, floor, t0).await
+    }
+
+    /// The tenant's best `k` chunks for `query` above `floor`, duplicates removed. A cached
+    /// result skips the embedding too.
+    pub async fn search(
+        &self,
+        tenant: &str,
+        query: &str,
+        k: usize,
+        floor: f32,
+    ) -> Result<SearchOutcome, RetrievalError> {
+        let t0 = Instant::now();
+        let key = search_key(tenant, self.corpus_version(tenant), query, k, floor);
+        if let Some(found) = self.cached_search(&key) {
+            return Ok(found);
+        }
+        let vector = self.embedder.embed_query(query).await?;
+        self.search_store(key, tenant, vector, k, floor, t0).await
+    }
+
+    /// The store query behind a cache miss; the result is cached under `key`.
+    async fn search_store(
+        &self,
+        key: SearchKey,
+        tenant: &str,
+        vector: Vec<f32>,
+        k: usize,
+        floor: f32,
+        t0: Instant,
+    ) -> Result<SearchOutcome, RetrievalError> {
         // Ask for a few more than k so that dropping duplicates still leaves k.
         let raw = self
             .store
@@ -139,25 +170,6 @@ impl Retrieval {
             dropped_duplicates,
             took: t0.elapsed(),
         })
-    }
-
-    /// The tenant's best `k` chunks for `query` above `floor`, duplicates removed.
-    pub async fn search(
-        &self,
-        tenant: &str,
-        query: &str,
-        k: usize,
-        floor: f32,
-    ) -> Result<SearchOutcome, RetrievalError> {
-        let key = search_key(tenant, self.corpus_version(tenant), query, k, floor);
-        if let Some(found) = self.cached_search(&key) {
-            return Ok(found);
-        }
-        let t0 = Instant::now();
-        let vector = self.embedder.embed_query(query).await?;
-        let mut found = self.search_vector(tenant, query, vector, k, floor).await?;
-        found.took = t0.elapsed();
-        Ok(found)
     }
 
     /// Stores a plain-text document: same text = same id (re-uploading is idempotent).
