@@ -376,12 +376,7 @@ impl TurnEngine {
             tracing::warn!(turn_id = %turn.turn_id, code = f.code.as_str(), message = %f.message, "turn failed");
             room.turn_event(
                 turn.turn_id,
-                EventBody::Error {
-                    code: f.code,
-                    message: f.message,
-                    retryable: f.code.retryable(),
-                    retry_after_ms: f.retry_after.map(|d| d.as_millis() as u64),
-                },
+                EventBody::error(f.code, f.message, f.retry_after),
             );
         }
         let (tokens_in, tokens_out, usage_reported) = match progress.usage {

@@ -144,6 +144,20 @@ pub enum EventBody {
 }
 
 impl EventBody {
+    /// An `error` event; whether it is retryable always comes from the code.
+    pub fn error(
+        code: ErrorCode,
+        message: String,
+        retry_after: Option<std::time::Duration>,
+    ) -> Self {
+        EventBody::Error {
+            code,
+            message,
+            retryable: code.retryable(),
+            retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
+        }
+    }
+
     /// The `type` tag, as a bounded metric label.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -397,12 +397,7 @@ impl Room {
         self.publish(
             &mut st,
             Some(turn_id),
-            EventBody::Error {
-                code,
-                message,
-                retryable: code.retryable(),
-                retry_after_ms: None,
-            },
+            EventBody::error(code, message, None),
         );
         self.publish(
             &mut st,

@@ -305,15 +305,7 @@ impl Session {
 
     fn send_error(&self, turn_id: Option<Uuid>, code: ErrorCode, message: String) {
         crate::metrics::ws_error(code.as_str());
-        self.send_event(
-            turn_id,
-            EventBody::Error {
-                code,
-                message,
-                retryable: code.retryable(),
-                retry_after_ms: None,
-            },
-        );
+        self.send_event(turn_id, EventBody::error(code, message, None));
     }
 
     /// Session-scoped events carry no seq; a client that cannot take them is a slow consumer.
