@@ -131,8 +131,6 @@ impl ErrorCode {
 /// Why the server closes a WebSocket; the numeric code is part of protocol v1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
-    /// The client asked to close.
-    Normal,
     /// A frame beyond the hard limit (4 × `ws.max_frame_bytes`) that was not even read (1009).
     FrameTooLarge,
     /// The server is restarting; reconnect after the hinted delay (1012).
@@ -147,7 +145,6 @@ impl CloseReason {
     /// The close code sent on the wire.
     pub fn code(self) -> u16 {
         match self {
-            CloseReason::Normal => 1000,
             CloseReason::FrameTooLarge => 1009,
             CloseReason::Restart => 1012,
             CloseReason::IdleTimeout => 4001,
@@ -158,7 +155,6 @@ impl CloseReason {
     /// Bounded metric label.
     pub fn as_str(self) -> &'static str {
         match self {
-            CloseReason::Normal => "normal",
             CloseReason::FrameTooLarge => "frame_too_large",
             CloseReason::Restart => "restart",
             CloseReason::IdleTimeout => "idle_timeout",

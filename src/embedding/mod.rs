@@ -118,12 +118,6 @@ impl Embedder {
         self.shared.cfg.dim
     }
 
-    /// Texts waiting (query, bulk).
-    pub fn queue_depth(&self) -> (usize, usize) {
-        let q = self.shared.lock();
-        (q.query_texts, q.bulk_texts)
-    }
-
     /// Embeds one query, ahead of any bulk work.
     pub async fn embed_query(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
         let mut v = self

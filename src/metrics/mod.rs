@@ -207,7 +207,6 @@ pub fn init_series(providers: &[&str], chains: &[&str]) {
     }
     counter!(WS_OUTBOUND_DROPPED_TOTAL, "reason" => "queue_full").absolute(0);
     for reason in [
-        "normal",
         "frame_too_large",
         "restart",
         "idle_timeout",

@@ -418,16 +418,6 @@ impl Room {
             && st.last_activity.elapsed() >= ttl
     }
 
-    /// Number of members (for limits and tests).
-    pub fn member_count(&self) -> usize {
-        self.lock().members.len()
-    }
-
-    /// The current room seq.
-    pub fn seq(&self) -> u64 {
-        self.lock().seq
-    }
-
     fn publish_presence(&self, st: &mut RoomState) {
         let members = st.members.iter().map(|m| m.member.clone()).collect();
         self.publish(st, None, EventBody::Presence { members });
