@@ -130,10 +130,15 @@ async fn main() {
             .map(|i| ChunkPoint {
                 tenant: format!("t{}", i % 10),
                 doc_id: format!("doc{}", i / 20),
+                version: 1,
                 chunk: i % 20,
                 title: "bench".into(),
+                section: String::new(),
+                page: None,
                 text: format!("chunk {i}"),
                 vector: unit(),
+                sparse: Default::default(),
+                pending: false,
             })
             .collect();
         store.upsert(batch).await.unwrap();

@@ -17,13 +17,21 @@ pub struct AppState {
     pub life: Arc<Lifecycle>,
     /// `None` when `retrieval.enabled` is off.
     pub retrieval: Option<Arc<Retrieval>>,
+    /// Document ingestion; `None` when retrieval is off.
+    pub ingest: Option<Arc<crate::ingest::Ingestor>>,
     /// Renders `/metrics`; `None` if another metrics recorder owns the process.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl AppState {
     /// Wires the domain core from a validated config.
-    pub fn new(config: Config, models: Models, retrieval: Option<Arc<Retrieval>>) -> Self {
+    pub fn new(
+        config: Config,
+        models: Models,
+        retrieval: Option<Arc<Retrieval>>,
+        ingest: Option<Arc<crate::ingest::Ingestor>>,
+        life: Arc<Lifecycle>,
+    ) -> Self {
         let metrics = crate::metrics::install();
         if metrics.is_some() {
             let providers: Vec<&str> = config
@@ -35,7 +43,6 @@ impl AppState {
             let chains: Vec<&str> = config.chains.keys().map(String::as_str).collect();
             crate::metrics::init_series(&providers, &chains);
         }
-        let life = Arc::new(Lifecycle::default());
         let cache = config
             .cache
             .enabled
@@ -52,6 +59,7 @@ impl AppState {
             rooms,
             life,
             retrieval,
+            ingest,
             metrics,
         }
     }

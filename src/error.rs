@@ -48,6 +48,14 @@ pub enum ErrorCode {
     Overloaded,
     /// Retrieval (embedding model or vector store) failed or is disabled.
     RetrievalUnavailable,
+    /// An upload over `ingest.max_upload_bytes`.
+    DocumentTooLarge,
+    /// An upload that is not PDF, HTML, Markdown or UTF-8 text (judged by its bytes).
+    UnsupportedDocument,
+    /// A document of a supported type that cannot be read (corrupt or encrypted PDF, no text).
+    DocumentUnreadable,
+    /// No such document for this tenant.
+    NotFound,
     /// The server is draining for shutdown.
     ShuttingDown,
     /// A bug; details are in the server log.
@@ -95,6 +103,10 @@ impl ErrorCode {
             ErrorCode::UpstreamCut => "upstream_cut",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::RetrievalUnavailable => "retrieval_unavailable",
+            ErrorCode::DocumentTooLarge => "document_too_large",
+            ErrorCode::UnsupportedDocument => "unsupported_document",
+            ErrorCode::DocumentUnreadable => "document_unreadable",
+            ErrorCode::NotFound => "not_found",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
         }
@@ -110,7 +122,12 @@ impl ErrorCode {
             | ErrorCode::NotInRoom
             | ErrorCode::UnknownTurn => 400,
             ErrorCode::DuplicatePrompt => 409,
-            ErrorCode::PromptTooLong | ErrorCode::FrameTooLarge => 413,
+            ErrorCode::NotFound => 404,
+            ErrorCode::PromptTooLong | ErrorCode::FrameTooLarge | ErrorCode::DocumentTooLarge => {
+                413
+            }
+            ErrorCode::UnsupportedDocument => 415,
+            ErrorCode::DocumentUnreadable => 422,
             ErrorCode::RoomBusy
             | ErrorCode::RoomFull
             | ErrorCode::TooManyRooms
@@ -184,6 +201,21 @@ impl From<&crate::retrieval::RetrievalError> for ErrorCode {
             R::Embed(EmbedError::Overloaded(_)) => ErrorCode::Overloaded,
             R::Invalid(_) => ErrorCode::InvalidMessage,
             R::Embed(_) | R::Vector(_) => ErrorCode::RetrievalUnavailable,
+        }
+    }
+}
+
+impl From<&crate::ingest::IngestError> for ErrorCode {
+    fn from(e: &crate::ingest::IngestError) -> Self {
+        use crate::ingest::IngestError as I;
+        match e {
+            I::TooLarge { .. } => ErrorCode::DocumentTooLarge,
+            I::Unsupported(_) => ErrorCode::UnsupportedDocument,
+            I::Parse(_) => ErrorCode::DocumentUnreadable,
+            I::NotFound => ErrorCode::NotFound,
+            I::Overloaded(_) => ErrorCode::Overloaded,
+            I::Retrieval(r) => ErrorCode::from(r),
+            I::Cancelled | I::Internal(_) => ErrorCode::Internal,
         }
     }
 }

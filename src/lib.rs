@@ -54,6 +54,8 @@ pub enum StartError {
     Provider(#[from] ProviderError),
     #[error("retrieval: {0}")]
     Retrieval(#[from] retrieval::RetrievalError),
+    #[error("ingestion: {0}")]
+    Ingest(ingest::IngestError),
 }
 
 /// A started server.
@@ -98,7 +100,22 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Runn
     let addr = acceptor
         .socket_addr()
         .map_err(|source| StartError::Bind { addr: bind, source })?;
-    let state = AppState::new(config, models, retrieval);
+    let life = std::sync::Arc::new(lifecycle::Lifecycle::default());
+    let ingest = match &retrieval {
+        Some(r) => Some(
+            ingest::Ingestor::start(
+                r.clone(),
+                config.ingest.clone(),
+                &config.vector.data_dir,
+                &config.embedding.model_dir.join("tokenizer.json"),
+                life.background.clone(),
+                &life.workers,
+            )
+            .map_err(StartError::Ingest)?,
+        ),
+        None => None,
+    };
+    let state = AppState::new(config, models, retrieval, ingest, life);
     tracing::info!(%addr, "confab listening");
     let task = tokio::spawn(serve(acceptor, state, shutdown));
     Ok(Running { addr, task })
@@ -137,6 +154,13 @@ where
         .is_err()
     {
         tracing::warn!("shutdown: some sessions did not close in time");
+    }
+    life.workers.close();
+    if timeout(Duration::from_secs(10), life.workers.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown: an ingestion job did not stop in time");
     }
     match http.await {
         Ok(r) => r,

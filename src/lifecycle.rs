@@ -21,8 +21,10 @@ pub struct Lifecycle {
     pub sessions_close: CancellationToken,
     /// Live WebSocket sessions.
     pub sessions: TaskTracker,
-    /// Stops background housekeeping.
+    /// Stops background housekeeping and ingestion workers.
     pub background: CancellationToken,
+    /// Ingestion workers: shutdown waits for them to let go of the store.
+    pub workers: TaskTracker,
 }
 
 impl Lifecycle {

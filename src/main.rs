@@ -9,6 +9,8 @@ use tracing_subscriber::EnvFilter;
 
 use confab::config::{Config, LogConfig};
 
+mod ingest_cli;
+
 #[derive(Parser)]
 #[command(
     name = "confab",
@@ -27,6 +29,16 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Upload files and folders (PDF, HTML, Markdown, text) to a running server and follow
+    /// their ingestion.
+    Ingest {
+        /// Files or folders (folders are searched recursively).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The server's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8787")]
+        server: String,
+    },
     /// Write the protocol's JSON Schemas into a folder.
     Schema {
         #[arg(long, default_value = "schemas")]
@@ -38,6 +50,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Ingest { paths, server } => ingest_cli::run(&server, &paths),
         Command::Schema { out } => write_schemas(&out),
     }
 }

@@ -24,12 +24,12 @@ async fn server() -> (TestServer, tempfile::TempDir) {
     .await;
     let doc = json!({"title": "Larkspur internals", "text": "After a crash, Larkspur replays its write-ahead log from the last checkpoint."});
     let r = reqwest::Client::new()
-        .post(srv.http("/v1/documents"))
+        .post(srv.http("/v1/documents?wait=true"))
         .json(&doc)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
+    assert_eq!(r.status().as_u16(), 200);
     (srv, dir)
 }
 
@@ -127,7 +127,7 @@ async fn other_conversation_state_upload_error_and_opt_out_all_miss() {
     // An upload bumps the corpus version: older entries are unreachable at once.
     let doc = json!({"title": "More", "text": "Larkspur also keeps a second copy of the log on another disk."});
     reqwest::Client::new()
-        .post(srv.http("/v1/documents"))
+        .post(srv.http("/v1/documents?wait=true"))
         .json(&doc)
         .send()
         .await

@@ -93,12 +93,12 @@ async fn metrics_move_and_dashboards_only_use_exported_series() {
 
     let client = reqwest::Client::new();
     let r = client
-        .post(srv.http("/v1/documents"))
+        .post(srv.http("/v1/documents?wait=true"))
         .json(&json!({"title": "t", "text": "Metrics are exported in the Prometheus text format."}))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
+    assert_eq!(r.status().as_u16(), 200);
     let r = client
         .post(srv.http("/v1/search"))
         .json(&json!({"query": "prometheus"}))

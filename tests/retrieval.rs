@@ -38,24 +38,29 @@ async fn upload_search_cite_and_survive_a_restart() {
     .await;
 
     let (status, wal) = post(
-        &srv.http("/v1/documents"),
+        &srv.http("/v1/documents?wait=true"),
         json!({"title": "Larkspur internals", "text": WAL_DOC}),
     )
     .await;
-    assert_eq!(status, 201, "{wal}");
+    assert_eq!(status, 200, "{wal}");
+    assert_eq!(wal["status"], "indexed");
     assert_eq!(wal["chunks"], 1);
     let (_, garden) = post(
-        &srv.http("/v1/documents"),
+        &srv.http("/v1/documents?wait=true"),
         json!({"title": "Garden notes", "text": GARDEN_DOC}),
     )
     .await;
-    // Same text again: same id, nothing duplicated.
-    let (_, again) = post(
-        &srv.http("/v1/documents"),
+    // Same text again: same document, same version, nothing queued.
+    let (status, again) = post(
+        &srv.http("/v1/documents?wait=true"),
         json!({"title": "Larkspur internals", "text": WAL_DOC}),
     )
     .await;
-    assert_eq!(again["doc_id"], wal["doc_id"]);
+    assert_eq!(status, 200);
+    assert_eq!(
+        (&again["id"], &again["version"]),
+        (&wal["id"], &wal["version"])
+    );
 
     let (status, found) = post(
         &srv.http("/v1/search"),
@@ -64,14 +69,11 @@ async fn upload_search_cite_and_survive_a_restart() {
     .await;
     assert_eq!(status, 200, "{found}");
     let results = found["results"].as_array().unwrap();
-    assert_eq!(results[0]["doc_id"], wal["doc_id"], "{found}");
-    assert!(results.iter().all(|r| r["doc_id"] != garden["doc_id"]
+    assert_eq!(results[0]["doc_id"], wal["id"], "{found}");
+    assert!(results.iter().all(|r| r["doc_id"] != garden["id"]
         || r["score"].as_f64().unwrap() < results[0]["score"].as_f64().unwrap()));
     assert_eq!(
-        results
-            .iter()
-            .filter(|r| r["doc_id"] == wal["doc_id"])
-            .count(),
+        results.iter().filter(|r| r["doc_id"] == wal["id"]).count(),
         1,
         "no duplicates"
     );
@@ -89,7 +91,7 @@ async fn upload_search_cite_and_survive_a_restart() {
     );
     let tool = &ev[tool_at];
     assert_eq!(tool["name"], "search_documents");
-    assert_eq!(tool["output"]["results"][0]["doc_id"], wal["doc_id"]);
+    assert_eq!(tool["output"]["results"][0]["doc_id"], wal["id"]);
     assert_eq!(tool["output"]["results"][0]["title"], "Larkspur internals");
     assert_eq!(tool["output"]["results"][0]["n"], 1);
     let sent = srv.mock.requests();
@@ -118,29 +120,43 @@ async fn upload_search_cite_and_survive_a_restart() {
     )
     .await;
     assert_eq!(status, 200);
-    assert_eq!(found["results"][0]["doc_id"], wal["doc_id"], "{found}");
+    assert_eq!(found["results"][0]["doc_id"], wal["id"], "{found}");
 }
 
 #[tokio::test]
 async fn bad_requests_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().to_path_buf();
-    let srv = TestServer::start_with(Behavior::text(&["ok"]), move |c| with_retrieval(c, &p)).await;
+    let srv = TestServer::start_with(Behavior::text(&["ok"]), move |c| {
+        with_retrieval(c, &p);
+        c.ingest.max_upload_bytes = 1024 * 1024;
+    })
+    .await;
     let (status, body) = post(&srv.http("/v1/search"), json!({"query": "   "})).await;
     assert_eq!(status, 400);
     assert_eq!(body["code"], "invalid_message");
     let (status, body) = post(
-        &srv.http("/v1/documents"),
+        &srv.http("/v1/documents?wait=true"),
         json!({"title": "x", "text": " \n\n "}),
     )
     .await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["code"], "document_unreadable");
     let (status, _) = post(
-        &srv.http("/v1/documents"),
+        &srv.http("/v1/documents?wait=true"),
         json!({"title": "x", "text": "a".repeat(3 * 1024 * 1024)}),
     )
     .await;
     assert_eq!(status, 413);
+    let (status, body) = post(
+        &srv.http("/v1/search"),
+        json!({"query": "x", "mode": "fuzzy"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_message"))
+    );
     let resp = reqwest::Client::new()
         .post(srv.http("/v1/search"))
         .header("content-type", "application/json")

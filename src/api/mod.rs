@@ -1,6 +1,7 @@
 //! HTTP routes: the WebSocket upgrade, health probes and the OpenAPI-described REST routes.
 //! Thin: all logic lives in the core.
 
+pub mod documents;
 pub mod rest;
 
 use poem::http::StatusCode;
@@ -11,10 +12,18 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Response, Route, get, handler};
 use crate::app::AppState;
 use crate::ws::serve_session;
 
+/// The REST routes, together.
+pub type RestApis = (rest::RetrievalApi, documents::DocumentsApi);
+
 /// The OpenAPI service of the REST routes.
-pub fn openapi(state: AppState) -> poem_openapi::OpenApiService<rest::RetrievalApi, ()> {
+pub fn openapi(state: AppState) -> poem_openapi::OpenApiService<RestApis, ()> {
     poem_openapi::OpenApiService::new(
-        rest::RetrievalApi { state },
+        (
+            rest::RetrievalApi {
+                state: state.clone(),
+            },
+            documents::DocumentsApi { state },
+        ),
         "confab",
         env!("CARGO_PKG_VERSION"),
     )
@@ -25,8 +34,14 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
     let api = openapi(state.clone());
     let docs = api.swagger_ui();
     let spec = api.spec_endpoint();
+    // Upload bodies are refused by their declared length before a byte is spooled; the
+    // multipart framing gets 64 KiB on top of the document limit.
+    let body_limit = state.config.ingest.max_upload_bytes + 64 * 1024;
     Route::new()
-        .nest("/", api)
+        .nest(
+            "/",
+            api.around(move |ep, req| body_limit_guard(ep, req, body_limit)),
+        )
         .nest("/docs", docs)
         .at("/openapi.json", spec)
         .at("/v1/ws", get(ws_upgrade))
@@ -41,6 +56,53 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
             Ok(resp)
         })
         .data(state)
+}
+
+/// Refuses a POST body over `limit` (413) or of unknown length (411) with the REST error body.
+async fn body_limit_guard<E: Endpoint>(
+    ep: std::sync::Arc<E>,
+    req: poem::Request,
+    limit: usize,
+) -> poem::Result<Response> {
+    if req.method() == poem::http::Method::POST {
+        let declared = req
+            .headers()
+            .get(poem::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let refuse =
+            |status: StatusCode, message: String| {
+                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    crate::error::ErrorCode::DocumentTooLarge
+                } else {
+                    crate::error::ErrorCode::InvalidMessage
+                };
+                let body = rest::ApiError::new(code, message);
+                Ok((status, Json(serde_json::json!({
+                "code": body.0.code, "message": body.0.message, "retryable": body.0.retryable,
+            })))
+            .into_response())
+            };
+        match declared {
+            Some(n) if n > limit => {
+                return refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body has {n} bytes; the limit is {limit}"),
+                );
+            }
+            None if req
+                .headers()
+                .contains_key(poem::http::header::TRANSFER_ENCODING) =>
+            {
+                return refuse(
+                    StatusCode::LENGTH_REQUIRED,
+                    "send a Content-Length: bodies of unknown length are refused".into(),
+                );
+            }
+            _ => {}
+        }
+    }
+    ep.call(req).await.map(IntoResponse::into_response)
 }
 
 #[handler]

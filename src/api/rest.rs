@@ -1,17 +1,16 @@
-//! REST routes described with poem-openapi (the spec is served at `/openapi.json`, Swagger UI
-//! at `/docs`). Thin: validation and mapping only; the work happens in `retrieval`.
+//! The search route, described with poem-openapi (the spec is served at `/openapi.json`,
+//! Swagger UI at `/docs`). Thin: validation and mapping only; the work happens in `retrieval`.
 
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use crate::app::AppState;
+use crate::config::SearchMode;
 use crate::error::ErrorCode;
 use crate::retrieval::{Retrieval, RetrievalError};
 
 /// Longest query accepted by `/v1/search`, in characters.
 const MAX_QUERY_CHARS: usize = 2_000;
-/// Largest plain-text document accepted by `/v1/documents`, in bytes.
-const MAX_TEXT_BYTES: usize = 2 * 1024 * 1024;
 
 /// The error body of every REST route.
 #[derive(Debug, Object)]
@@ -23,7 +22,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Json<Self> {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Json<Self> {
         Json(ApiError {
             code: code.as_str().into(),
             message: message.into(),
@@ -38,14 +37,20 @@ pub struct SearchRequest {
     pub query: String,
     /// How many results (1–50; default from config).
     pub top_k: Option<u32>,
-    /// Minimum cosine similarity (default from config).
+    /// Minimum cosine similarity (default from config; not applied in sparse mode).
     pub score_floor: Option<f32>,
+    /// dense, sparse or hybrid (default from config: `retrieval.mode`).
+    pub mode: Option<String>,
 }
 
 #[derive(Debug, Object)]
 pub struct SearchResult {
     pub doc_id: String,
     pub title: String,
+    /// Heading path inside the document, " › "-joined.
+    pub section: String,
+    /// First page of the chunk (PDFs).
+    pub page: Option<u32>,
     pub chunk: u32,
     pub score: f32,
     pub text: String,
@@ -56,20 +61,6 @@ pub struct SearchResponseBody {
     pub results: Vec<SearchResult>,
     pub dropped_duplicates: u32,
     pub took_ms: u64,
-}
-
-#[derive(Debug, Object)]
-pub struct TextDocument {
-    pub title: String,
-    /// Plain text, at most 2 MiB.
-    pub text: String,
-}
-
-#[derive(Debug, Object)]
-pub struct DocumentCreated {
-    /// Derived from the content: uploading the same text again gives the same id.
-    pub doc_id: String,
-    pub chunks: u32,
 }
 
 #[derive(ApiResponse)]
@@ -84,22 +75,7 @@ pub enum SearchResponse {
     Unavailable(Json<ApiError>),
 }
 
-#[derive(ApiResponse)]
-pub enum CreateDocumentResponse {
-    #[oai(status = 201)]
-    Created(Json<DocumentCreated>),
-    /// Empty document.
-    #[oai(status = 400)]
-    BadRequest(Json<ApiError>),
-    /// Larger than 2 MiB.
-    #[oai(status = 413)]
-    TooLarge(Json<ApiError>),
-    /// Retrieval is disabled, overloaded or failing.
-    #[oai(status = 503)]
-    Unavailable(Json<ApiError>),
-}
-
-/// Retrieval and document routes.
+/// The search route.
 pub struct RetrievalApi {
     pub state: AppState,
 }
@@ -140,7 +116,19 @@ impl RetrievalApi {
             .map(|k| k.clamp(1, 50) as usize)
             .unwrap_or(r.cfg.top_k);
         let floor = body.score_floor.unwrap_or(r.cfg.score_floor);
-        match r.search(crate::DEFAULT_TENANT, query, k, floor).await {
+        let mode = match body.mode.as_deref() {
+            None => r.cfg.mode,
+            Some("dense") => SearchMode::Dense,
+            Some("sparse") => SearchMode::Sparse,
+            Some("hybrid") => SearchMode::Hybrid,
+            Some(other) => {
+                return SearchResponse::BadRequest(ApiError::new(
+                    ErrorCode::InvalidMessage,
+                    format!("mode {other:?}: use dense, sparse or hybrid"),
+                ));
+            }
+        };
+        match r.search(crate::DEFAULT_TENANT, query, k, floor, mode).await {
             Ok(found) => SearchResponse::Ok(Json(SearchResponseBody {
                 dropped_duplicates: found.dropped_duplicates as u32,
                 took_ms: found.took.as_millis() as u64,
@@ -150,6 +138,8 @@ impl RetrievalApi {
                     .map(|h| SearchResult {
                         doc_id: h.doc_id,
                         title: h.title,
+                        section: h.section,
+                        page: h.page,
                         chunk: h.chunk as u32,
                         score: h.score,
                         text: h.text,
@@ -157,39 +147,6 @@ impl RetrievalApi {
                     .collect(),
             })),
             Err(e) => SearchResponse::Unavailable(unavailable(&e)),
-        }
-    }
-
-    /// Add a plain-text document (chunked, embedded and indexed before this returns).
-    #[oai(path = "/v1/documents", method = "post")]
-    async fn create_document(&self, body: Json<TextDocument>) -> CreateDocumentResponse {
-        let r = match self.retrieval() {
-            Ok(r) => r,
-            Err(e) => return CreateDocumentResponse::Unavailable(e),
-        };
-        if body.text.len() > MAX_TEXT_BYTES {
-            return CreateDocumentResponse::TooLarge(ApiError::new(
-                ErrorCode::InvalidMessage,
-                format!(
-                    "document has {} bytes; the limit is {MAX_TEXT_BYTES}",
-                    body.text.len()
-                ),
-            ));
-        }
-        let title = body.title.trim();
-        let title = if title.is_empty() { "untitled" } else { title };
-        match r
-            .ingest_text(crate::DEFAULT_TENANT, title, &body.text)
-            .await
-        {
-            Ok((doc_id, chunks)) => CreateDocumentResponse::Created(Json(DocumentCreated {
-                doc_id,
-                chunks: chunks as u32,
-            })),
-            Err(e @ RetrievalError::Invalid(_)) => CreateDocumentResponse::BadRequest(
-                ApiError::new(ErrorCode::InvalidMessage, e.to_string()),
-            ),
-            Err(e) => CreateDocumentResponse::Unavailable(unavailable(&e)),
         }
     }
 }

@@ -40,7 +40,12 @@ pub fn build_request(
     } else {
         let mut c = String::from("Sources:\n");
         for s in &sources {
-            c.push_str(&format!("[{}] {} — {}\n", s.n, s.title, s.text));
+            let place = if s.section.is_empty() || s.section == s.title {
+                s.title.clone()
+            } else {
+                format!("{} › {}", s.title, s.section)
+            };
+            c.push_str(&format!("[{}] {place} — {}\n", s.n, s.text));
         }
         c.push_str(
             "\nAnswer from the sources above when they are relevant and cite each one you use \

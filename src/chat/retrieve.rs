@@ -61,6 +61,8 @@ fn tool_ok(input: serde_json::Value, found: SearchOutcome) -> (Vec<Source>, Even
             n: i + 1,
             doc_id: h.doc_id,
             title: h.title,
+            section: h.section,
+            page: h.page,
             chunk: h.chunk,
             text: h.text,
             score: h.score,
@@ -70,7 +72,8 @@ fn tool_ok(input: serde_json::Value, found: SearchOutcome) -> (Vec<Source>, Even
         .iter()
         .map(|s| {
             serde_json::json!({
-                "n": s.n, "doc_id": s.doc_id, "title": s.title, "chunk": s.chunk,
+                "n": s.n, "doc_id": s.doc_id, "title": s.title, "section": s.section,
+                "page": s.page, "chunk": s.chunk,
                 "score": s.score, "snippet": s.text.chars().take(300).collect::<String>(),
             })
         })

@@ -21,8 +21,8 @@ pub use models::{
     ChainConfig, EXTRACTIVE, ProviderEntry, ProviderKind, Quality, RouteRule, TurnConfig,
 };
 pub use retrieval::{
-    EmbeddingConfig, RetrievalConfig, VectorBackend, VectorConfig, default_assets_dir,
-    test_qdrant_url,
+    EmbeddingConfig, IngestConfig, RetrievalConfig, SearchMode, VectorBackend, VectorConfig,
+    default_assets_dir, test_qdrant_url,
 };
 pub use secret::Secret;
 
@@ -54,6 +54,7 @@ pub struct Config {
     pub retrieval: RetrievalConfig,
     pub embedding: EmbeddingConfig,
     pub vector: VectorConfig,
+    pub ingest: IngestConfig,
     pub cache: crate::cache::CacheConfig,
     pub log: LogConfig,
 }
@@ -184,6 +185,7 @@ impl Default for Config {
             retrieval: RetrievalConfig::default(),
             embedding: EmbeddingConfig::default(),
             vector: VectorConfig::default(),
+            ingest: IngestConfig::default(),
             cache: crate::cache::CacheConfig::default(),
             log: LogConfig::default(),
         }
@@ -263,6 +265,39 @@ impl Config {
         positive("rooms.replay_events", self.rooms.replay_events as u64)?;
         positive("rooms.replay_bytes", self.rooms.replay_bytes as u64)?;
         positive("embedding.dim", self.embedding.dim as u64)?;
+        positive(
+            "ingest.max_upload_bytes",
+            self.ingest.max_upload_bytes as u64,
+        )?;
+        positive("ingest.queue_capacity", self.ingest.queue_capacity as u64)?;
+        positive("ingest.workers", self.ingest.workers as u64)?;
+        positive("ingest.embed_batch", self.ingest.embed_batch as u64)?;
+        positive(
+            "ingest.parallel_batches",
+            self.ingest.parallel_batches as u64,
+        )?;
+        positive("ingest.upsert_batch", self.ingest.upsert_batch as u64)?;
+        if self.ingest.chunk_tokens < 32 || self.ingest.chunk_tokens > self.embedding.max_length {
+            return Err(ConfigError::Invalid {
+                field: "ingest.chunk_tokens".into(),
+                reason: format!(
+                    "must be between 32 and embedding.max_length ({})",
+                    self.embedding.max_length
+                ),
+            });
+        }
+        if self.ingest.overlap_tokens * 2 > self.ingest.chunk_tokens {
+            return Err(ConfigError::Invalid {
+                field: "ingest.overlap_tokens".into(),
+                reason: "must be at most half of ingest.chunk_tokens".into(),
+            });
+        }
+        if !(self.retrieval.rrf_k > 0.0 && self.retrieval.bm25_avg_len > 0.0) {
+            return Err(ConfigError::Invalid {
+                field: "retrieval.rrf_k / retrieval.bm25_avg_len".into(),
+                reason: "must be greater than 0".into(),
+            });
+        }
         positive("embedding.workers", self.embedding.workers as u64)?;
         positive(
             "embedding.intra_threads",

@@ -129,6 +129,67 @@ pub struct RetrievalConfig {
     /// Prompts shorter than this many words are embedded with the previous prompt in front,
     /// so follow-ups ("and in 2020?") still find their documents.
     pub short_prompt_words: usize,
+    /// Dense (embeddings), sparse (BM25) or hybrid (both, fused by reciprocal rank).
+    pub mode: SearchMode,
+    /// The `k` of reciprocal rank fusion: 1 / (rrf_k + rank).
+    pub rrf_k: f32,
+    /// BM25's expected chunk length in tokens (after stop words are removed).
+    pub bm25_avg_len: f64,
+}
+
+/// How the store is searched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchMode {
+    Dense,
+    Sparse,
+    Hybrid,
+}
+
+impl SearchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SearchMode::Dense => "dense",
+            SearchMode::Sparse => "sparse",
+            SearchMode::Hybrid => "hybrid",
+        }
+    }
+}
+
+/// Document ingestion: upload limits, the job queue, chunk sizes and batch sizes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest upload accepted, in bytes.
+    pub max_upload_bytes: usize,
+    /// Jobs waiting before uploads are refused as `overloaded`.
+    pub queue_capacity: usize,
+    /// Documents processed at once.
+    pub workers: usize,
+    /// Tokens per chunk including the title line (at most `embedding.max_length`).
+    pub chunk_tokens: usize,
+    /// Tokens carried from the end of one chunk into the next.
+    pub overlap_tokens: usize,
+    /// Chunks per embedding request; `parallel_batches` requests are in flight per job.
+    pub embed_batch: usize,
+    pub parallel_batches: usize,
+    /// Points per store upsert.
+    pub upsert_batch: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 20 * 1024 * 1024,
+            queue_capacity: 256,
+            workers: 2,
+            chunk_tokens: 256,
+            overlap_tokens: 32,
+            embed_batch: 16,
+            parallel_batches: 4,
+            upsert_batch: 256,
+        }
+    }
 }
 
 impl Default for RetrievalConfig {
@@ -138,6 +199,9 @@ impl Default for RetrievalConfig {
             top_k: 5,
             score_floor: 0.25,
             short_prompt_words: 6,
+            mode: SearchMode::Hybrid,
+            rrf_k: 60.0,
+            bm25_avg_len: 100.0,
         }
     }
 }

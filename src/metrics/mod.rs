@@ -46,6 +46,8 @@ pub const EMBED_DURATION_SECONDS: &str = "confab_embed_duration_seconds";
 pub const VECTOR_SEARCH_DURATION_SECONDS: &str = "confab_vector_search_duration_seconds";
 pub const INGEST_DOCUMENTS_TOTAL: &str = "confab_ingest_documents_total";
 pub const INGEST_CHUNKS_TOTAL: &str = "confab_ingest_chunks_total";
+pub const INGEST_QUEUE_JOBS: &str = "confab_ingest_queue_jobs";
+pub const INGEST_JOB_DURATION_SECONDS: &str = "confab_ingest_job_duration_seconds";
 pub const CACHE_LOOKUPS_TOTAL: &str = "confab_cache_lookups_total";
 pub const CACHE_SAVED_USD_TOTAL: &str = "confab_cache_saved_usd_total";
 pub const CACHE_ENTRIES: &str = "confab_cache_entries";
@@ -78,6 +80,7 @@ pub fn install() -> Option<PrometheusHandle> {
                 (VECTOR_SEARCH_DURATION_SECONDS, FAST_BUCKETS),
                 (HTTP_REQUEST_DURATION_SECONDS, LATENCY_BUCKETS),
                 (EMBED_BATCH_SIZE, BATCH_BUCKETS),
+                (INGEST_JOB_DURATION_SECONDS, LATENCY_BUCKETS),
             ] {
                 b = b
                     .set_buckets_for_metric(Matcher::Full(name.into()), buckets)
@@ -173,7 +176,19 @@ fn describe() {
         Unit::Seconds,
         "Vector search duration, by backend."
     );
-    describe_counter!(INGEST_DOCUMENTS_TOTAL, "Documents ingested, by outcome.");
+    describe_counter!(
+        INGEST_DOCUMENTS_TOTAL,
+        "Uploads by outcome: indexed, failed, or unchanged (the same bytes were already indexed)."
+    );
+    describe_gauge!(
+        INGEST_QUEUE_JOBS,
+        "Ingestion jobs waiting, seen at the last upload."
+    );
+    describe_histogram!(
+        INGEST_JOB_DURATION_SECONDS,
+        Unit::Seconds,
+        "Ingestion job duration, parse to publish."
+    );
     describe_counter!(INGEST_CHUNKS_TOTAL, "Chunks indexed.");
     describe_counter!(
         CACHE_LOOKUPS_TOTAL,
@@ -253,6 +268,7 @@ pub fn route_label(path: &str) -> &'static str {
         "/v1/ws" => "/v1/ws",
         "/v1/search" => "/v1/search",
         "/v1/documents" => "/v1/documents",
+        p if p.starts_with("/v1/documents/") => "/v1/documents/{id}",
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
@@ -373,6 +389,14 @@ pub fn embed_batch(size: usize, took: Duration) {
 
 pub fn vector_search(backend: &'static str, took: Duration) {
     histogram!(VECTOR_SEARCH_DURATION_SECONDS, "backend" => backend).record(took.as_secs_f64());
+}
+
+pub fn ingest_queue(jobs: usize) {
+    gauge!(INGEST_QUEUE_JOBS).set(jobs as f64);
+}
+
+pub fn ingest_job(took: Duration) {
+    histogram!(INGEST_JOB_DURATION_SECONDS).record(took.as_secs_f64());
 }
 
 pub fn ingested(outcome: &'static str, chunks: usize) {

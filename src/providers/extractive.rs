@@ -105,6 +105,8 @@ mod tests {
             n,
             doc_id: format!("d{n}"),
             title: format!("Doc {n}"),
+            section: String::new(),
+            page: None,
             chunk: 0,
             text: text.into(),
             score: 1.0 / n as f32,

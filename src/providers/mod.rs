@@ -42,6 +42,9 @@ pub struct Source {
     pub n: usize,
     pub doc_id: String,
     pub title: String,
+    /// Heading path inside the document, empty when it has none.
+    pub section: String,
+    pub page: Option<u32>,
     pub chunk: usize,
     pub text: String,
     pub score: f32,

@@ -1,5 +1,7 @@
-//! Retrieval: embed the query, search the tenant's chunks, drop duplicates; and the plain-text
-//! upload path (chunk → embed in bulk → upsert).
+//! Retrieval: search the tenant's chunks by meaning (dense embeddings), by words (BM25 sparse
+//! vectors, IDF applied by the store) or both fused by reciprocal rank; drop duplicates.
+
+mod fusion;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -7,16 +9,11 @@ use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 
-use uuid::Uuid;
+use qdrant_edge::bm25_embed::{EdgeBm25, EdgeBm25Config};
 
-use crate::config::{Config, RetrievalConfig};
-use crate::embedding::{EmbedError, Embedder, Priority};
-use crate::ingest::chunk::chunk_text;
-use crate::vector::{ChunkPoint, Hit, VectorError, VectorStore};
-
-/// Words per chunk (≈ 250 MiniLM tokens, inside its 256-token window) and overlap.
-const CHUNK_WORDS: usize = 180;
-const CHUNK_OVERLAP: usize = 30;
+use crate::config::{Config, RetrievalConfig, SearchMode};
+use crate::embedding::{EmbedError, Embedder};
+use crate::vector::{Hit, SparseVec, VectorError, VectorStore};
 
 /// Why retrieval failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -37,19 +34,27 @@ pub struct SearchOutcome {
     pub took: Duration,
 }
 
-/// Retrieval-cache key: tenant, corpus version, query text, k, score floor (bits).
-type SearchKey = (String, u64, String, usize, u32);
+/// Retrieval-cache key: tenant, corpus version, query text, k, score floor (bits), mode.
+type SearchKey = (String, u64, String, usize, u32, SearchMode);
 
 /// Cached search results with the number of dropped duplicates.
 type CachedSearch = Arc<(Vec<Hit>, usize)>;
 
-fn search_key(tenant: &str, version: u64, query: &str, k: usize, floor: f32) -> SearchKey {
+fn search_key(
+    tenant: &str,
+    version: u64,
+    query: &str,
+    k: usize,
+    floor: f32,
+    mode: SearchMode,
+) -> SearchKey {
     (
         tenant.to_string(),
         version,
         query.to_string(),
         k,
         floor.to_bits(),
+        mode,
     )
 }
 
@@ -63,6 +68,15 @@ pub struct Retrieval {
     versions: Mutex<HashMap<String, u64>>,
     /// Search results by query, scoped like the answer cache; `None` when caching is off.
     searches: Option<Cache<SearchKey, CachedSearch>>,
+    /// Qdrant's own BM25 text pipeline (tokenizer, stop words, stemmer), so sparse vectors
+    /// match what a Qdrant server would compute.
+    bm25: EdgeBm25,
+}
+
+fn bm25(avg_len: f64) -> Result<EdgeBm25, RetrievalError> {
+    let cfg: EdgeBm25Config = serde_json::from_value(serde_json::json!({ "avg_len": avg_len }))
+        .map_err(|e| RetrievalError::Invalid(format!("bm25 config: {e}")))?;
+    EdgeBm25::new(cfg).map_err(|e| RetrievalError::Invalid(format!("bm25: {e}")))
 }
 
 impl Retrieval {
@@ -85,7 +99,26 @@ impl Retrieval {
             cfg: config.retrieval.clone(),
             versions: Mutex::new(HashMap::new()),
             searches,
+            bm25: bm25(config.retrieval.bm25_avg_len)?,
         })
+    }
+
+    /// The BM25 term weights of a chunk.
+    pub fn sparse_document(&self, text: &str) -> SparseVec {
+        let v = self.bm25.embed_document(text);
+        SparseVec {
+            indices: v.indices,
+            values: v.values,
+        }
+    }
+
+    /// The BM25 query terms of a query.
+    pub fn sparse_query(&self, text: &str) -> SparseVec {
+        let v = self.bm25.embed_query(text);
+        SparseVec {
+            indices: v.indices,
+            values: v.values,
+        }
     }
 
     /// The tenant's corpus version.
@@ -94,7 +127,8 @@ impl Retrieval {
         v.get(tenant).copied().unwrap_or(0)
     }
 
-    fn bump_version(&self, tenant: &str) {
+    /// Every upload or delete calls this: caches keyed on the version stop matching.
+    pub fn bump_version(&self, tenant: &str) {
         let mut v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
         *v.entry(tenant.to_string()).or_insert(0) += 1;
     }
@@ -121,46 +155,72 @@ impl Retrieval {
         floor: f32,
     ) -> Result<SearchOutcome, RetrievalError> {
         let t0 = Instant::now();
-        let key = search_key(tenant, self.corpus_version(tenant), query, k, floor);
+        let mode = self.cfg.mode;
+        let key = search_key(tenant, self.corpus_version(tenant), query, k, floor, mode);
         if let Some(found) = self.cached_search(&key) {
             return Ok(found);
         }
-        self.search_store(key, tenant, vector, k, floor, t0).await
+        self.search_store(key, tenant, query, Some(vector), t0)
+            .await
     }
 
-    /// The tenant's best `k` chunks for `query` above `floor`, duplicates removed. A cached
-    /// result skips the embedding too.
+    /// The tenant's best `k` chunks for `query`, duplicates removed. Dense and hybrid
+    /// results score at least `floor` (cosine); sparse results are ranked by BM25 alone. A
+    /// cached result skips the embedding too.
     pub async fn search(
         &self,
         tenant: &str,
         query: &str,
         k: usize,
         floor: f32,
+        mode: SearchMode,
     ) -> Result<SearchOutcome, RetrievalError> {
         let t0 = Instant::now();
-        let key = search_key(tenant, self.corpus_version(tenant), query, k, floor);
+        let key = search_key(tenant, self.corpus_version(tenant), query, k, floor, mode);
         if let Some(found) = self.cached_search(&key) {
             return Ok(found);
         }
-        let vector = self.embedder.embed_query(query).await?;
-        self.search_store(key, tenant, vector, k, floor, t0).await
+        let vector = match mode {
+            SearchMode::Sparse => None,
+            _ => Some(self.embedder.embed_query(query).await?),
+        };
+        self.search_store(key, tenant, query, vector, t0).await
     }
 
-    /// The store query behind a cache miss; the result is cached under `key`.
+    /// The store queries behind a cache miss; the result is cached under `key`.
     async fn search_store(
         &self,
         key: SearchKey,
         tenant: &str,
-        vector: Vec<f32>,
-        k: usize,
-        floor: f32,
+        query: &str,
+        vector: Option<Vec<f32>>,
         t0: Instant,
     ) -> Result<SearchOutcome, RetrievalError> {
-        // Ask for a few more than k so that dropping duplicates still leaves k.
-        let raw = self
-            .store
-            .search(tenant, vector, k * 2, Some(floor))
-            .await?;
+        let (k, floor, mode) = (key.3, f32::from_bits(key.4), key.5);
+        // Ask for more than k so that dropping duplicates (and fusing) still leaves k.
+        let depth = k * 2;
+        let raw = match (mode, vector) {
+            (SearchMode::Sparse, _) => self
+                .store
+                .search_sparse(tenant, self.sparse_query(query), depth)
+                .await?
+                .into_iter()
+                .map(|h| h.hit)
+                .collect(),
+            (SearchMode::Dense, Some(v)) => {
+                self.store.search(tenant, v, depth, Some(floor)).await?
+            }
+            (SearchMode::Hybrid, Some(v)) => {
+                let depth = depth.max(20);
+                let dense = self.store.search(tenant, v.clone(), depth, None).await?;
+                let sparse = self
+                    .store
+                    .search_sparse(tenant, self.sparse_query(query), depth)
+                    .await?;
+                fusion::rrf(&v, dense, sparse, self.cfg.rrf_k, floor)
+            }
+            (_, None) => return Err(RetrievalError::Invalid("no query vector".into())),
+        };
         let (hits, dropped_duplicates) = dedupe(raw, k);
         if let Some(c) = &self.searches {
             c.insert(key, Arc::new((hits.clone(), dropped_duplicates)));
@@ -170,59 +230,6 @@ impl Retrieval {
             dropped_duplicates,
             took: t0.elapsed(),
         })
-    }
-
-    /// Stores a plain-text document: same text = same id (re-uploading is idempotent).
-    pub async fn ingest_text(
-        &self,
-        tenant: &str,
-        title: &str,
-        text: &str,
-    ) -> Result<(String, usize), RetrievalError> {
-        let result = self.ingest_text_inner(tenant, title, text).await;
-        match &result {
-            Ok((_, chunks)) => crate::metrics::ingested("indexed", *chunks),
-            Err(_) => crate::metrics::ingested("failed", 0),
-        }
-        result
-    }
-
-    async fn ingest_text_inner(
-        &self,
-        tenant: &str,
-        title: &str,
-        text: &str,
-    ) -> Result<(String, usize), RetrievalError> {
-        let chunks = chunk_text(text, CHUNK_WORDS, CHUNK_OVERLAP);
-        if chunks.is_empty() {
-            return Err(RetrievalError::Invalid("the document has no text".into()));
-        }
-        let doc_id = Uuid::new_v5(&Uuid::NAMESPACE_OID, text.as_bytes()).to_string();
-        let vectors = self
-            .embedder
-            .embed(
-                chunks.iter().map(|c| c.text.clone()).collect(),
-                Priority::Bulk,
-            )
-            .await?;
-        let points = chunks
-            .into_iter()
-            .zip(vectors)
-            .map(|(c, vector)| ChunkPoint {
-                tenant: tenant.to_string(),
-                doc_id: doc_id.clone(),
-                chunk: c.index,
-                title: title.to_string(),
-                text: c.text,
-                vector,
-            })
-            .collect::<Vec<_>>();
-        let n = points.len();
-        self.store.delete_document(tenant, &doc_id).await?;
-        self.store.upsert(points).await?;
-        self.store.flush().await?;
-        self.bump_version(tenant);
-        Ok((doc_id, n))
     }
 }
 
@@ -259,6 +266,8 @@ mod tests {
             doc_id: doc.into(),
             chunk,
             title: String::new(),
+            section: String::new(),
+            page: None,
             text: text.into(),
             score,
         }

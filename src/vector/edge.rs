@@ -5,16 +5,20 @@ use std::sync::Arc;
 
 use qdrant_edge::{
     CountRequestBuilder, CreateIndex, Distance, EdgeConfigBuilder, EdgeShard,
-    EdgeVectorParamsBuilder, FieldIndexOperations, Filter, JsonPath, NamedQuery,
-    PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations, PointOperations,
-    PointStruct, QueryEnum, QueryRequestBuilder, ScoringQuery, UpdateOperation, Vector,
-    VectorInternal, Vectors, WithPayloadInterface,
+    EdgeSparseVectorParamsBuilder, EdgeVectorParamsBuilder, FieldIndexOperations, Filter, JsonPath,
+    Modifier, NamedQuery, Payload, PayloadFieldSchema, PayloadOps, PayloadSchemaType, PointId,
+    PointInsertOperations, PointOperations, PointStruct, QueryEnum, QueryRequestBuilder,
+    ScoredPoint, ScoringQuery, SetPayloadOp, SparseVector, UpdateOperation, Vector, VectorInternal,
+    VectorStructInternal, Vectors, WithPayloadInterface, WithVector,
 };
 
-use super::{ChunkPoint, Hit, VectorError, tenant_filter};
+use super::{
+    ChunkPoint, DENSE, Hit, SPARSE, Scope, SparseHit, SparseVec, VectorError, rest_filter,
+};
 use crate::config::VectorConfig;
 
-const VECTOR: &str = "dense";
+/// Keyword-indexed payload fields (every search filters on tenant; deletes on document).
+const KEYWORD_FIELDS: [&str; 2] = ["tenant", "doc_id"];
 
 pub struct EdgeStore {
     shard: Arc<EdgeShard>,
@@ -33,13 +37,54 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| VectorError::Store(format!("store task failed: {e}")))?
 }
 
-fn filter(tenant: &str, doc_id: Option<&str>) -> Result<Filter, VectorError> {
-    serde_json::from_value(tenant_filter(tenant, doc_id)).map_err(err)
+fn filter(tenant: &str, scope: Scope<'_>) -> Result<Filter, VectorError> {
+    serde_json::from_value(rest_filter(tenant, scope)).map_err(err)
+}
+
+fn index(field: &str, schema: PayloadSchemaType) -> Result<UpdateOperation, VectorError> {
+    let path: JsonPath = field
+        .parse()
+        .map_err(|_| err(format!("bad field {field}")))?;
+    Ok(UpdateOperation::FieldIndexOperation(
+        FieldIndexOperations::CreateIndex(CreateIndex {
+            field_name: path,
+            field_schema: Some(PayloadFieldSchema::FieldType(schema)),
+        }),
+    ))
+}
+
+/// Hits from scored points (points whose payload does not parse are skipped).
+fn hits(points: Vec<ScoredPoint>) -> Vec<SparseHit> {
+    points
+        .into_iter()
+        .filter_map(|p| {
+            let dense = match p.vector {
+                Some(VectorStructInternal::Named(mut m)) => match m.remove(DENSE) {
+                    Some(VectorInternal::Dense(v)) => Some(v),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let payload = serde_json::Value::Object(p.payload?.0);
+            Some(SparseHit {
+                hit: Hit::from_payload(payload, p.score)?,
+                dense,
+            })
+        })
+        .collect()
 }
 
 impl EdgeStore {
     pub async fn open(cfg: &VectorConfig, dim: usize) -> Result<Self, VectorError> {
-        let dir: PathBuf = cfg.data_dir.join("vectors");
+        // `chunks`, not the first layout's `vectors`: chunks now carry versions, a pending
+        // flag and a sparse vector, which an old shard cannot hold.
+        let dir: PathBuf = cfg.data_dir.join("chunks");
+        if cfg.data_dir.join("vectors").exists() {
+            tracing::warn!(
+                dir = %cfg.data_dir.join("vectors").display(),
+                "ignoring a vector store in the old layout; upload the documents again"
+            );
+        }
         let shard = blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| {
                 VectorError::Unavailable(format!("cannot create {}: {e}", dir.display()))
@@ -50,28 +95,27 @@ impl EdgeStore {
             } else {
                 let config = EdgeConfigBuilder::new()
                     .vector(
-                        VECTOR,
+                        DENSE,
                         EdgeVectorParamsBuilder::new(dim, Distance::Cosine).build(),
+                    )
+                    .sparse_vector(
+                        SPARSE,
+                        EdgeSparseVectorParamsBuilder::new()
+                            .modifier(Modifier::Idf)
+                            .build(),
                     )
                     .build();
                 EdgeShard::new(&dir, config)
             }
             .map_err(|e| VectorError::Unavailable(format!("cannot open {}: {e}", dir.display())))?;
-            for field in ["tenant", "doc_id"] {
-                let path: JsonPath = field
-                    .parse()
-                    .map_err(|_| err(format!("bad field {field}")))?;
+            for field in KEYWORD_FIELDS {
                 shard
-                    .update(UpdateOperation::FieldIndexOperation(
-                        FieldIndexOperations::CreateIndex(CreateIndex {
-                            field_name: path,
-                            field_schema: Some(PayloadFieldSchema::FieldType(
-                                PayloadSchemaType::Keyword,
-                            )),
-                        }),
-                    ))
+                    .update(index(field, PayloadSchemaType::Keyword)?)
                     .map_err(err)?;
             }
+            shard
+                .update(index("pending", PayloadSchemaType::Bool)?)
+                .map_err(err)?;
             Ok(shard)
         })
         .await?;
@@ -96,10 +140,15 @@ impl EdgeStore {
                         *p.id().as_bytes(),
                     ));
                     let payload = p.payload();
-                    let vectors = Vectors::new_named([(VECTOR, Vector::new_dense(p.vector))]);
-                    PointStruct::new(id, vectors, payload).into()
+                    let sparse =
+                        Vector::new_sparse(p.sparse.indices, p.sparse.values).map_err(err)?;
+                    let vectors = Vectors::new_named([
+                        (DENSE, Vector::new_dense(p.vector)),
+                        (SPARSE, sparse),
+                    ]);
+                    Ok(PointStruct::new(id, vectors, payload).into())
                 })
-                .collect();
+                .collect::<Result<_, VectorError>>()?;
             shard
                 .update(UpdateOperation::PointOperation(
                     PointOperations::UpsertPoints(PointInsertOperations::PointsList(list)),
@@ -117,12 +166,12 @@ impl EdgeStore {
         floor: Option<f32>,
     ) -> Result<Vec<Hit>, VectorError> {
         let shard = self.shard.clone();
-        let filter = filter(tenant, None)?;
+        let filter = filter(tenant, Scope::Live)?;
         blocking(move || {
             let mut req = QueryRequestBuilder::new(k)
                 .query(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
                     query: VectorInternal::from(vector),
-                    using: Some(VECTOR.into()),
+                    using: Some(DENSE.into()),
                 })))
                 .filter(filter)
                 .with_payload(WithPayloadInterface::Bool(true));
@@ -130,20 +179,68 @@ impl EdgeStore {
                 req = req.score_threshold(f);
             }
             let points = shard.query(req.build()).map_err(err)?;
-            Ok(points
-                .into_iter()
-                .filter_map(|p| {
-                    let payload = serde_json::Value::Object(p.payload?.0);
-                    Hit::from_payload(payload, p.score)
-                })
-                .collect())
+            Ok(hits(points).into_iter().map(|h| h.hit).collect())
         })
         .await
     }
 
-    pub async fn delete_document(&self, tenant: &str, doc_id: &str) -> Result<(), VectorError> {
+    pub async fn search_sparse(
+        &self,
+        tenant: &str,
+        query: SparseVec,
+        k: usize,
+    ) -> Result<Vec<SparseHit>, VectorError> {
         let shard = self.shard.clone();
-        let filter = filter(tenant, Some(doc_id))?;
+        let filter = filter(tenant, Scope::Live)?;
+        blocking(move || {
+            let query = SparseVector::new(query.indices, query.values).map_err(err)?;
+            let req = QueryRequestBuilder::new(k)
+                .query(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
+                    query: VectorInternal::Sparse(query),
+                    using: Some(SPARSE.into()),
+                })))
+                .filter(filter)
+                .with_payload(WithPayloadInterface::Bool(true))
+                .with_vector(WithVector::Selector(vec![DENSE.into()]));
+            Ok(hits(shard.query(req.build()).map_err(err)?))
+        })
+        .await
+    }
+
+    pub async fn publish(
+        &self,
+        tenant: &str,
+        doc_id: &str,
+        version: u64,
+    ) -> Result<(), VectorError> {
+        let shard = self.shard.clone();
+        let this = filter(tenant, Scope::Version(doc_id, version))?;
+        let others = filter(tenant, Scope::OtherVersions(doc_id, version))?;
+        blocking(move || {
+            let mut live = serde_json::Map::new();
+            live.insert("pending".into(), false.into());
+            shard
+                .update(UpdateOperation::PayloadOperation(PayloadOps::SetPayload(
+                    SetPayloadOp {
+                        payload: Payload::from(live),
+                        points: None,
+                        filter: Some(this),
+                        key: None,
+                    },
+                )))
+                .map_err(err)?;
+            shard
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::DeletePointsByFilter(others),
+                ))
+                .map_err(err)
+        })
+        .await
+    }
+
+    pub(super) async fn delete(&self, tenant: &str, scope: Scope<'_>) -> Result<(), VectorError> {
+        let shard = self.shard.clone();
+        let filter = filter(tenant, scope)?;
         blocking(move || {
             shard
                 .update(UpdateOperation::PointOperation(
@@ -156,7 +253,7 @@ impl EdgeStore {
 
     pub async fn count(&self, tenant: &str) -> Result<usize, VectorError> {
         let shard = self.shard.clone();
-        let filter = filter(tenant, None)?;
+        let filter = filter(tenant, Scope::Live)?;
         blocking(move || {
             shard
                 .count(

@@ -24,39 +24,61 @@ pub enum VectorError {
     Dimension { got: usize, expected: usize },
 }
 
-/// One chunk to index.
+/// A sparse (BM25 term-weight) vector: token ids and weights.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SparseVec {
+    pub indices: Vec<u32>,
+    pub values: Vec<f32>,
+}
+
+/// One chunk to index. A document's chunks are written `pending` (invisible to searches)
+/// and made live together by [`VectorStore::publish`], so a half-ingested document is
+/// never searchable.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChunkPoint {
     pub tenant: String,
     pub doc_id: String,
+    /// The document version these chunks belong to (a re-upload writes a new one).
+    pub version: u64,
     pub chunk: usize,
     pub title: String,
+    /// Heading path inside the document ("Install › Helm"), empty when it has none.
+    pub section: String,
+    /// First page of the chunk (PDF only).
+    pub page: Option<u32>,
     pub text: String,
     pub vector: Vec<f32>,
+    pub sparse: SparseVec,
+    pub pending: bool,
 }
 
 impl ChunkPoint {
-    /// Stable id: the same chunk of the same document always lands on the same point.
+    /// Stable id: the same chunk of the same document version always lands on the same
+    /// point, so a resumed job overwrites what it wrote before.
     pub fn id(&self) -> Uuid {
-        point_id(&self.tenant, &self.doc_id, self.chunk)
+        point_id(&self.tenant, &self.doc_id, self.version, self.chunk)
     }
 
     fn payload(&self) -> serde_json::Value {
         serde_json::json!({
             "tenant": self.tenant,
             "doc_id": self.doc_id,
+            "version": self.version,
             "chunk": self.chunk,
             "title": self.title,
+            "section": self.section,
+            "page": self.page,
             "text": self.text,
+            "pending": self.pending,
         })
     }
 }
 
 /// The point id of a chunk.
-pub fn point_id(tenant: &str, doc_id: &str, chunk: usize) -> Uuid {
+pub fn point_id(tenant: &str, doc_id: &str, version: u64, chunk: usize) -> Uuid {
     Uuid::new_v5(
         &Uuid::NAMESPACE_OID,
-        format!("{tenant}\u{1f}{doc_id}\u{1f}{chunk}").as_bytes(),
+        format!("{tenant}\u{1f}{doc_id}\u{1f}{version}\u{1f}{chunk}").as_bytes(),
     )
 }
 
@@ -66,8 +88,21 @@ pub struct Hit {
     pub doc_id: String,
     pub chunk: usize,
     pub title: String,
+    #[serde(default)]
+    pub section: String,
+    #[serde(default)]
+    pub page: Option<u32>,
     pub text: String,
+    /// Cosine similarity for dense and hybrid results; the BM25 score for sparse ones.
     pub score: f32,
+}
+
+/// A sparse-search result with the chunk's dense vector, so hybrid search can score every
+/// candidate by cosine similarity too.
+#[derive(Debug, Clone)]
+pub struct SparseHit {
+    pub hit: Hit,
+    pub dense: Option<Vec<f32>>,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +111,10 @@ struct StoredPayload {
     chunk: usize,
     #[serde(default)]
     title: String,
+    #[serde(default)]
+    section: String,
+    #[serde(default)]
+    page: Option<u32>,
     #[serde(default)]
     text: String,
 }
@@ -87,10 +126,30 @@ impl Hit {
             doc_id: p.doc_id,
             chunk: p.chunk,
             title: p.title,
+            section: p.section,
+            page: p.page,
             text: p.text,
             score,
         })
     }
+}
+
+/// Name of the dense vector in both backends.
+const DENSE: &str = "dense";
+/// Name of the sparse BM25 vector (IDF applied by the store at query time).
+const SPARSE: &str = "bm25";
+
+/// Which chunks a filter selects.
+#[derive(Debug, Clone, Copy)]
+enum Scope<'a> {
+    /// Live chunks of the tenant (what searches see).
+    Live,
+    /// Every chunk of one document.
+    Document(&'a str),
+    /// One version of one document.
+    Version(&'a str, u64),
+    /// Every version of one document but this one.
+    OtherVersions(&'a str, u64),
 }
 
 /// The configured backend.
@@ -162,15 +221,62 @@ impl VectorStore {
         result
     }
 
-    /// Removes every chunk of a document of `tenant`.
-    pub async fn delete_document(&self, tenant: &str, doc_id: &str) -> Result<(), VectorError> {
+    /// The `k` best live chunks of `tenant` for a BM25 query, with their dense vectors.
+    pub async fn search_sparse(
+        &self,
+        tenant: &str,
+        query: SparseVec,
+        k: usize,
+    ) -> Result<Vec<SparseHit>, VectorError> {
+        if query.indices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let t0 = std::time::Instant::now();
+        let (backend, result) = match self {
+            VectorStore::Edge(s) => ("edge", s.search_sparse(tenant, query, k).await),
+            VectorStore::Remote(s) => ("remote", s.search_sparse(tenant, query, k).await),
+        };
+        crate::metrics::vector_search(backend, t0.elapsed());
+        result
+    }
+
+    /// Makes `version` of a document the searchable one: its pending chunks go live and
+    /// every other version's chunks are removed.
+    pub async fn publish(
+        &self,
+        tenant: &str,
+        doc_id: &str,
+        version: u64,
+    ) -> Result<(), VectorError> {
         match self {
-            VectorStore::Edge(s) => s.delete_document(tenant, doc_id).await,
-            VectorStore::Remote(s) => s.delete_document(tenant, doc_id).await,
+            VectorStore::Edge(s) => s.publish(tenant, doc_id, version).await,
+            VectorStore::Remote(s) => s.publish(tenant, doc_id, version).await,
         }
     }
 
-    /// Chunks stored for `tenant`.
+    /// Removes every chunk of a document of `tenant`.
+    pub async fn delete_document(&self, tenant: &str, doc_id: &str) -> Result<(), VectorError> {
+        self.delete(tenant, Scope::Document(doc_id)).await
+    }
+
+    /// Removes the chunks of one version (a failed or abandoned ingestion job).
+    pub async fn delete_version(
+        &self,
+        tenant: &str,
+        doc_id: &str,
+        version: u64,
+    ) -> Result<(), VectorError> {
+        self.delete(tenant, Scope::Version(doc_id, version)).await
+    }
+
+    async fn delete(&self, tenant: &str, scope: Scope<'_>) -> Result<(), VectorError> {
+        match self {
+            VectorStore::Edge(s) => s.delete(tenant, scope).await,
+            VectorStore::Remote(s) => s.delete(tenant, scope).await,
+        }
+    }
+
+    /// Live chunks stored for `tenant`.
     pub async fn count(&self, tenant: &str) -> Result<usize, VectorError> {
         match self {
             VectorStore::Edge(s) => s.count(tenant).await,
@@ -187,11 +293,22 @@ impl VectorStore {
     }
 }
 
-/// A Qdrant REST-format filter: `must` match on tenant (and optionally document).
-fn tenant_filter(tenant: &str, doc_id: Option<&str>) -> serde_json::Value {
-    let mut must = vec![serde_json::json!({"key": "tenant", "match": {"value": tenant}})];
-    if let Some(d) = doc_id {
-        must.push(serde_json::json!({"key": "doc_id", "match": {"value": d}}));
+/// A Qdrant REST-format filter on the tenant and `scope`.
+fn rest_filter(tenant: &str, scope: Scope<'_>) -> serde_json::Value {
+    let is = |key: &str, value: serde_json::Value| serde_json::json!({"key": key, "match": {"value": value}});
+    let mut must = vec![is("tenant", tenant.into())];
+    let mut must_not = Vec::new();
+    match scope {
+        Scope::Live => must_not.push(is("pending", true.into())),
+        Scope::Document(d) => must.push(is("doc_id", d.into())),
+        Scope::Version(d, v) => {
+            must.push(is("doc_id", d.into()));
+            must.push(is("version", v.into()));
+        }
+        Scope::OtherVersions(d, v) => {
+            must.push(is("doc_id", d.into()));
+            must_not.push(is("version", v.into()));
+        }
     }
-    serde_json::json!({ "must": must })
+    serde_json::json!({ "must": must, "must_not": must_not })
 }

@@ -5,12 +5,14 @@ use std::time::Duration;
 
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
-    DeletePointsBuilder, Distance, FieldType, Filter, PointStruct, Query, QueryPointsBuilder,
-    UpsertPointsBuilder, VectorParamsBuilder,
+    DeletePointsBuilder, Distance, FieldType, Filter, Modifier, NamedVectors, PointStruct, Query,
+    QueryPointsBuilder, ScoredPoint, SetPayloadPointsBuilder, SparseVectorParamsBuilder,
+    SparseVectorsConfigBuilder, UpsertPointsBuilder, Vector, VectorInput, VectorParamsBuilder,
+    VectorsConfigBuilder, vector_output,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 
-use super::{ChunkPoint, Hit, VectorError};
+use super::{ChunkPoint, DENSE, Hit, SPARSE, Scope, SparseHit, SparseVec, VectorError};
 use crate::config::VectorConfig;
 
 pub struct RemoteStore {
@@ -24,12 +26,46 @@ fn unavailable(e: QdrantError) -> VectorError {
     VectorError::Unavailable(e.to_string())
 }
 
-fn tenant_filter(tenant: &str, doc_id: Option<&str>) -> Filter {
+/// The same selection as `rest_filter`, in the gRPC types.
+fn filter(tenant: &str, scope: Scope<'_>) -> Filter {
     let mut must = vec![Condition::matches("tenant", tenant.to_string())];
-    if let Some(d) = doc_id {
-        must.push(Condition::matches("doc_id", d.to_string()));
+    let mut must_not = Vec::new();
+    match scope {
+        Scope::Live => must_not.push(Condition::matches("pending", true)),
+        Scope::Document(d) => must.push(Condition::matches("doc_id", d.to_string())),
+        Scope::Version(d, v) => {
+            must.push(Condition::matches("doc_id", d.to_string()));
+            must.push(Condition::matches("version", v as i64));
+        }
+        Scope::OtherVersions(d, v) => {
+            must.push(Condition::matches("doc_id", d.to_string()));
+            must_not.push(Condition::matches("version", v as i64));
+        }
     }
-    Filter::must(must)
+    Filter {
+        must,
+        must_not,
+        ..Default::default()
+    }
+}
+
+fn to_hits(points: Vec<ScoredPoint>) -> Vec<SparseHit> {
+    points
+        .into_iter()
+        .filter_map(|p| {
+            let dense = p
+                .vectors
+                .as_ref()
+                .and_then(|v| v.get_vector_by_name(DENSE))
+                .and_then(|v| match v {
+                    vector_output::Vector::Dense(d) => Some(d.data),
+                    _ => None,
+                });
+            let hit =
+                Hit::from_payload(serde_json::Value::from(Payload::from(p.payload)), p.score)?;
+            Some(SparseHit { hit, dense })
+        })
+        .collect()
 }
 
 impl RemoteStore {
@@ -62,21 +98,51 @@ impl RemoteStore {
         let exists = self
             .retry(|| self.client.collection_exists(name.clone()))
             .await?;
-        if !exists {
+        if exists {
+            let info = self
+                .retry(|| self.client.collection_info(name.clone()))
+                .await?;
+            let has_sparse = info
+                .result
+                .and_then(|i| i.config)
+                .and_then(|c| c.params)
+                .and_then(|p| p.sparse_vectors_config)
+                .is_some_and(|s| s.map.contains_key(SPARSE));
+            if !has_sparse {
+                return Err(VectorError::Unavailable(format!(
+                    "collection {name} has no sparse vector {SPARSE:?} (made by an older confab): \
+                     set vector.collection to a new name and upload the documents again"
+                )));
+            }
+        } else {
             let dim = self.dim as u64;
             self.retry(|| {
+                let mut dense = VectorsConfigBuilder::default();
+                dense.add_named_vector_params(
+                    DENSE,
+                    VectorParamsBuilder::new(dim, Distance::Cosine),
+                );
+                let mut sparse = SparseVectorsConfigBuilder::default();
+                sparse.add_named_vector_params(
+                    SPARSE,
+                    SparseVectorParamsBuilder::default().modifier(Modifier::Idf),
+                );
                 self.client.create_collection(
                     CreateCollectionBuilder::new(name.clone())
-                        .vectors_config(VectorParamsBuilder::new(dim, Distance::Cosine)),
+                        .vectors_config(dense)
+                        .sparse_vectors_config(sparse),
                 )
             })
             .await?;
         }
-        for field in ["tenant", "doc_id"] {
+        for (field, kind) in [
+            ("tenant", FieldType::Keyword),
+            ("doc_id", FieldType::Keyword),
+            ("pending", FieldType::Bool),
+        ] {
             self.retry(|| {
                 self.client.create_field_index(
-                    CreateFieldIndexCollectionBuilder::new(name.clone(), field, FieldType::Keyword)
-                        .wait(true),
+                    CreateFieldIndexCollectionBuilder::new(name.clone(), field, kind).wait(true),
                 )
             })
             .await?;
@@ -109,7 +175,13 @@ impl RemoteStore {
         for p in points {
             let payload =
                 Payload::try_from(p.payload()).map_err(|e| VectorError::Store(e.to_string()))?;
-            list.push(PointStruct::new(p.id().to_string(), p.vector, payload));
+            let vectors = NamedVectors::default()
+                .add_vector(DENSE, Vector::new_dense(p.vector.clone()))
+                .add_vector(
+                    SPARSE,
+                    Vector::new_sparse(p.sparse.indices.clone(), p.sparse.values.clone()),
+                );
+            list.push(PointStruct::new(p.id().to_string(), vectors, payload));
         }
         self.retry(|| {
             self.client.upsert_points(
@@ -131,8 +203,9 @@ impl RemoteStore {
             .retry(|| {
                 let mut q = QueryPointsBuilder::new(self.collection.clone())
                     .query(Query::new_nearest(vector.clone()))
+                    .using(DENSE)
                     .limit(k as u64)
-                    .filter(tenant_filter(tenant, None))
+                    .filter(filter(tenant, Scope::Live))
                     .with_payload(true);
                 if let Some(f) = floor {
                     q = q.score_threshold(f);
@@ -140,20 +213,61 @@ impl RemoteStore {
                 self.client.query(q)
             })
             .await?;
-        Ok(resp
-            .result
-            .into_iter()
-            .filter_map(|p| {
-                Hit::from_payload(serde_json::Value::from(Payload::from(p.payload)), p.score)
-            })
-            .collect())
+        Ok(to_hits(resp.result).into_iter().map(|h| h.hit).collect())
     }
 
-    pub async fn delete_document(&self, tenant: &str, doc_id: &str) -> Result<(), VectorError> {
+    pub async fn search_sparse(
+        &self,
+        tenant: &str,
+        query: SparseVec,
+        k: usize,
+    ) -> Result<Vec<SparseHit>, VectorError> {
+        let resp = self
+            .retry(|| {
+                self.client.query(
+                    QueryPointsBuilder::new(self.collection.clone())
+                        .query(Query::new_nearest(VectorInput::new_sparse(
+                            query.indices.clone(),
+                            query.values.clone(),
+                        )))
+                        .using(SPARSE)
+                        .limit(k as u64)
+                        .filter(filter(tenant, Scope::Live))
+                        .with_payload(true)
+                        .with_vectors(qdrant_client::qdrant::VectorsSelector::from(vec![
+                            DENSE.to_string(),
+                        ])),
+                )
+            })
+            .await?;
+        Ok(to_hits(resp.result))
+    }
+
+    pub async fn publish(
+        &self,
+        tenant: &str,
+        doc_id: &str,
+        version: u64,
+    ) -> Result<(), VectorError> {
+        let live = Payload::try_from(serde_json::json!({"pending": false}))
+            .map_err(|e| VectorError::Store(e.to_string()))?;
+        self.retry(|| {
+            self.client.set_payload(
+                SetPayloadPointsBuilder::new(self.collection.clone(), live.clone())
+                    .points_selector(filter(tenant, Scope::Version(doc_id, version)))
+                    .wait(true),
+            )
+        })
+        .await?;
+        self.delete(tenant, Scope::OtherVersions(doc_id, version))
+            .await
+    }
+
+    pub(super) async fn delete(&self, tenant: &str, scope: Scope<'_>) -> Result<(), VectorError> {
         self.retry(|| {
             self.client.delete_points(
                 DeletePointsBuilder::new(self.collection.clone())
-                    .points(tenant_filter(tenant, Some(doc_id)))
+                    .points(filter(tenant, scope))
                     .wait(true),
             )
         })
@@ -166,7 +280,7 @@ impl RemoteStore {
             .retry(|| {
                 self.client.count(
                     CountPointsBuilder::new(self.collection.clone())
-                        .filter(tenant_filter(tenant, None))
+                        .filter(filter(tenant, Scope::Live))
                         .exact(true),
                 )
             })

@@ -1,0 +1,205 @@
+//! One ingestion job: parse → chunk → embed in parallel batches → upsert pending chunks in
+//! batches → publish. Parsing and chunking run on blocking threads; embedding goes through
+//! the embedding service's bulk queue, behind user queries.
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::try_join_all;
+use tokio_util::sync::CancellationToken;
+
+use super::parse::parse;
+use super::registry::DocStatus;
+use super::{Chunk, IngestError, Ingestor, JobRef};
+use crate::embedding::{EmbedError, Priority};
+use crate::retrieval::RetrievalError;
+use crate::vector::ChunkPoint;
+
+/// How long a job keeps retrying an embedding queue that is full before it fails.
+const OVERLOAD_PATIENCE: Duration = Duration::from_secs(120);
+
+impl Ingestor {
+    /// Runs a job to its end and records the outcome.
+    pub(super) async fn process(&self, job: JobRef, stop: &CancellationToken) {
+        let Some(rec) = self.registry.get(&job.tenant, &job.id) else {
+            return; // deleted while queued
+        };
+        if rec.version != job.version {
+            return; // replaced while queued; the newer version has its own job
+        }
+        let key = (job.tenant.clone(), job.id.clone());
+        let cancel = stop.child_token();
+        {
+            let mut g = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            g.insert(key.clone(), cancel.clone());
+        }
+        let t0 = Instant::now();
+        let result = self.run(&job, &rec.name, rec.kind, &cancel).await;
+        {
+            let mut g = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            g.remove(&key);
+        }
+        crate::metrics::ingest_job(t0.elapsed());
+        match result {
+            Ok(chunks) => {
+                crate::metrics::ingested("indexed", chunks);
+                self.registry.drop_upload(&job.tenant, &job.id, job.version);
+            }
+            Err(_) if stop.is_cancelled() => {
+                // Shutdown: the record stays unfinished and the upload stays, so the job runs
+                // again at the next start.
+                return;
+            }
+            Err(e) => {
+                crate::metrics::ingested("failed", 0);
+                if let Err(de) = self
+                    .retrieval
+                    .store
+                    .delete_version(&job.tenant, &job.id, job.version)
+                    .await
+                {
+                    tracing::warn!(error = %de, "cannot remove the chunks of a failed job");
+                }
+                let superseded = matches!(e, IngestError::Cancelled);
+                if !superseded {
+                    tracing::warn!(doc = %job.id, error = %e, "ingestion failed");
+                    let _ = self.registry.update(&job.tenant, &job.id, |r| {
+                        if r.version == job.version {
+                            r.status = DocStatus::Failed;
+                            r.error = Some(e.to_string());
+                        }
+                    });
+                    self.registry.drop_upload(&job.tenant, &job.id, job.version);
+                }
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn set_status(&self, job: &JobRef, status: DocStatus) -> Result<(), IngestError> {
+        match self
+            .registry
+            .update(&job.tenant, &job.id, |r| r.status = status)?
+        {
+            Some(r) if r.version == job.version => Ok(()),
+            _ => Err(IngestError::Cancelled),
+        }
+    }
+
+    async fn run(
+        &self,
+        job: &JobRef,
+        name: &str,
+        kind: super::DocKind,
+        cancel: &CancellationToken,
+    ) -> Result<usize, IngestError> {
+        self.set_status(job, DocStatus::Parsing)?;
+        let path = self.registry.upload_path(&job.tenant, &job.id, job.version);
+        let chunker = self.chunker.clone();
+        let name = name.to_string();
+        let retrieval = self.retrieval.clone();
+        let (title, chunks, sparse) = tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&path)
+                .map_err(|e| IngestError::Internal(format!("cannot read the upload: {e}")))?;
+            let parsed = parse(kind, &bytes)?;
+            let title = parsed.title.clone().unwrap_or(name);
+            let chunks = chunker.chunk(&title, &parsed);
+            let sparse: Vec<_> = chunks
+                .iter()
+                .map(|c| retrieval.sparse_document(&c.indexed))
+                .collect();
+            Ok::<_, IngestError>((title, chunks, sparse))
+        })
+        .await
+        .map_err(|e| IngestError::Internal(format!("parser task failed: {e}")))??;
+        if chunks.is_empty() {
+            return Err(IngestError::Parse("the document has no text".into()));
+        }
+        let total = chunks.len();
+        self.registry.update(&job.tenant, &job.id, |r| {
+            r.status = DocStatus::Embedding;
+            r.title = title.clone();
+            r.chunks_total = total as u32;
+            r.chunks_done = 0;
+        })?;
+        let mut sparse = sparse.into_iter();
+        let mut pending: Vec<ChunkPoint> = Vec::new();
+        let window = self.cfg.embed_batch * self.cfg.parallel_batches;
+        let mut done = 0;
+        for group in chunks.chunks(window) {
+            if cancel.is_cancelled() {
+                return Err(IngestError::Cancelled);
+            }
+            let vectors = self.embed_group(group).await?;
+            for (c, vector) in group.iter().zip(vectors) {
+                pending.push(ChunkPoint {
+                    tenant: job.tenant.clone(),
+                    doc_id: job.id.clone(),
+                    version: job.version,
+                    chunk: c.index,
+                    title: title.clone(),
+                    section: c.section.clone(),
+                    page: c.page,
+                    text: c.text.clone(),
+                    vector,
+                    sparse: sparse.next().unwrap_or_default(),
+                    pending: true,
+                });
+            }
+            while pending.len() >= self.cfg.upsert_batch {
+                let rest = pending.split_off(self.cfg.upsert_batch);
+                self.upsert(std::mem::replace(&mut pending, rest)).await?;
+            }
+            done += group.len();
+            self.registry
+                .touch(&job.tenant, &job.id, |r| r.chunks_done = done as u32);
+        }
+        self.upsert(pending).await?;
+        if cancel.is_cancelled() {
+            return Err(IngestError::Cancelled);
+        }
+        let store = &self.retrieval.store;
+        store
+            .publish(&job.tenant, &job.id, job.version)
+            .await
+            .map_err(RetrievalError::from)?;
+        store.flush().await.map_err(RetrievalError::from)?;
+        self.retrieval.bump_version(&job.tenant);
+        self.registry.update(&job.tenant, &job.id, |r| {
+            r.status = DocStatus::Indexed;
+            r.live_version = Some(job.version);
+            r.chunks = total as u32;
+            r.chunks_done = total as u32;
+            r.error = None;
+        })?;
+        Ok(total)
+    }
+
+    /// Embeds a window of chunks as `parallel_batches` concurrent requests, waiting politely
+    /// when the embedding queue is full.
+    async fn embed_group(&self, group: &[Chunk]) -> Result<Vec<Vec<f32>>, IngestError> {
+        let started = Instant::now();
+        loop {
+            let batches = group.chunks(self.cfg.embed_batch).map(|b| {
+                self.retrieval.embedder.embed(
+                    b.iter().map(|c| c.indexed.clone()).collect(),
+                    Priority::Bulk,
+                )
+            });
+            match try_join_all(batches).await {
+                Ok(v) => return Ok(v.into_iter().flatten().collect()),
+                Err(EmbedError::Overloaded(_)) if started.elapsed() < OVERLOAD_PATIENCE => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(RetrievalError::from(e).into()),
+            }
+        }
+    }
+
+    async fn upsert(&self, points: Vec<ChunkPoint>) -> Result<(), IngestError> {
+        self.retrieval
+            .store
+            .upsert(points)
+            .await
+            .map_err(|e| RetrievalError::from(e).into())
+    }
+}
