@@ -195,6 +195,30 @@ async fn real_documents_upload_list_status_version_and_delete() {
         "{body}"
     );
 
+    // Malformed requests get the JSON error body too.
+    let form = reqwest::multipart::Form::new().text("name", "no file");
+    let resp = reqwest::Client::new()
+        .post(srv.http("/v1/documents"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "invalid_message", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("file"), "{body}");
+    let resp = reqwest::Client::new()
+        .post(srv.http("/v1/documents"))
+        .json(&json!({"title": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["code"],
+        "invalid_message"
+    );
+
     // The same bytes again: nothing queued, same version.
     let (status, again) = upload(&srv, "runbook.md", fixture("runbook.md")).await;
     assert_eq!(status, 200, "{again}");

@@ -102,7 +102,22 @@ async fn body_limit_guard<E: Endpoint>(
             _ => {}
         }
     }
-    ep.call(req).await.map(IntoResponse::into_response)
+    match ep.call(req).await {
+        Ok(resp) => Ok(resp.into_response()),
+        // Request parsing failed inside poem-openapi (malformed JSON, a missing multipart
+        // field, wrong content type): the same JSON error body as every other REST error.
+        Err(e) if e.status().is_client_error() && e.status() != StatusCode::NOT_FOUND => {
+            let code = crate::error::ErrorCode::InvalidMessage;
+            Ok((
+                e.status(),
+                Json(serde_json::json!({
+                    "code": code.as_str(), "message": e.to_string(), "retryable": false,
+                })),
+            )
+                .into_response())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[handler]
