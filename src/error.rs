@@ -156,6 +156,9 @@ pub enum CloseReason {
     IdleTimeout,
     /// The client did not keep up; resume from the seq in the reason (4008).
     SlowConsumer,
+    /// The session is pinned to another room by room routing; reconnect with `?room=` of the
+    /// room wanted, so the ingress sends it to the replica that serves it (4009).
+    WrongRoom,
 }
 
 impl CloseReason {
@@ -166,6 +169,7 @@ impl CloseReason {
             CloseReason::Restart => 1012,
             CloseReason::IdleTimeout => 4001,
             CloseReason::SlowConsumer => 4008,
+            CloseReason::WrongRoom => 4009,
         }
     }
 
@@ -176,6 +180,7 @@ impl CloseReason {
             CloseReason::Restart => "restart",
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::WrongRoom => "wrong_room",
         }
     }
 }

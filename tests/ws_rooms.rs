@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, answer, types};
+use common::{Client, TestServer, answer, types};
 use confab_loadtest::mock::Behavior;
 use futures_util::SinkExt;
 use serde_json::json;
@@ -450,4 +450,24 @@ async fn graceful_shutdown_finishes_turns_then_closes_with_1012() {
             .is_err(),
         "no new connections after shutdown"
     );
+}
+
+#[tokio::test]
+async fn room_routing_pins_a_connection_to_the_room_in_its_url() {
+    let srv = TestServer::start_with(Behavior::text(&["ok"]), |c| c.ws.room_routing = true).await;
+    // Without ?room= the upgrade is refused: the ingress could not route it.
+    let err = tokio_tungstenite::connect_async(srv.ws_url())
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("400"), "{err}");
+    let url = format!("{}?room=ops", srv.ws_url());
+    let mut c = Client::connect(&url).await;
+    c.join("ops", "alice").await;
+    // Another room lives (maybe) on another replica: close with 4009 and where to reconnect.
+    c.send(json!({"type": "join", "room": "sales", "name": "alice"}))
+        .await;
+    let (code, reason) = c.close_frame().await;
+    assert_eq!(code, 4009);
+    assert!(reason.contains("/v1/ws?room=sales"), "{reason}");
 }

@@ -137,11 +137,33 @@ fn metrics(Data(state): Data<&AppState>) -> Response {
 /// The socket layer's frame cap, as a multiple of `ws.max_frame_bytes`.
 pub const HARD_FRAME_FACTOR: usize = 4;
 
+/// `?room=NAME` on the upgrade URL (what the ingress hashes on when routing by room).
+#[derive(serde::Deserialize)]
+struct WsParams {
+    room: Option<String>,
+}
+
 #[handler]
-fn ws_upgrade(ws: WebSocket, Data(state): Data<&AppState>) -> Response {
+fn ws_upgrade(
+    ws: WebSocket,
+    Data(state): Data<&AppState>,
+    poem::web::Query(params): poem::web::Query<WsParams>,
+) -> Response {
     if state.life.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
+    let pinned = params
+        .room
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty());
+    if state.config.ws.room_routing && pinned.is_none() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "connect to /v1/ws?room=NAME: rooms are routed to replicas by name",
+        )
+            .into_response();
+    }
+    let pinned = pinned.filter(|_| state.config.ws.room_routing);
     // Frames up to the configured limit are handled by the session (an error event for
     // oversize ones); the socket layer stops anything far beyond it without buffering it.
     let max = state
@@ -156,7 +178,7 @@ fn ws_upgrade(ws: WebSocket, Data(state): Data<&AppState>) -> Response {
     ws.config(cfg)
         .on_upgrade(move |socket| {
             let tracker = state.life.sessions.clone();
-            tracker.track_future(serve_session(socket, state))
+            tracker.track_future(serve_session(socket, state, pinned))
         })
         .into_response()
 }

@@ -104,6 +104,10 @@ pub struct WsConfig {
     pub idle_timeout_ms: u64,
     /// A single socket write slower than this marks the client as a slow consumer.
     pub write_timeout_ms: u64,
+    /// Several replicas: the ingress routes `/v1/ws?room=NAME` by a hash of the room, so a
+    /// room's members meet on one pod. On: a connection must name its room in the URL and
+    /// is pinned to it; joining another room closes it (4009) with the URL to reconnect to.
+    pub room_routing: bool,
 }
 
 impl Default for WsConfig {
@@ -115,6 +119,7 @@ impl Default for WsConfig {
             heartbeat_ms: 20_000,
             idle_timeout_ms: 60_000,
             write_timeout_ms: 10_000,
+            room_routing: false,
         }
     }
 }

@@ -32,10 +32,12 @@ struct Session {
     state: AppState,
     handle: MemberHandle,
     joined: Option<(Arc<Room>, Member)>,
+    /// With room routing, the only room this connection may join (from `?room=`).
+    pinned: Option<String>,
 }
 
 /// Serves one upgraded connection until the client leaves, misbehaves, or the server drains.
-pub async fn serve_session(socket: WebSocketStream, state: AppState) {
+pub async fn serve_session(socket: WebSocketStream, state: AppState, pinned: Option<String>) {
     let cfg = state.config.ws.clone();
     crate::metrics::ws_connected();
     let _gauge = SessionGauge;
@@ -53,6 +55,7 @@ pub async fn serve_session(socket: WebSocketStream, state: AppState) {
             slow: slow.clone(),
         },
         joined: None,
+        pinned,
     };
     session.send_event(
         None,
@@ -99,8 +102,8 @@ pub async fn serve_session(socket: WebSocketStream, state: AppState) {
                             ErrorCode::FrameTooLarge,
                             format!("frame of {} bytes exceeds the limit of {} bytes; it was discarded", text.len(), cfg.max_frame_bytes),
                         );
-                    } else {
-                        session.handle_text(&text);
+                    } else if let Some(close) = session.handle_text(&text) {
+                        break Exit::Close(Some(close));
                     }
                 }
                 Ok(Some(Ok(Message::Binary(_)))) => session.send_error(
@@ -166,17 +169,21 @@ fn is_capacity_error(e: &std::io::Error) -> bool {
 }
 
 impl Session {
-    fn handle_text(&mut self, text: &str) {
+    /// Handles one frame; `Some` when the session must close.
+    fn handle_text(&mut self, text: &str) -> Option<CloseRequest> {
         let msg = match decode_client_message(text) {
             Ok(m) => m,
-            Err(e) => return self.send_error(None, e.code, e.message),
+            Err(e) => {
+                self.send_error(None, e.code, e.message);
+                return None;
+            }
         };
         match msg {
             ClientMessage::Join {
                 room,
                 name,
                 last_seq,
-            } => self.join(room, name, last_seq),
+            } => return self.join(room, name, last_seq),
             ClientMessage::Prompt {
                 text,
                 client_msg_id,
@@ -185,7 +192,8 @@ impl Session {
             } => self.prompt(text, client_msg_id, quality, cache.unwrap_or(true)),
             ClientMessage::Cancel { turn_id } => {
                 let Some((room, _)) = &self.joined else {
-                    return self.not_in_room();
+                    self.not_in_room();
+                    return None;
                 };
                 if let Err(code) = room.cancel(turn_id) {
                     self.send_error(
@@ -203,15 +211,25 @@ impl Session {
             ClientMessage::Ping { nonce } => self.send_event(None, EventBody::Pong { nonce }),
             ClientMessage::Leave {} => self.leave_room(),
         }
+        None
     }
 
-    fn join(&mut self, room: String, name: String, last_seq: Option<u64>) {
+    fn join(&mut self, room: String, name: String, last_seq: Option<u64>) -> Option<CloseRequest> {
         let room = room.trim().to_string();
         let name = name.trim().to_string();
         if let Some(problem) = check_label("room", &room, MAX_ROOM_CHARS)
             .or_else(|| check_label("name", &name, MAX_NAME_CHARS))
         {
-            return self.send_error(None, ErrorCode::InvalidMessage, problem);
+            self.send_error(None, ErrorCode::InvalidMessage, problem);
+            return None;
+        }
+        if let Some(pinned) = self.pinned.as_deref().filter(|p| *p != room) {
+            return Some(CloseRequest {
+                reason: CloseReason::WrongRoom,
+                detail: format!(
+                    "this connection serves room {pinned:?}; reconnect to /v1/ws?room={room}"
+                ),
+            });
         }
         self.leave_room();
         let key = RoomKey {
@@ -220,7 +238,10 @@ impl Session {
         };
         let room_ref = match self.state.rooms.get_or_create(key) {
             Ok(r) => r,
-            Err(code) => return self.send_error(None, code, format!("cannot open room {room:?}")),
+            Err(code) => {
+                self.send_error(None, code, format!("cannot open room {room:?}"));
+                return None;
+            }
         };
         let member = Member {
             session_id: self.id,
@@ -230,6 +251,7 @@ impl Session {
             Ok(()) => self.joined = Some((room_ref, member)),
             Err(code) => self.send_error(None, code, format!("cannot join room {room:?}")),
         }
+        None
     }
 
     fn prompt(
