@@ -39,6 +39,12 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8787")]
         server: String,
     },
+    /// Validate a config file (TOML or JSON) with the environment applied, as `serve` would;
+    /// key files (`api_key_file`) are listed, not read.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Write the protocol's JSON Schemas into a folder.
     Schema {
         #[arg(long, default_value = "schemas")]
@@ -51,6 +57,19 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::Ingest { paths, server } => ingest_cli::run(&server, &paths),
+        Command::Check { config } => match Config::check(&config) {
+            Ok(files) => {
+                println!("{}: ok", config.display());
+                for f in files {
+                    println!("  key file read at start: {}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("confab: {}: {e}", config.display());
+                ExitCode::from(2)
+            }
+        },
         Command::Schema { out } => write_schemas(&out),
     }
 }

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format, Json, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use models::{
@@ -200,6 +200,23 @@ impl Default for Config {
 impl Config {
     /// Defaults, then the TOML file if given, then `CONFAB__SECTION__KEY` variables; validated.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_figment(Self::figment(file)?)
+    }
+
+    /// Like [`Config::load`], but key files are listed, not read: for checking a config
+    /// rendered for another machine (a Helm chart's), whose mounted secrets are not here.
+    pub fn check(file: &Path) -> Result<Vec<std::path::PathBuf>, ConfigError> {
+        let mut cfg: Config = Self::figment(Some(file))?.extract().map_err(Box::new)?;
+        let files = cfg
+            .providers
+            .values_mut()
+            .filter_map(|p| p.api_key_file.take())
+            .collect();
+        cfg.finalize()?;
+        Ok(files)
+    }
+
+    fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
@@ -208,10 +225,15 @@ impl Config {
                     reason: format!("file {} does not exist", path.display()),
                 });
             }
-            fig = fig.merge(Toml::file_exact(path));
+            // JSON too: Helm renders values with `toJson` (its `toToml` writes every number
+            // as a float, which integer settings refuse).
+            fig = if path.extension().is_some_and(|e| e == "json") {
+                fig.merge(Json::file_exact(path))
+            } else {
+                fig.merge(Toml::file_exact(path))
+            };
         }
-        fig = fig.merge(Env::prefixed("CONFAB__").split("__"));
-        Self::from_figment(fig)
+        Ok(fig.merge(Env::prefixed("CONFAB__").split("__")))
     }
 
     /// Parses a TOML string over the defaults (no environment); for tests and tools.
@@ -408,6 +430,24 @@ mod tests {
             assert!(!format!("{cfg:?}").contains("sk-1"));
             jail.set_env("CONFAB__WS__NOPE", "1");
             assert!(Config::load(None).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's own error type
+    fn json_file_as_helm_renders_it() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.json",
+                r#"{"server": {"bind": "0.0.0.0:8787", "shutdown_grace_ms": 15000},
+                    "ws": {"room_routing": true}, "vector": {"backend": "remote", "url": "http://q:6334"}}"#,
+            )?;
+            let cfg = Config::load(Some(Path::new("c.json"))).map_err(|e| e.to_string())?;
+            assert!(cfg.ws.room_routing);
+            assert_eq!(cfg.server.shutdown_grace_ms, 15_000);
+            jail.create_file("bad.json", r#"{"server": {"shutdown_grace_ms": "soon"}}"#)?;
+            assert!(Config::load(Some(Path::new("bad.json"))).is_err());
             Ok(())
         });
     }

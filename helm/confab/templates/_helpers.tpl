@@ -1,0 +1,90 @@
+{{- define "confab.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "confab.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "confab.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{ include "confab.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "confab.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "confab.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "confab.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "confab.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "confab.embedded" -}}
+{{- if eq .Values.vectorStore.mode "embedded" }}true{{ end -}}
+{{- end -}}
+
+{{/* More than one pod can serve rooms: WebSockets are routed by room. */}}
+{{- define "confab.multiReplica" -}}
+{{- if and (not (include "confab.embedded" .)) (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) }}true{{ end -}}
+{{- end -}}
+
+{{/* Refuse value combinations that would install something broken. */}}
+{{- define "confab.validate" -}}
+{{- if include "confab.embedded" . -}}
+{{- if gt (int .Values.replicaCount) 1 -}}
+{{- fail "vectorStore.mode=embedded runs one pod (the store lives on its volume): set replicaCount=1 or use vectorStore.mode=remote" -}}
+{{- end -}}
+{{- if .Values.autoscaling.enabled -}}
+{{- fail "autoscaling needs vectorStore.mode=remote (the embedded store cannot be shared between pods)" -}}
+{{- end -}}
+{{- else if not .Values.vectorStore.remote.url -}}
+{{- fail "vectorStore.mode=remote needs vectorStore.remote.url" -}}
+{{- end -}}
+{{- $grace := div (int (default 15000 (.Values.config.server).shutdown_grace_ms)) 1000 -}}
+{{- if le (int .Values.terminationGracePeriodSeconds) (add $grace 15 (int .Values.preStopSleepSeconds)) -}}
+{{- fail (printf "terminationGracePeriodSeconds must exceed preStopSleepSeconds + shutdown_grace_ms/1000 + 15 (= %d)" (add $grace 15 (int .Values.preStopSleepSeconds))) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* confab's configuration: the user's `config` plus the keys the chart owns. JSON, because
+     Helm's toToml writes every number as a float. */}}
+{{- define "confab.config" -}}
+{{- $cfg := deepCopy .Values.config -}}
+{{- $server := deepCopy (default dict $cfg.server) -}}
+{{- $_ := set $server "bind" (printf "0.0.0.0:%v" .Values.service.port) -}}
+{{- $_ := set $cfg "server" $server -}}
+{{- $vector := deepCopy (default dict $cfg.vector) -}}
+{{- $_ := set $vector "data_dir" "/var/lib/confab" -}}
+{{- if include "confab.embedded" . -}}
+{{- $_ := set $vector "backend" "edge" -}}
+{{- else -}}
+{{- $_ := set $vector "backend" "remote" -}}
+{{- $_ := set $vector "url" .Values.vectorStore.remote.url -}}
+{{- $_ := set $vector "collection" .Values.vectorStore.remote.collection -}}
+{{- end -}}
+{{- $_ := set $cfg "vector" $vector -}}
+{{- $providers := deepCopy (default dict $cfg.providers) -}}
+{{- range $name, $_ := .Values.providerKeys -}}
+{{- $p := deepCopy (default dict (get $providers $name)) -}}
+{{- $_ := set $p "api_key_file" (printf "/etc/confab/keys/%s/key" $name) -}}
+{{- $_ := set $providers $name $p -}}
+{{- end -}}
+{{- if $providers -}}
+{{- $_ := set $cfg "providers" $providers -}}
+{{- end -}}
+{{- $ws := deepCopy (default dict $cfg.ws) -}}
+{{- $_ := set $ws "room_routing" (eq (include "confab.multiReplica" .) "true") -}}
+{{- $_ := set $cfg "ws" $ws -}}
+{{- toPrettyJson $cfg -}}
+{{- end -}}
