@@ -126,8 +126,11 @@ REALTIME = dashboard("confab-realtime", "confab / Realtime & RAG", [
 ])
 
 here = os.path.dirname(os.path.abspath(__file__))
+# The Helm chart ships the same files (scripts/check-helm.sh fails if they differ).
+chart = os.path.join(here, "..", "helm", "confab", "files", "dashboards")
 for name, d in [("confab-latency.json", LATENCY), ("confab-cost.json", COST), ("confab-realtime.json", REALTIME)]:
-    with open(os.path.join(here, name), "w") as f:
-        json.dump(d, f, indent=2)
-        f.write("\n")
+    for folder in (here, chart):
+        with open(os.path.join(folder, name), "w") as f:
+            json.dump(d, f, indent=2)
+            f.write("\n")
     print("wrote", name)
