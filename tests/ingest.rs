@@ -384,3 +384,56 @@ fn chunks_fit_the_model_window_and_overlap() {
         (0..chunks.len()).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn untitled_texts_do_not_replace_each_other_and_the_same_bytes_wait_for_their_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().to_path_buf();
+    let srv = TestServer::start_with(Behavior::text(&["ok"]), move |c| with_retrieval(c, &p)).await;
+    let post = |body: Value, wait: bool| {
+        let url = srv.http(if wait {
+            "/v1/documents?wait=true"
+        } else {
+            "/v1/documents"
+        });
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (_, a) = post(
+        json!({"title": "", "text": "Alpacas hum when they are curious."}),
+        true,
+    )
+    .await;
+    let (_, b) = post(
+        json!({"title": " ", "text": "Beavers build dams from branches."}),
+        true,
+    )
+    .await;
+    assert_ne!(a["id"], b["id"]);
+    assert!(a["name"].as_str().unwrap().starts_with("untitled-"), "{a}");
+    let (_, list) = get(&srv, "/v1/documents").await;
+    assert_eq!(list["documents"].as_array().unwrap().len(), 2);
+    // The same bytes while their job may still run: with wait=true the answer is the final state.
+    let text: String = (0..60)
+        .map(|i| format!("Line {i} about capybaras bathing in warm springs.\n\n"))
+        .collect();
+    let (s1, first) = post(json!({"title": "capybaras", "text": text}), false).await;
+    assert_eq!(s1, 202);
+    let (s2, again) = post(json!({"title": "capybaras", "text": text}), true).await;
+    assert_eq!(
+        (s2, again["status"].as_str()),
+        (200, Some("indexed")),
+        "{again}"
+    );
+    assert_eq!(
+        (&again["id"], &again["version"]),
+        (&first["id"], &first["version"])
+    );
+}

@@ -224,27 +224,29 @@ impl DocumentsApi {
             }
         };
         let tenant = crate::DEFAULT_TENANT;
-        let submitted = match ing
+        // The same bytes may already be indexed (200), or still on their way (202, or wait).
+        let record = match ing
             .submit(tenant, &name, content_type.as_deref(), bytes)
             .await
         {
-            Ok(s) => s,
+            Ok(s) => s.record,
             Err(e) => return upload_error(&e),
         };
-        if !submitted.queued {
-            return UploadResponse::Done(Json(submitted.record.into()));
-        }
-        if wait.0 != Some(true) {
-            return UploadResponse::Accepted(Json(submitted.record.into()));
-        }
-        match ing.wait(tenant, &submitted.record.id, WAIT_LIMIT).await {
-            Some(r) if r.status == DocStatus::Failed => UploadResponse::Unreadable(ApiError::new(
+        let record = if wait.0 == Some(true) && !record.status.is_final() {
+            match ing.wait(tenant, &record.id, WAIT_LIMIT).await {
+                Some(r) => r,
+                None => return upload_error(&IngestError::Cancelled),
+            }
+        } else {
+            record
+        };
+        match record.status {
+            DocStatus::Indexed => UploadResponse::Done(Json(record.into())),
+            DocStatus::Failed if wait.0 == Some(true) => UploadResponse::Unreadable(ApiError::new(
                 ErrorCode::DocumentUnreadable,
-                r.error.unwrap_or_else(|| "ingestion failed".into()),
+                record.error.unwrap_or_else(|| "ingestion failed".into()),
             )),
-            Some(r) if r.status == DocStatus::Indexed => UploadResponse::Done(Json(r.into())),
-            Some(r) => UploadResponse::Accepted(Json(r.into())),
-            None => upload_error(&IngestError::Cancelled),
+            _ => UploadResponse::Accepted(Json(record.into())),
         }
     }
 

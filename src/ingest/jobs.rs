@@ -21,9 +21,11 @@ impl Ingestor {
     /// Runs a job to its end and records the outcome.
     pub(super) async fn process(&self, job: JobRef, stop: &CancellationToken) {
         let Some(rec) = self.registry.get(&job.tenant, &job.id) else {
+            self.registry.drop_upload(&job.tenant, &job.id, job.version);
             return; // deleted while queued
         };
         if rec.version != job.version {
+            self.registry.drop_upload(&job.tenant, &job.id, job.version);
             return; // replaced while queued; the newer version has its own job
         }
         let key = (job.tenant.clone(), job.id.clone());
@@ -59,8 +61,8 @@ impl Ingestor {
                 {
                     tracing::warn!(error = %de, "cannot remove the chunks of a failed job");
                 }
-                let superseded = matches!(e, IngestError::Cancelled);
-                if !superseded {
+                // Cancelled: replaced by a newer version or deleted; nothing to record.
+                if !matches!(e, IngestError::Cancelled) {
                     tracing::warn!(doc = %job.id, error = %e, "ingestion failed");
                     let _ = self.registry.update(&job.tenant, &job.id, |r| {
                         if r.version == job.version {
@@ -68,8 +70,8 @@ impl Ingestor {
                             r.error = Some(e.to_string());
                         }
                     });
-                    self.registry.drop_upload(&job.tenant, &job.id, job.version);
                 }
+                self.registry.drop_upload(&job.tenant, &job.id, job.version);
             }
         }
         self.changed.notify_waiters();

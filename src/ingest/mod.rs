@@ -188,8 +188,12 @@ impl Ingestor {
         })
         .await
         .map_err(|e| IngestError::Internal(format!("hashing task failed: {e}")))?;
-        let name = name.trim();
-        let name = if name.is_empty() { "untitled" } else { name };
+        // Unnamed uploads are named by their content, so they never replace each other.
+        let name = match name.trim() {
+            "" => format!("untitled-{}", &sha256[..12]),
+            n => n.to_string(),
+        };
+        let name = name.as_str();
         let id = uuid::Uuid::new_v5(
             &uuid::Uuid::NAMESPACE_OID,
             format!("{tenant}\u{1f}{name}").as_bytes(),
