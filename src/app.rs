@@ -19,6 +19,8 @@ pub struct AppState {
     pub retrieval: Option<Arc<Retrieval>>,
     /// Document ingestion; `None` when retrieval is off.
     pub ingest: Option<Arc<crate::ingest::Ingestor>>,
+    /// Runs turns for rooms and for the OpenAI-compatible endpoint.
+    pub engine: Arc<TurnEngine>,
     /// Renders `/metrics`; `None` if another metrics recorder owns the process.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -53,13 +55,14 @@ impl AppState {
             retrieval.clone(),
             cache,
         ));
-        let rooms = Rooms::new(config.rooms.clone(), engine, life.clone());
+        let rooms = Rooms::new(config.rooms.clone(), engine.clone(), life.clone());
         Self {
             config: Arc::new(config),
             rooms,
             life,
             retrieval,
             ingest,
+            engine,
             metrics,
         }
     }

@@ -2,6 +2,7 @@
 //! Thin: all logic lives in the core.
 
 pub mod documents;
+pub mod openai;
 pub mod rest;
 
 use poem::http::StatusCode;
@@ -13,7 +14,11 @@ use crate::app::AppState;
 use crate::ws::serve_session;
 
 /// The REST routes, together.
-pub type RestApis = (rest::RetrievalApi, documents::DocumentsApi);
+pub type RestApis = (
+    rest::RetrievalApi,
+    documents::DocumentsApi,
+    openai::OpenAiApi,
+);
 
 /// The OpenAPI service of the REST routes.
 pub fn openapi(state: AppState) -> poem_openapi::OpenApiService<RestApis, ()> {
@@ -22,7 +27,10 @@ pub fn openapi(state: AppState) -> poem_openapi::OpenApiService<RestApis, ()> {
             rest::RetrievalApi {
                 state: state.clone(),
             },
-            documents::DocumentsApi { state },
+            documents::DocumentsApi {
+                state: state.clone(),
+            },
+            openai::OpenAiApi { state },
         ),
         "confab",
         env!("CARGO_PKG_VERSION"),

@@ -7,11 +7,12 @@ use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use super::chain::{Chain, Link};
+use super::sink::TurnSink;
 use crate::config::ms;
 use crate::error::ErrorCode;
 use crate::protocol::{AttemptOutcome, AttemptRecord};
 use crate::providers::{ChatRequest, ProviderError, StreamEvent, UpstreamFinish};
-use crate::rooms::{QueuedTurn, Room};
+use crate::rooms::QueuedTurn;
 
 /// What the turn has streamed so far, across attempts.
 #[derive(Default)]
@@ -101,7 +102,7 @@ fn is_refusal(text: &str, chain: &Chain) -> bool {
     chain.refusal_patterns.iter().any(|p| head.starts_with(p))
 }
 
-fn release(room: &Room, turn: &QueuedTurn, progress: &mut Progress, text: String) {
+fn release(room: &dyn TurnSink, turn: &QueuedTurn, progress: &mut Progress, text: String) {
     let now = Instant::now();
     if progress.first_token.is_none() {
         progress.first_token = Some(now);
@@ -117,7 +118,7 @@ fn release(room: &Room, turn: &QueuedTurn, progress: &mut Progress, text: String
 /// Runs one attempt against `link` within the turn's `deadline`.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
-    room: &Room,
+    room: &dyn TurnSink,
     turn: &QueuedTurn,
     link: &Link,
     request: &ChatRequest,

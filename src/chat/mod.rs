@@ -10,6 +10,7 @@ pub mod chain;
 mod prompt;
 mod replay;
 mod retrieve;
+pub mod sink;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use tracing::Instrument;
 
 use self::attempt::{AttemptEnd, Progress};
 use self::chain::{Link, Models, RouteInput};
+use self::sink::TurnSink;
 use crate::cache::{AnswerCache, CacheHit, CacheLayer, CachedAnswer, Scope, conversation_state};
 use crate::config::{TurnConfig, ms};
 use crate::error::ErrorCode;
@@ -26,7 +28,7 @@ use crate::lifecycle::Lifecycle;
 use crate::protocol::{AttemptOutcome, EventBody, FinishReason, TurnMetrics};
 use crate::providers::{BreakerState, ProviderError, UpstreamFinish};
 use crate::retrieval::Retrieval;
-use crate::rooms::{QueuedTurn, Room};
+use crate::rooms::QueuedTurn;
 
 /// Runs turns through the configured fallback chains.
 pub struct TurnEngine {
@@ -100,8 +102,18 @@ impl TurnEngine {
         hit
     }
 
+    /// Whether `name` is a configured chain.
+    pub fn has_chain(&self, name: &str) -> bool {
+        self.models.chain(name).is_some()
+    }
+
+    /// The default chain's name (`turn.chain`).
+    pub fn default_chain(&self) -> &str {
+        &self.cfg.chain
+    }
+
     /// Runs one turn to its single `end` event.
-    pub async fn run(&self, room: &Room, turn: QueuedTurn, life: &Lifecycle) {
+    pub async fn run(&self, room: &dyn TurnSink, turn: QueuedTurn, life: &Lifecycle) {
         if life.is_draining() {
             room.reject_turn(
                 turn.turn_id,
@@ -110,17 +122,18 @@ impl TurnEngine {
             );
             return;
         }
-        let Some(chain) = self.models.chain(&self.cfg.chain) else {
+        let chain_name = turn.chain.as_deref().unwrap_or(&self.cfg.chain);
+        let Some(chain) = self.models.chain(chain_name) else {
             room.reject_turn(
                 turn.turn_id,
                 ErrorCode::Internal,
-                "no chain configured".into(),
+                format!("no chain named {chain_name:?} is configured"),
             );
             return;
         };
         let started = Instant::now();
         let history = room.history();
-        let tenant = room.key.tenant.clone();
+        let tenant = room.tenant().to_string();
         let scope = (self.cache.is_some() && turn.use_cache).then(|| Scope {
             corpus_version: self
                 .retrieval
@@ -133,7 +146,8 @@ impl TurnEngine {
             return replay::replay(room, &turn, &chain.name, hit, started);
         }
         let mut embedding = None;
-        let (sources, tool) = match &self.retrieval {
+        let retrieval = self.retrieval.as_ref().filter(|_| turn.retrieval);
+        let (sources, tool) = match retrieval {
             None => (Vec::new(), None),
             Some(r) => {
                 let query =
@@ -346,7 +360,7 @@ impl TurnEngine {
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
-        room: &Room,
+        room: &dyn TurnSink,
         turn: &QueuedTurn,
         life: &Lifecycle,
         chain: &chain::Chain,

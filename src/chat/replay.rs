@@ -5,13 +5,20 @@
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::sink::TurnSink;
 use crate::cache::CacheHit;
 use crate::protocol::{CacheInfo, EventBody, FinishReason, TurnMetrics};
 use crate::providers::extractive::split_keep_spaces;
-use crate::rooms::{QueuedTurn, Room};
+use crate::rooms::QueuedTurn;
 
 /// Replays `hit` as the turn's answer.
-pub fn replay(room: &Room, turn: &QueuedTurn, chain: &str, hit: CacheHit, started: Instant) {
+pub fn replay(
+    room: &dyn TurnSink,
+    turn: &QueuedTurn,
+    chain: &str,
+    hit: CacheHit,
+    started: Instant,
+) {
     let answer = hit.answer;
     let info = CacheInfo {
         layer: hit.layer,

@@ -55,6 +55,7 @@ pub struct Config {
     pub embedding: EmbeddingConfig,
     pub vector: VectorConfig,
     pub ingest: IngestConfig,
+    pub openai: OpenAiConfig,
     pub cache: crate::cache::CacheConfig,
     pub log: LogConfig,
 }
@@ -64,6 +65,23 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     pub rules: Vec<RouteRule>,
+}
+
+/// The OpenAI-compatible endpoint (`/v1/chat/completions`, `/v1/models`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAiConfig {
+    /// The model name that runs the default chain with retrieval and citations; every chain
+    /// name is a model too (a plain gateway, no retrieval).
+    pub rag_model: String,
+}
+
+impl Default for OpenAiConfig {
+    fn default() -> Self {
+        Self {
+            rag_model: "confab-rag".into(),
+        }
+    }
 }
 
 /// Listener and lifecycle.
@@ -191,6 +209,7 @@ impl Default for Config {
             embedding: EmbeddingConfig::default(),
             vector: VectorConfig::default(),
             ingest: IngestConfig::default(),
+            openai: OpenAiConfig::default(),
             cache: crate::cache::CacheConfig::default(),
             log: LogConfig::default(),
         }

@@ -48,4 +48,8 @@ pub struct QueuedTurn {
     pub quality: Option<crate::config::Quality>,
     /// False when the client opted out of the answer cache.
     pub use_cache: bool,
+    /// The chain to use; `None`: `turn.chain` from config (rooms).
+    pub chain: Option<String>,
+    /// Search the tenant's documents first (rooms: yes; the OpenAI endpoint: per model).
+    pub retrieval: bool,
 }

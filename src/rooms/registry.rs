@@ -91,7 +91,7 @@ async fn turn_worker(
         let Some(room) = room.upgrade() else { break };
         let span = tracing::info_span!("turn", turn_id = %turn.turn_id, room = %room.key.name);
         life.turns
-            .track_future(engine.run(&room, turn, &life).instrument(span))
+            .track_future(engine.run(room.as_ref(), turn, &life).instrument(span))
             .await;
     }
 }

@@ -246,6 +246,8 @@ impl Room {
             prompt: text.clone(),
             quality,
             use_cache,
+            chain: None,
+            retrieval: true,
         };
         match self.turns_tx.try_send(queued) {
             Ok(()) => {}
