@@ -2,6 +2,7 @@
 //! Thin: all logic lives in the core.
 
 pub mod documents;
+pub mod follow;
 pub mod openai;
 pub mod rest;
 
@@ -18,6 +19,7 @@ pub type RestApis = (
     rest::RetrievalApi,
     documents::DocumentsApi,
     openai::OpenAiApi,
+    follow::FollowApi,
 );
 
 /// The OpenAPI service of the REST routes.
@@ -30,7 +32,10 @@ pub fn openapi(state: AppState) -> poem_openapi::OpenApiService<RestApis, ()> {
             documents::DocumentsApi {
                 state: state.clone(),
             },
-            openai::OpenAiApi { state },
+            openai::OpenAiApi {
+                state: state.clone(),
+            },
+            follow::FollowApi { state },
         ),
         "confab",
         env!("CARGO_PKG_VERSION"),

@@ -53,3 +53,20 @@ pub struct QueuedTurn {
     /// Search the tenant's documents first (rooms: yes; the OpenAI endpoint: per model).
     pub retrieval: bool,
 }
+
+/// Longest room name, in characters.
+pub const MAX_ROOM_CHARS: usize = 128;
+
+/// Why a room or member name is refused, if it is.
+pub fn check_label(field: &str, value: &str, max: usize) -> Option<String> {
+    if value.is_empty() {
+        return Some(format!("`{field}` must not be empty"));
+    }
+    if value.chars().count() > max {
+        return Some(format!("`{field}` is longer than {max} characters"));
+    }
+    if value.chars().any(char::is_control) {
+        return Some(format!("`{field}` must not contain control characters"));
+    }
+    None
+}

@@ -42,6 +42,8 @@ struct RoomState {
     seq: u64,
     replay: ReplayBuffer,
     members: Vec<MemberEntry>,
+    /// Read-only followers (SSE): every room event, no presence.
+    viewers: Vec<MemberHandle>,
     history: VecDeque<TurnSnapshot>,
     active: Option<ActiveTurn>,
     /// Queued turns with the seq of the `message` event that announced them.
@@ -85,6 +87,7 @@ impl Room {
                 seq: 0,
                 replay,
                 members: Vec::new(),
+                viewers: Vec::new(),
                 history: VecDeque::new(),
                 active: None,
                 queued: VecDeque::new(),
@@ -115,8 +118,41 @@ impl Room {
             return Err(ErrorCode::RoomFull);
         }
         st.last_activity = Instant::now();
+        let delivered = self.catch_up(&st, &handle, last_seq);
+        if !delivered {
+            handle.slow.cancel();
+            return Ok(());
+        }
+        st.members.push(MemberEntry {
+            member,
+            handle,
+            last_typing: None,
+        });
+        self.publish_presence(&mut st);
+        Ok(())
+    }
+
+    /// Adds a read-only viewer (the SSE endpoint): it gets every room event, with the same
+    /// catch-up as a member, but is not a member (no presence, cannot prompt).
+    pub fn watch(&self, handle: MemberHandle, last_seq: Option<u64>) -> Result<(), ErrorCode> {
+        let mut st = self.lock();
+        if st.members.len() + st.viewers.len() >= self.cfg.max_members {
+            return Err(ErrorCode::RoomFull);
+        }
+        if self.catch_up(&st, &handle, last_seq) {
+            st.viewers.push(handle);
+        } else {
+            handle.slow.cancel();
+        }
+        Ok(())
+    }
+
+    /// Sends a newcomer what it missed: the events after `last_seq` from the replay buffer,
+    /// or a `resync` snapshot when the buffer no longer holds them. False if its queue is
+    /// already full.
+    fn catch_up(&self, st: &RoomState, handle: &MemberHandle, last_seq: Option<u64>) -> bool {
         let replay = last_seq.and_then(|n| st.replay.since(n, st.seq));
-        let delivered = match replay {
+        match replay {
             Some(frames) if frames.len() < handle.tx.max_capacity() => {
                 if last_seq.is_some() {
                     crate::metrics::ws_resume(true);
@@ -142,7 +178,7 @@ impl Room {
                     ts: now_ms(),
                     turn_id: None,
                     body: EventBody::Resync {
-                        snapshot: snapshot(&st),
+                        snapshot: snapshot(st),
                     },
                 };
                 handle
@@ -154,18 +190,7 @@ impl Room {
                     })
                     .is_ok()
             }
-        };
-        if !delivered {
-            handle.slow.cancel();
-            return Ok(());
         }
-        st.members.push(MemberEntry {
-            member,
-            handle,
-            last_typing: None,
-        });
-        self.publish_presence(&mut st);
-        Ok(())
     }
 
     /// Removes a member (no-op if absent) and tells the others.
@@ -415,6 +440,7 @@ impl Room {
     pub fn is_idle(&self, ttl: Duration) -> bool {
         let st = self.lock();
         st.members.is_empty()
+            && st.viewers.iter().all(|v| v.tx.is_closed())
             && st.active.is_none()
             && st.queued.is_empty()
             && st.last_activity.elapsed() >= ttl
@@ -460,6 +486,21 @@ impl Room {
                     dropped = true;
                     false
                 }
+            }
+        });
+        st.viewers.retain(|v| {
+            match v.tx.try_send(Outbound {
+                seq: Some(seq),
+                kind,
+                text: text.clone(),
+            }) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    v.slow.cancel();
+                    crate::metrics::ws_slow_consumer();
+                    false
+                }
+                Err(TrySendError::Closed(_)) => false,
             }
         });
         if dropped {

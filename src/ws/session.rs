@@ -18,9 +18,9 @@ use crate::error::{CloseReason, ErrorCode};
 use crate::protocol::{
     ClientMessage, EventBody, Member, PROTOCOL_VERSION, ServerEvent, decode_client_message,
 };
+use crate::rooms::{MAX_ROOM_CHARS, check_label};
 use crate::rooms::{MemberHandle, Outbound, Room, RoomKey, room_encode, room_now_ms};
 
-const MAX_ROOM_CHARS: usize = 128;
 /// How long to keep reading after our Close frame, waiting for the client's Close reply.
 /// Closing the socket with unread input would send a TCP reset and the client could lose
 /// the close frame (and its reason) with it.
@@ -352,17 +352,4 @@ impl Session {
             self.handle.slow.cancel();
         }
     }
-}
-
-fn check_label(field: &str, value: &str, max: usize) -> Option<String> {
-    if value.is_empty() {
-        return Some(format!("`{field}` must not be empty"));
-    }
-    if value.chars().count() > max {
-        return Some(format!("`{field}` is longer than {max} characters"));
-    }
-    if value.chars().any(char::is_control) {
-        return Some(format!("`{field}` must not contain control characters"));
-    }
-    None
 }

@@ -1,0 +1,136 @@
+//! Follow a room over server-sent events: read-only viewers and proxies that dislike
+//! WebSockets get the same room events as members (`id:` = seq, `event:` = type), and
+//! `Last-Event-ID` (or `?last_seq=`) resumes where they left off.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use poem::web::sse::Event;
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::{EventStream, Json};
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use tokio_util::sync::CancellationToken;
+
+use super::rest::ApiError;
+use crate::app::AppState;
+use crate::error::ErrorCode;
+use crate::rooms::{MAX_ROOM_CHARS, MemberHandle, Outbound, RoomKey, check_label};
+
+type Frames = BoxStream<'static, RoomFrame>;
+
+/// One SSE event: `id:` is `seq`, `event:` is `kind`, and `data:` is `data`, the room event
+/// exactly as the WebSocket sends it (`schemas/server-event.schema.json`).
+#[derive(Debug, Clone, Object)]
+pub struct RoomFrame {
+    pub seq: Option<u64>,
+    pub kind: String,
+    pub data: String,
+}
+
+#[derive(ApiResponse)]
+pub enum FollowResponse {
+    /// `text/event-stream`: each event is `id: <seq>`, `event: <type>`, `data: <ServerEvent JSON>`.
+    #[oai(status = 200)]
+    Stream(EventStream<Frames>),
+    /// Bad room name or Last-Event-ID.
+    #[oai(status = 400)]
+    BadRequest(Json<ApiError>),
+    /// The room is full, the server holds too many rooms, or it is shutting down.
+    #[oai(status = 503)]
+    Unavailable(Json<ApiError>),
+}
+
+/// The room-following route.
+pub struct FollowApi {
+    pub state: AppState,
+}
+
+#[OpenApi]
+impl FollowApi {
+    /// Follow a room's events (read-only) as server-sent events.
+    #[oai(path = "/v1/rooms/:room/events", method = "get")]
+    async fn follow(
+        &self,
+        room: Path<String>,
+        /// The last seq received; the stream resumes after it.
+        #[oai(name = "Last-Event-ID")]
+        last_event_id: Header<Option<String>>,
+        /// Same as Last-Event-ID, for clients that cannot set headers.
+        last_seq: Query<Option<u64>>,
+    ) -> FollowResponse {
+        let state = &self.state;
+        let name = room.0.trim().to_string();
+        if let Some(problem) = check_label("room", &name, MAX_ROOM_CHARS) {
+            return FollowResponse::BadRequest(ApiError::new(ErrorCode::InvalidMessage, problem));
+        }
+        let last = match last_event_id.0.as_deref().map(str::trim) {
+            Some(id) if !id.is_empty() => match id.parse::<u64>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    return FollowResponse::BadRequest(ApiError::new(
+                        ErrorCode::InvalidMessage,
+                        format!("Last-Event-ID {id:?} is not a seq number"),
+                    ));
+                }
+            },
+            _ => last_seq.0,
+        };
+        if state.life.is_draining() {
+            return FollowResponse::Unavailable(ApiError::new(
+                ErrorCode::ShuttingDown,
+                "server is shutting down",
+            ));
+        }
+        let key = RoomKey {
+            tenant: crate::DEFAULT_TENANT.into(),
+            name,
+        };
+        let room = match state.rooms.get_or_create(key) {
+            Ok(r) => r,
+            Err(code) => {
+                return FollowResponse::Unavailable(ApiError::new(code, "cannot open the room"));
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Outbound>(state.config.ws.outbound_queue);
+        let slow = CancellationToken::new();
+        let handle = MemberHandle {
+            tx,
+            slow: slow.clone(),
+        };
+        if let Err(code) = room.watch(handle, last) {
+            return FollowResponse::Unavailable(ApiError::new(code, "cannot follow the room"));
+        }
+        // Ends when the viewer falls behind (reconnect with Last-Event-ID) or the server
+        // drains; dropping the stream unregisters the viewer at the next event.
+        let closing = state.life.sessions_close.clone();
+        let frames = futures_util::stream::unfold(
+            (rx, slow, closing),
+            |(mut rx, slow, closing)| async move {
+                tokio::select! {
+                    biased;
+                    _ = slow.cancelled() => None,
+                    _ = closing.cancelled() => None,
+                    frame = rx.recv() => frame.map(|f| (f, (rx, slow, closing))),
+                }
+            },
+        )
+        .map(|f: Outbound| RoomFrame {
+            seq: f.seq,
+            kind: f.kind.to_string(),
+            data: f.text.to_string(),
+        })
+        .boxed();
+        FollowResponse::Stream(
+            EventStream::new(frames)
+                .keep_alive(Duration::from_secs(15))
+                .to_event(|f: RoomFrame| {
+                    let ev = Event::message(f.data).event_type(f.kind);
+                    match f.seq {
+                        Some(seq) => ev.id(seq.to_string()),
+                        None => ev,
+                    }
+                }),
+        )
+    }
+}
