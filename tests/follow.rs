@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::TestServer;
 use confab_loadtest::mock::Behavior;
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 /// An SSE event: (id, event type, data).
