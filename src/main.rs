@@ -45,7 +45,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Write the protocol's JSON Schemas into a folder.
+    /// Write the protocol's JSON Schemas and the HTTP API's OpenAPI document into a folder.
     Schema {
         #[arg(long, default_value = "schemas")]
         out: PathBuf,
@@ -154,5 +154,13 @@ fn write_schemas(out: &std::path::Path) -> ExitCode {
         }
         println!("wrote {}", path.display());
     }
+    let path = out.join("openapi.json");
+    let written = confab::api::openapi_json()
+        .and_then(|spec| std::fs::write(&path, spec).map_err(|e| e.to_string()));
+    if let Err(e) = written {
+        eprintln!("confab: cannot write {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    println!("wrote {}", path.display());
     ExitCode::SUCCESS
 }

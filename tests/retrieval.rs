@@ -140,8 +140,8 @@ async fn bad_requests_get_clear_errors() {
         json!({"title": "x", "text": " \n\n "}),
     )
     .await;
-    assert_eq!(status, 422, "{body}");
-    assert_eq!(body["code"], "document_unreadable");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "invalid_message");
     let (status, _) = post(
         &srv.http("/v1/documents?wait=true"),
         json!({"title": "x", "text": "a".repeat(3 * 1024 * 1024)}),

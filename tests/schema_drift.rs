@@ -18,6 +18,31 @@ fn checked_in_schemas_match_the_code() {
 }
 
 #[test]
+fn checked_in_openapi_matches_the_routes() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/openapi.json");
+    let on_disk = std::fs::read_to_string(&path).expect("schemas/openapi.json");
+    let generated = confab::api::openapi_json().unwrap();
+    assert!(
+        on_disk == generated,
+        "schemas/openapi.json drifted from the routes; run `cargo run -- schema --out schemas`"
+    );
+    let spec: serde_json::Value = serde_json::from_str(&generated).unwrap();
+    for path in [
+        "/v1/search",
+        "/v1/documents",
+        "/v1/documents/{id}",
+        "/v1/chat/completions",
+        "/v1/models",
+        "/v1/rooms/{room}/events",
+    ] {
+        assert!(
+            spec["paths"][path].is_object(),
+            "{path} missing from the spec"
+        );
+    }
+}
+
+#[test]
 fn schemas_cover_every_message_type() {
     let all: String = confab::protocol::schemas()
         .into_iter()

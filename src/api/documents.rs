@@ -10,6 +10,7 @@ use poem_openapi::{ApiRequest, ApiResponse, Multipart, Object, OpenApi};
 use tokio::io::AsyncReadExt;
 
 use super::rest::ApiError;
+use super::strict::Str;
 use crate::app::AppState;
 use crate::error::ErrorCode;
 use crate::ingest::{DocStatus, DocumentRecord, IngestError, Ingestor};
@@ -19,6 +20,7 @@ const WAIT_LIMIT: Duration = Duration::from_secs(300);
 
 /// A document as the API shows it.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct DocumentInfo {
     /// Stable per tenant and name: uploading a file of the same name again replaces it.
     pub id: String,
@@ -75,8 +77,10 @@ pub struct DocumentList {
 #[derive(Debug, Object)]
 pub struct TextDocument {
     /// The document's name (and title); the same name again makes a new version.
-    pub title: String,
-    pub text: String,
+    pub title: Str,
+    /// The text (not only whitespace).
+    #[oai(validator(pattern = r"\S"))]
+    pub text: Str,
 }
 
 #[derive(Debug, Multipart)]
@@ -207,9 +211,9 @@ impl DocumentsApi {
         let limit = self.state.config.ingest.max_upload_bytes;
         let (name, content_type, bytes) = match body {
             UploadRequest::Json(Json(doc)) => (
-                doc.title,
+                doc.title.0,
                 Some("text/plain".to_string()),
-                doc.text.into_bytes(),
+                doc.text.0.into_bytes(),
             ),
             UploadRequest::Multipart(form) => {
                 let name = form

@@ -22,6 +22,7 @@ type Frames = BoxStream<'static, RoomFrame>;
 /// One SSE event: `id:` is `seq`, `event:` is `kind`, and `data:` is `data`, the room event
 /// exactly as the WebSocket sends it (`schemas/server-event.schema.json`).
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct RoomFrame {
     pub seq: Option<u64>,
     pub kind: String,

@@ -3,8 +3,10 @@
 
 pub mod documents;
 pub mod follow;
+mod guard;
 pub mod openai;
 pub mod rest;
+mod strict;
 
 use poem::http::StatusCode;
 use poem::web::websocket::{WebSocket, WebSocketConfig};
@@ -42,6 +44,27 @@ pub fn openapi(state: AppState) -> poem_openapi::OpenApiService<RestApis, ()> {
     )
 }
 
+/// The OpenAPI document of every HTTP route, as checked in at `schemas/openapi.json` (built
+/// from a default config: the routes do not depend on it). Call it outside a Tokio runtime:
+/// it runs a short-lived one, because the application state starts background tasks.
+pub fn openapi_json() -> Result<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut config = crate::Config::default();
+        config.finalize().map_err(|e| e.to_string())?;
+        let models = crate::chat::chain::Models::from_config(&config).map_err(|e| e.to_string())?;
+        let life = std::sync::Arc::new(crate::lifecycle::Lifecycle::default());
+        let state = AppState::new(config, models, None, None, life.clone());
+        life.background.cancel();
+        let mut json = openapi(state).spec();
+        json.push('\n');
+        Ok(json)
+    })
+}
+
 /// All routes with the state attached.
 pub fn routes(state: AppState) -> impl poem::Endpoint {
     let api = openapi(state.clone());
@@ -53,7 +76,7 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
     Route::new()
         .nest(
             "/",
-            api.around(move |ep, req| body_limit_guard(ep, req, body_limit)),
+            api.around(move |ep, req| guard::guard(ep, req, body_limit)),
         )
         .nest("/docs", docs)
         .at("/openapi.json", spec)
@@ -69,68 +92,6 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
             Ok(resp)
         })
         .data(state)
-}
-
-/// Refuses a POST body over `limit` (413) or of unknown length (411) with the REST error body.
-async fn body_limit_guard<E: Endpoint>(
-    ep: std::sync::Arc<E>,
-    req: poem::Request,
-    limit: usize,
-) -> poem::Result<Response> {
-    if req.method() == poem::http::Method::POST {
-        let declared = req
-            .headers()
-            .get(poem::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let refuse =
-            |status: StatusCode, message: String| {
-                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    crate::error::ErrorCode::DocumentTooLarge
-                } else {
-                    crate::error::ErrorCode::InvalidMessage
-                };
-                let body = rest::ApiError::new(code, message);
-                Ok((status, Json(serde_json::json!({
-                "code": body.0.code, "message": body.0.message, "retryable": body.0.retryable,
-            })))
-            .into_response())
-            };
-        match declared {
-            Some(n) if n > limit => {
-                return refuse(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the request body has {n} bytes; the limit is {limit}"),
-                );
-            }
-            None if req
-                .headers()
-                .contains_key(poem::http::header::TRANSFER_ENCODING) =>
-            {
-                return refuse(
-                    StatusCode::LENGTH_REQUIRED,
-                    "send a Content-Length: bodies of unknown length are refused".into(),
-                );
-            }
-            _ => {}
-        }
-    }
-    match ep.call(req).await {
-        Ok(resp) => Ok(resp.into_response()),
-        // Request parsing failed inside poem-openapi (malformed JSON, a missing multipart
-        // field, wrong content type): the same JSON error body as every other REST error.
-        Err(e) if e.status().is_client_error() && e.status() != StatusCode::NOT_FOUND => {
-            let code = crate::error::ErrorCode::InvalidMessage;
-            Ok((
-                e.status(),
-                Json(serde_json::json!({
-                    "code": code.as_str(), "message": e.to_string(), "retryable": false,
-                })),
-            )
-                .into_response())
-        }
-        Err(e) => Err(e),
-    }
 }
 
 #[handler]

@@ -12,6 +12,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use tokio::sync::mpsc::Receiver;
 use uuid::Uuid;
 
+use super::strict::Str;
 use crate::app::AppState;
 use crate::chat::sink::ChannelSink;
 use crate::error::ErrorCode;
@@ -24,13 +25,14 @@ const SINK_CAPACITY: usize = 4096;
 #[derive(Debug, Clone, Object)]
 pub struct ChatMessageIn {
     /// system, user or assistant.
-    pub role: String,
-    pub content: String,
+    pub role: Str,
+    pub content: Str,
 }
 
 #[derive(Debug, Clone, Object)]
 pub struct StreamOptions {
     /// Send a last chunk with `usage` (and empty `choices`).
+    #[oai(nullable)]
     pub include_usage: Option<bool>,
 }
 
@@ -39,12 +41,15 @@ pub struct StreamOptions {
 #[derive(Debug, Clone, Object)]
 pub struct ChatCompletionRequest {
     /// A chain name, or the RAG alias (`openai.rag_model`, default `confab-rag`).
-    pub model: String,
+    pub model: Str,
     pub messages: Vec<ChatMessageIn>,
+    #[oai(nullable)]
     pub stream: Option<bool>,
+    #[oai(nullable)]
     pub stream_options: Option<StreamOptions>,
     /// Shown as the speaker's name in the conversation sent upstream.
-    pub user: Option<String>,
+    #[oai(nullable)]
+    pub user: Option<Str>,
 }
 
 #[derive(Debug, Clone, Object)]
@@ -70,6 +75,7 @@ pub struct Usage {
 
 /// A source the answer may cite as `[n]`.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct SourceRef {
     pub n: u32,
     pub doc_id: String,
@@ -106,12 +112,14 @@ pub struct ChatCompletion {
 }
 
 #[derive(Debug, Clone, Default, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ChunkDelta {
     pub role: Option<String>,
     pub content: Option<String>,
 }
 
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ChunkChoice {
     pub index: u32,
     pub delta: ChunkDelta,
@@ -120,6 +128,7 @@ pub struct ChunkChoice {
 
 /// One `data:` line of a streamed completion (the stream ends with `data: [DONE]`).
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ChatCompletionChunk {
     pub id: String,
     /// Always `chat.completion.chunk`.
@@ -135,6 +144,7 @@ pub struct ChatCompletionChunk {
 }
 
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct OpenAiErrorBody {
     pub message: String,
     /// invalid_request_error, rate_limit_error, api_error…
@@ -357,22 +367,22 @@ fn history(
     }
     let mut out: Vec<TurnSnapshot> = Vec::new();
     for m in earlier {
-        match m.role.as_str() {
+        match m.role.0.as_str() {
             "user" => out.push(TurnSnapshot {
                 turn_id: Uuid::new_v4(),
                 from: speaker.clone(),
-                prompt: m.content.clone(),
+                prompt: m.content.0.clone(),
                 answer: String::new(),
                 finish_reason: Some(FinishReason::Stop),
                 partial: false,
             }),
             "assistant" | "tool" => match out.last_mut() {
-                Some(t) if t.answer.is_empty() => t.answer = m.content.clone(),
+                Some(t) if t.answer.is_empty() => t.answer = m.content.0.clone(),
                 _ => out.push(TurnSnapshot {
                     turn_id: Uuid::new_v4(),
                     from: speaker.clone(),
                     prompt: String::new(),
-                    answer: m.content.clone(),
+                    answer: m.content.0.clone(),
                     finish_reason: Some(FinishReason::Stop),
                     partial: false,
                 }),
@@ -380,7 +390,7 @@ fn history(
             other => return Err(format!("unknown role {other:?}")),
         }
     }
-    Ok((out, last.content.clone()))
+    Ok((out, last.content.0.clone()))
 }
 
 /// The OpenAI-compatible routes.
@@ -396,11 +406,11 @@ impl OpenAiApi {
     async fn chat_completions(&self, req: Json<ChatCompletionRequest>) -> CompletionResponse {
         let req = req.0;
         let state = &self.state;
-        let rag = req.model == state.config.openai.rag_model;
+        let rag = *req.model == state.config.openai.rag_model;
         let chain = if rag {
             state.engine.default_chain().to_string()
         } else {
-            req.model.clone()
+            req.model.0.clone()
         };
         if !state.engine.has_chain(&chain) {
             return fail(
@@ -419,8 +429,9 @@ impl OpenAiApi {
             session_id: Uuid::new_v4(),
             name: req
                 .user
-                .clone()
-                .filter(|u| !u.trim().is_empty())
+                .as_ref()
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
                 .unwrap_or_else(|| "user".into()),
         };
         let (history, prompt) = match history(&req.messages, &speaker) {

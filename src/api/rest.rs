@@ -4,6 +4,7 @@
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
+use super::strict::Str;
 use crate::app::AppState;
 use crate::config::SearchMode;
 use crate::error::ErrorCode;
@@ -33,17 +34,22 @@ impl ApiError {
 
 #[derive(Debug, Object)]
 pub struct SearchRequest {
-    /// The question or keywords.
-    pub query: String,
+    /// The question or keywords (1–2,000 characters, not only spaces).
+    #[oai(validator(min_length = 1, max_length = 2000, pattern = r"\S"))]
+    pub query: Str,
     /// How many results (1–50; default from config).
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "50")))]
     pub top_k: Option<u32>,
     /// Minimum cosine similarity (default from config; not applied in sparse mode).
+    #[oai(nullable)]
     pub score_floor: Option<f32>,
     /// dense, sparse or hybrid (default from config: `retrieval.mode`).
-    pub mode: Option<String>,
+    #[oai(nullable, validator(pattern = "^(dense|sparse|hybrid)$"))]
+    pub mode: Option<Str>,
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct SearchResult {
     pub doc_id: String,
     pub title: String,

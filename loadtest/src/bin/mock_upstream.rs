@@ -24,6 +24,9 @@ struct Args {
     /// Token text is the send time in µs (for delivery-latency measurements).
     #[arg(long)]
     stamped: bool,
+    /// Answer with this text instead, one word per token (e.g. an answer that cites "[1]").
+    #[arg(long)]
+    text: Option<String>,
 }
 
 #[tokio::main]
@@ -35,7 +38,13 @@ async fn main() -> std::io::Result<()> {
         Duration::ZERO
     };
     let ttft = Duration::from_millis(args.ttft_ms);
-    let behavior = if args.stamped {
+    let behavior = if let Some(text) = &args.text {
+        Behavior::Reply {
+            tokens: text.split_inclusive(' ').map(str::to_string).collect(),
+            ttft,
+            gap,
+        }
+    } else if args.stamped {
         Behavior::Stamped {
             count: args.tokens,
             ttft,
