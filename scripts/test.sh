@@ -20,6 +20,8 @@ echo "== promtool: SLO rules, rule unit tests, dashboard queries"
 bash scripts/check-observability.sh
 echo "== helm chart: lint, render, schema validation, policies (scripts/check-helm.sh)"
 bash scripts/check-helm.sh
+echo "== real clients: schemathesis, openai SDK, headless Chromium (scripts/check-clients.sh)"
+bash scripts/check-clients.sh
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
      END { printf "cargo tests: %d passed, %d failed\n", p, f }' "$log"

@@ -74,12 +74,15 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
     // multipart framing gets 64 KiB on top of the document limit.
     let body_limit = state.config.ingest.max_upload_bytes + 64 * 1024;
     Route::new()
-        .nest(
-            "/",
+        .nest_no_strip(
+            "/v1",
             api.around(move |ep, req| guard::guard(ep, req, body_limit)),
         )
         .nest("/docs", docs)
         .at("/openapi.json", spec)
+        .at("/", get(page))
+        .at("/static/app.js", get(script))
+        .at("/static/app.css", get(style))
         .at("/v1/ws", get(ws_upgrade))
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
@@ -92,6 +95,36 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
             Ok(resp)
         })
         .data(state)
+}
+
+/// The browser chat page: plain files compiled in, no build step.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    Response::builder()
+        .content_type(content_type)
+        .header("cache-control", "no-cache")
+        .header("x-content-type-options", "nosniff")
+        .body(body)
+}
+
+#[handler]
+fn page() -> Response {
+    asset(
+        "text/html; charset=utf-8",
+        include_str!("../../web/index.html"),
+    )
+}
+
+#[handler]
+fn script() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/app.js"),
+    )
+}
+
+#[handler]
+fn style() -> Response {
+    asset("text/css; charset=utf-8", include_str!("../../web/app.css"))
 }
 
 #[handler]
