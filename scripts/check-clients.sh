@@ -36,7 +36,12 @@ bin="${CARGO_TARGET_DIR:-target}/debug"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # Let the server finish its drain (it flushes the store) before its data dir goes.
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work" || true
+}
 trap cleanup EXIT
 mock_port=$(free_port)
 port=$(free_port)
