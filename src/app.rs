@@ -19,6 +19,8 @@ pub struct AppState {
     pub retrieval: Option<Arc<Retrieval>>,
     /// Document ingestion; `None` when retrieval is off.
     pub ingest: Option<Arc<crate::ingest::Ingestor>>,
+    /// Last probe of every upstream (`/readyz`).
+    pub upstreams: Arc<crate::providers::probe::UpstreamHealth>,
     /// Runs turns for rooms and for the OpenAI-compatible endpoint.
     pub engine: Arc<TurnEngine>,
     /// Renders `/metrics`; `None` if another metrics recorder owns the process.
@@ -62,6 +64,7 @@ impl AppState {
             life,
             retrieval,
             ingest,
+            upstreams: Arc::new(crate::providers::probe::UpstreamHealth::default()),
             engine,
             metrics,
         }

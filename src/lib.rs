@@ -116,6 +116,12 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Runn
         None => None,
     };
     let state = AppState::new(config, models, retrieval, ingest, life);
+    providers::probe::spawn(
+        state.upstreams.clone(),
+        state.config.providers.clone(),
+        Duration::from_secs(30),
+        state.life.background.clone(),
+    );
     tracing::info!(%addr, "confab listening");
     let task = tokio::spawn(serve(acceptor, state, shutdown));
     Ok(Running { addr, task })

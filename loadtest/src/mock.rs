@@ -98,6 +98,7 @@ impl MockUpstream {
             seq: AtomicU64::new(0),
         });
         let app = Route::new()
+            .at("/v1/models", poem::get(models))
             .at("/v1/chat/completions", post(completions))
             .at("/v1/messages", post(messages))
             .data(state.clone());
@@ -149,6 +150,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 enum Dialect {
     OpenAi,
     Anthropic,
+}
+
+/// The model list real OpenAI-compatible servers answer (confab probes it for health).
+#[handler]
+fn models() -> poem::web::Json<serde_json::Value> {
+    poem::web::Json(serde_json::json!({
+        "object": "list",
+        "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}],
+    }))
 }
 
 #[handler]

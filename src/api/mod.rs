@@ -198,10 +198,24 @@ fn healthz() -> &'static str {
 #[handler]
 fn readyz(Data(state): Data<&AppState>) -> Response {
     let draining = state.life.is_draining();
+    // Upstreams are detail, not readiness: the chain still answers (extractive last).
+    let upstreams: serde_json::Map<String, serde_json::Value> = state
+        .upstreams
+        .snapshot()
+        .into_iter()
+        .map(|(name, p)| {
+            let breaker = state.engine.breaker_state(&name);
+            let v = serde_json::json!({
+                "ok": p.ok, "detail": p.detail, "checked_ms": p.checked_ms, "breaker": breaker,
+            });
+            (name, v)
+        })
+        .collect();
     let body = Json(serde_json::json!({
         "ready": !draining,
         "draining": draining,
         "rooms": state.rooms.len(),
+        "upstreams": upstreams,
     }));
     if draining {
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()

@@ -48,6 +48,8 @@ pub struct RouteInput {
 pub struct Models {
     chains: HashMap<String, Chain>,
     rules: Vec<RouteRule>,
+    /// Every upstream link by name (the extractive one included).
+    links: HashMap<String, Arc<Link>>,
 }
 
 impl Models {
@@ -99,7 +101,13 @@ impl Models {
         Ok(Self {
             chains,
             rules: cfg.routing.rules.clone(),
+            links,
         })
+    }
+
+    /// A link by provider name (health reporting reads its breaker).
+    pub fn link(&self, name: &str) -> Option<&Arc<Link>> {
+        self.links.get(name)
     }
 
     /// The chain by name (config validation guarantees the turn's chain exists).

@@ -107,6 +107,15 @@ impl TurnEngine {
         self.models.chain(name).is_some()
     }
 
+    /// The circuit breaker of a provider: closed, open or half_open.
+    pub fn breaker_state(&self, provider: &str) -> Option<&'static str> {
+        self.models.link(provider).map(|l| match l.breaker.state() {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        })
+    }
+
     /// The default chain's name (`turn.chain`).
     pub fn default_chain(&self) -> &str {
         &self.cfg.chain

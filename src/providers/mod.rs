@@ -9,6 +9,7 @@ mod breaker;
 pub mod extractive;
 mod http;
 mod openai;
+pub mod probe;
 
 use std::time::Duration;
 
