@@ -100,10 +100,18 @@ async fn upload_search_cite_and_survive_a_restart() {
         .unwrap()
         .to_string();
     assert!(
-        user.contains("[1] Larkspur internals — The write-ahead log"),
+        user.contains("[1] Larkspur internals: The write-ahead log"),
         "{user}"
     );
-    assert!(user.contains("cite"), "{user}");
+    assert!(
+        user.ends_with("Question from alice: How does Larkspur recover after a crash?"),
+        "{user}"
+    );
+    let system = sent[0]["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        system.contains("only the numbered sources") && system.contains("brackets"),
+        "{system}"
+    );
     assert!(answer(&ev).contains("[1]"));
     let metrics = ev.iter().find(|e| e["type"] == "metrics").unwrap();
     assert_eq!(metrics["citations"], json!([1]));
