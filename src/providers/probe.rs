@@ -77,10 +77,22 @@ async fn probe(client: &reqwest::Client, entry: &ProviderEntry) -> Probe {
         },
         Err(e) => Probe {
             ok: false,
-            detail: format!("GET {url}: {e}"),
+            detail: format!("GET {url}: {}", causes(&e)),
             checked_ms,
         },
     }
+}
+
+/// An error with its causes ("error sending request: … Connection refused").
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
 }
 
 /// Probes every provider now and then every `every`, until `stop`.
