@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Helm chart checks, offline: helm lint; helm template for three value sets; the rendered
+# Helm chart checks, offline: helm lint; helm template for four value sets; the rendered
 # manifests against Kubernetes 1.32's OpenAPI schemas (kubernetes-validate --strict); the
 # rendered confab config through `confab check`; the PrometheusRule groups through promtool;
 # checkov policies; and the values schema and the chart's own guards refusing bad values.
@@ -43,7 +43,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 echo "== helm lint"
 "$helm" lint --strict "$chart" -f helm/ci/remote-ha.yaml
-for set in default remote-ha monitoring; do
+for set in default remote-ha monitoring local-llm; do
   echo "== value set $set"
   "$helm" lint --strict "$chart" -f "helm/ci/$set.yaml" >/dev/null
   "$helm" template confab "$chart" --namespace confab -f "helm/ci/$set.yaml" > "$out/$set.yaml"
@@ -90,4 +90,5 @@ refused --set vectorStore.mode=sqlite
 refused --set replicaCount=3
 refused --set vectorStore.mode=remote
 refused --set terminationGracePeriodSeconds=10
+refused --set localLlm.enabled=true
 echo "helm: all checks passed"

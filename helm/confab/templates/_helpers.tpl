@@ -22,6 +22,12 @@ app.kubernetes.io/name: {{ include "confab.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* confab's own pods (the optional llama.cpp pods are component "llm"). */}}
+{{- define "confab.serverSelectorLabels" -}}
+{{ include "confab.selectorLabels" . }}
+app.kubernetes.io/component: server
+{{- end -}}
+
 {{- define "confab.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "confab.fullname" .) .Values.serviceAccount.name -}}
@@ -51,6 +57,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- else if not .Values.vectorStore.remote.url -}}
 {{- fail "vectorStore.mode=remote needs vectorStore.remote.url" -}}
 {{- end -}}
+{{- if and .Values.localLlm.enabled (not .Values.localLlm.model.existingClaim) -}}
+{{- fail "localLlm.enabled needs localLlm.model.existingClaim: a PVC holding the GGUF model" -}}
+{{- end -}}
 {{- $grace := div (int (default 15000 (.Values.config.server).shutdown_grace_ms)) 1000 -}}
 {{- if le (int .Values.terminationGracePeriodSeconds) (add $grace 15 (int .Values.preStopSleepSeconds)) -}}
 {{- fail (printf "terminationGracePeriodSeconds must exceed preStopSleepSeconds + shutdown_grace_ms/1000 + 15 (= %d)" (add $grace 15 (int .Values.preStopSleepSeconds))) -}}
@@ -79,6 +88,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $p := deepCopy (default dict (get $providers $name)) -}}
 {{- $_ := set $p "api_key_file" (printf "/etc/confab/keys/%s/key" $name) -}}
 {{- $_ := set $providers $name $p -}}
+{{- end -}}
+{{- if .Values.localLlm.enabled -}}
+{{- $_ := set $providers "local" (dict "kind" "openai" "base_url" (printf "http://%s-llm:%v/v1" (include "confab.fullname" .) .Values.localLlm.port) "model" "local-llm" "max_tokens" .Values.localLlm.maxTokens "first_token_timeout_ms" 30000) -}}
+{{- $chains := deepCopy (default dict $cfg.chains) -}}
+{{- $default := deepCopy (default dict (get $chains "default")) -}}
+{{- $links := default list $default.links -}}
+{{- if not (has "local" $links) -}}
+{{- $links = append (without $links "extractive") "local" -}}
+{{- end -}}
+{{- $_ := set $default "links" $links -}}
+{{- $_ := set $chains "default" $default -}}
+{{- $_ := set $cfg "chains" $chains -}}
 {{- end -}}
 {{- if $providers -}}
 {{- $_ := set $cfg "providers" $providers -}}

@@ -1,0 +1,97 @@
+"""Quality smoke for the local model through confab (stdlib only; not part of CI: slow).
+
+Uploads three short documents, asks ten questions whose answers are in them through the
+OpenAI-compatible endpoint (RAG alias, streamed), and counts answers that contain the expected
+fact *and* cite the right document. Also measures time to first token and tokens/s as a client
+of confab sees them. Usage: CONFAB_URL=http://127.0.0.1:8787 python3 tests/clients/llm_smoke.py
+"""
+import json
+import os
+import statistics
+import time
+import urllib.request
+
+URL = os.environ.get("CONFAB_URL", "http://127.0.0.1:8787")
+DOCS = {
+    "Harbour ferry schedule": "The first ferry to Gull Island leaves the north pier at 06:40. "
+    "The last ferry returns at 23:10. Bicycles cost 3 euros extra.",
+    "Orchid care": "Orchids in the east greenhouse are watered with rain water every Tuesday morning. "
+    "They are fertilised once a month with a diluted orchid feed. "
+    "The greenhouse is kept above twelve degrees Celsius in winter.",
+    "Larkspur database": "After a crash, Larkspur replays its write-ahead log from the last checkpoint. "
+    "Checkpoints run every five minutes. Backups are copied to the Oslo data centre every night.",
+}
+QUESTIONS = [
+    ("When does the first ferry to Gull Island leave?", ["06:40", "6:40"], "Harbour ferry schedule"),
+    ("How much extra does a bicycle cost on the ferry?", ["3"], "Harbour ferry schedule"),
+    ("At what time does the last ferry return?", ["23:10", "11:10"], "Harbour ferry schedule"),
+    ("What kind of water do the orchids get?", ["rain"], "Orchid care"),
+    ("How often are the orchids fertilised?", ["month"], "Orchid care"),
+    ("Above what temperature is the greenhouse kept in winter?", ["twelve", "12"], "Orchid care"),
+    ("What does Larkspur replay after a crash?", ["write-ahead", "log"], "Larkspur database"),
+    ("How often do Larkspur checkpoints run?", ["five", "5 min"], "Larkspur database"),
+    ("Where are Larkspur backups copied to?", ["Oslo"], "Larkspur database"),
+    ("On which weekday are the orchids watered?", ["Tuesday"], "Orchid care"),
+]
+
+
+def post(path, body):
+    req = urllib.request.Request(URL + path, json.dumps(body).encode(), {"content-type": "application/json"})
+    return urllib.request.urlopen(req, timeout=300)
+
+
+def ask(question):
+    """Streams one answer; returns text, confab extension, usage, ttft and tokens/s."""
+    t0 = time.monotonic()
+    resp = post("/v1/chat/completions", {
+        "model": "confab-rag", "stream": True, "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": question}],
+    })
+    text, ext, usage, first, last = "", {}, {}, None, None
+    for raw in resp:
+        line = raw.decode().strip()
+        if not line.startswith("data:") or line.endswith("[DONE]"):
+            continue
+        chunk = json.loads(line[5:])
+        for c in chunk.get("choices", []):
+            piece = c.get("delta", {}).get("content")
+            if piece:
+                first = first or time.monotonic()
+                last = time.monotonic()
+                text += piece
+        ext = chunk.get("confab") or ext
+        usage = chunk.get("usage") or usage
+    ttft = (first - t0) if first else None
+    tokens = usage.get("completion_tokens", 0)
+    rate = (tokens - 1) / (last - first) if first and last and last > first and tokens > 1 else None
+    return text, ext, ttft, rate, tokens
+
+
+def main():
+    ids = {}
+    for title, text in DOCS.items():
+        doc = json.load(post("/v1/documents?wait=true", {"title": title, "text": text}))
+        ids[title] = doc["id"]
+    good, ttfts, rates = 0, [], []
+    print("| # | question | answer | fact | cites the right document | TTFT s | tokens/s |")
+    print("|---|---|---|---|---|---|---|")
+    for i, (q, facts, title) in enumerate(QUESTIONS, 1):
+        text, ext, ttft, rate, _ = ask(q)
+        fact = any(f.lower() in text.lower() for f in facts)
+        cited = {s["n"]: s["doc_id"] for s in ext.get("sources", [])}
+        right = any(cited.get(n) == ids[title] for n in ext.get("citations", []))
+        good += fact and right
+        if ttft is not None:
+            ttfts.append(ttft)
+        if rate is not None:
+            rates.append(rate)
+        print(f"| {i} | {q} | {text.strip()!r} | {'yes' if fact else 'no'} | {'yes' if right else 'no'} "
+              f"| {ttft:.2f} | {rate:.1f} |" if ttft and rate else
+              f"| {i} | {q} | {text.strip()!r} | {'yes' if fact else 'no'} | {'yes' if right else 'no'} | - | - |")
+    print(f"\n{good}/{len(QUESTIONS)} answers contain the expected fact and cite its document; "
+          f"TTFT median {statistics.median(ttfts):.2f} s (max {max(ttfts):.2f} s); "
+          f"generation {statistics.mean(rates):.1f} tokens/s (mean over answers)")
+
+
+if __name__ == "__main__":
+    main()
