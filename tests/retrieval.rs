@@ -200,3 +200,36 @@ async fn missing_model_files_fail_at_start_with_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_uncited_answer_from_a_source_gets_its_citation() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().to_path_buf();
+    let srv = TestServer::start_with(
+        Behavior::text(&[
+            "After a crash Larkspur replays ",
+            "the WAL from the last checkpoint.",
+        ]),
+        move |c| with_retrieval(c, &p),
+    )
+    .await;
+    let (status, _) = post(
+        &srv.http("/v1/documents?wait=true"),
+        json!({"title": "Larkspur internals", "text": WAL_DOC}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut a = srv.joined("docs", "alice").await;
+    a.send(json!({"type": "prompt", "text": "How does Larkspur recover after a crash?"}))
+        .await;
+    let ev = a.until_end().await;
+    let deltas: Vec<&str> = ev
+        .iter()
+        .filter(|e| e["type"] == "delta")
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas.last(), Some(&" [1]"), "{deltas:?}");
+    let metrics = ev.iter().find(|e| e["type"] == "metrics").unwrap();
+    assert_eq!(metrics["citations"], json!([1]));
+    assert_eq!(metrics["citation_added"], true);
+}

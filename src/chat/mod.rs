@@ -329,6 +329,18 @@ impl TurnEngine {
                 retry_after: None,
             }))
         });
+        let mut citation_added = false;
+        if self.cfg.attribute_citations
+            && matches!(outcome, Outcome::Finished(UpstreamFinish::Stop))
+            && last.as_ref().is_some_and(|l| !l.is_extractive())
+            && prompt::citations(&progress.answer, request.sources.len()).is_empty()
+            && let Some(n) = prompt::attribute(&progress.answer, &request.sources)
+        {
+            let mark = format!(" [{n}]");
+            room.delta(turn.turn_id, mark.clone());
+            progress.answer.push_str(&mark);
+            citation_added = true;
+        }
         let citations = prompt::citations(&progress.answer, request.sources.len());
         // Only complete, first-class answers are worth replaying: not errors, not cut by
         // length, not the degraded extractive fallback.
@@ -347,6 +359,7 @@ impl TurnEngine {
             prompt_tokens,
             started,
             citations.clone(),
+            citation_added,
         );
         if let (true, Some(cache), Some(scope)) = (storable, &self.cache, scope) {
             cache.insert(
@@ -379,6 +392,7 @@ impl TurnEngine {
         prompt_tokens: u64,
         started: Instant,
         citations: Vec<usize>,
+        citation_added: bool,
     ) -> (String, f64) {
         let finish_reason = match &outcome {
             Outcome::Finished(UpstreamFinish::Stop) => FinishReason::Stop,
@@ -447,6 +461,7 @@ impl TurnEngine {
                 usage_reported,
                 cost_usd,
                 citations,
+                citation_added,
                 cached: false,
                 saved_usd: 0.0,
                 attempts: progress.attempts,

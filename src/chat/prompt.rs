@@ -138,6 +138,33 @@ pub fn citations(answer: &str, count: usize) -> Vec<usize> {
     out
 }
 
+/// Content words of a text: lowercase, letters and digits, three characters or more.
+fn words(text: &str) -> std::collections::HashSet<String> {
+    const STOP: &[&str] = &[
+        "the", "and", "for", "are", "was", "were", "with", "from", "that", "this", "its", "their",
+        "they", "has", "have", "had", "not", "but", "you", "your", "can", "will", "into", "than",
+    ];
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.chars().count() >= 3)
+        .map(str::to_lowercase)
+        .filter(|w| !STOP.contains(&w.as_str()))
+        .collect()
+}
+
+/// The source an uncited answer was taken from: the one sharing the most of the answer's
+/// content words, when that is at least half of them (and at least three).
+pub fn attribute(answer: &str, sources: &[Source]) -> Option<usize> {
+    let said = words(answer);
+    if said.len() < 3 {
+        return None;
+    }
+    let (n, shared) = sources
+        .iter()
+        .map(|s| (s.n, words(&s.text).intersection(&said).count()))
+        .max_by_key(|(_, shared)| *shared)?;
+    (shared >= 3 && shared * 2 >= said.len()).then_some(n)
+}
+
 /// A rough count (4 characters per token) used only when the upstream reports no usage.
 pub fn estimate_tokens(req: &ChatRequest) -> u64 {
     let chars: usize = req.messages.iter().map(|m| m.content.chars().count()).sum();
@@ -147,6 +174,39 @@ pub fn estimate_tokens(req: &ChatRequest) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn src(n: usize, text: &str) -> Source {
+        Source {
+            n,
+            doc_id: format!("d{n}"),
+            title: format!("T{n}"),
+            section: String::new(),
+            page: None,
+            chunk: 0,
+            text: text.into(),
+            score: 0.5,
+        }
+    }
+
+    #[test]
+    fn attributes_an_uncited_answer_to_the_source_it_repeats() {
+        let sources = [
+            src(1, "The first ferry leaves the north pier at 06:40."),
+            src(
+                2,
+                "Checkpoints run every five minutes. Backups go to Oslo every night.",
+            ),
+        ];
+        assert_eq!(
+            attribute("Larkspur checkpoints run every five minutes.", &sources),
+            Some(2)
+        );
+        assert_eq!(
+            attribute("I do not know who won the world cup.", &sources),
+            None
+        );
+        assert_eq!(attribute("Yes.", &sources), None);
+    }
 
     #[test]
     fn finds_valid_citations_once() {

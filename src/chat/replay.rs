@@ -68,6 +68,7 @@ pub fn replay(
             usage_reported: false,
             cost_usd: 0.0,
             citations: answer.citations.clone(),
+            citation_added: false,
             cached: true,
             saved_usd: answer.cost_usd,
             attempts: Vec::new(),

@@ -150,6 +150,9 @@ pub struct TurnConfig {
     pub deadline_ms: u64,
     /// System prompt placed before the room's history.
     pub system_prompt: String,
+    /// When a model answers from the sources but cites none (small models often forget),
+    /// cite the source the answer overlaps most, if it shares at least half its words.
+    pub attribute_citations: bool,
 }
 
 impl Default for TurnConfig {
@@ -160,6 +163,7 @@ impl Default for TurnConfig {
             system_prompt: "You are a helpful assistant in a shared chat room. Several people may \
                             speak; their names prefix their messages. Answer concisely."
                 .into(),
+            attribute_citations: true,
         }
     }
 }

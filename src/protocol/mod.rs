@@ -241,6 +241,10 @@ pub struct TurnMetrics {
     pub cost_usd: f64,
     /// Source numbers (`[n]` of the `tool` event's results) the answer cites.
     pub citations: Vec<usize>,
+    /// The model answered from a source without citing it, and confab added the citation
+    /// (the last `delta`, ` [n]`) by matching the answer to the sources.
+    #[serde(default)]
+    pub citation_added: bool,
     /// The answer came from the cache (cost 0).
     pub cached: bool,
     /// USD the cache saved: the original turn's cost.
