@@ -334,9 +334,12 @@ impl TurnEngine {
             && matches!(outcome, Outcome::Finished(UpstreamFinish::Stop))
             && last.as_ref().is_some_and(|l| !l.is_extractive())
             && prompt::citations(&progress.answer, request.sources.len()).is_empty()
-            && let Some(n) = prompt::attribute(&progress.answer, &request.sources)
+            && let cited = prompt::attribute(&progress.answer, &request.sources)
+            && !cited.is_empty()
         {
-            let mark = format!(" [{n}]");
+            let mark: String = std::iter::once(String::from(" "))
+                .chain(cited.iter().map(|n| format!("[{n}]")))
+                .collect();
             room.delta(turn.turn_id, mark.clone());
             progress.answer.push_str(&mark);
             citation_added = true;

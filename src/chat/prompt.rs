@@ -151,18 +151,29 @@ fn words(text: &str) -> std::collections::HashSet<String> {
         .collect()
 }
 
-/// The source an uncited answer was taken from: the one sharing the most of the answer's
-/// content words, when that is at least half of them (and at least three).
-pub fn attribute(answer: &str, sources: &[Source]) -> Option<usize> {
+/// The sources an uncited answer was taken from: each sharing at least three of the answer's
+/// content words and a quarter of them, provided together they cover at least half. Best
+/// first is not needed: citations are listed by number.
+pub fn attribute(answer: &str, sources: &[Source]) -> Vec<usize> {
     let said = words(answer);
     if said.len() < 3 {
-        return None;
+        return Vec::new();
     }
-    let (n, shared) = sources
-        .iter()
-        .map(|s| (s.n, words(&s.text).intersection(&said).count()))
-        .max_by_key(|(_, shared)| *shared)?;
-    (shared >= 3 && shared * 2 >= said.len()).then_some(n)
+    let mut covered = std::collections::HashSet::new();
+    let mut cited: Vec<usize> = Vec::new();
+    for s in sources {
+        let shared: Vec<String> = words(&s.text).intersection(&said).cloned().collect();
+        if shared.len() >= 3 && shared.len() * 4 >= said.len() {
+            covered.extend(shared);
+            cited.push(s.n);
+        }
+    }
+    if covered.len() * 2 < said.len() {
+        return Vec::new();
+    }
+    cited.sort_unstable();
+    cited.dedup();
+    cited
 }
 
 /// A rough count (4 characters per token) used only when the upstream reports no usage.
@@ -199,13 +210,17 @@ mod tests {
         ];
         assert_eq!(
             attribute("Larkspur checkpoints run every five minutes.", &sources),
-            Some(2)
+            [2]
         );
         assert_eq!(
-            attribute("I do not know who won the world cup.", &sources),
-            None
+            attribute(
+                "The first ferry leaves the north pier at 06:40; checkpoints run every five minutes.",
+                &sources
+            ),
+            [1, 2]
         );
-        assert_eq!(attribute("Yes.", &sources), None);
+        assert!(attribute("I do not know who won the world cup.", &sources).is_empty());
+        assert!(attribute("Yes.", &sources).is_empty());
     }
 
     #[test]
