@@ -181,6 +181,7 @@ fn ws_upgrade(
     let mut cfg = WebSocketConfig::default();
     cfg.max_message_size = Some(max);
     cfg.max_frame_size = Some(max);
+    cfg.read_buffer_size = state.config.ws.read_buffer_bytes;
     let state = state.clone();
     ws.config(cfg)
         .on_upgrade(move |socket| {

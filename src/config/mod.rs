@@ -122,6 +122,9 @@ pub struct WsConfig {
     pub idle_timeout_ms: u64,
     /// A single socket write slower than this marks the client as a slow consumer.
     pub write_timeout_ms: u64,
+    /// Socket read buffer per connection. tungstenite's 128 KiB default is for high read
+    /// load; chat clients send little, and thousands of idle sessions add up.
+    pub read_buffer_bytes: usize,
     /// Several replicas: the ingress routes `/v1/ws?room=NAME` by a hash of the room, so a
     /// room's members meet on one pod. On: a connection must name its room in the URL and
     /// is pinned to it; joining another room closes it (4009) with the URL to reconnect to.
@@ -137,6 +140,7 @@ impl Default for WsConfig {
             heartbeat_ms: 20_000,
             idle_timeout_ms: 60_000,
             write_timeout_ms: 10_000,
+            read_buffer_bytes: 4 * 1024,
             room_routing: false,
         }
     }
@@ -296,6 +300,7 @@ impl Config {
         positive("ws.outbound_queue", self.ws.outbound_queue as u64)?;
         positive("ws.heartbeat_ms", self.ws.heartbeat_ms)?;
         positive("ws.write_timeout_ms", self.ws.write_timeout_ms)?;
+        positive("ws.read_buffer_bytes", self.ws.read_buffer_bytes as u64)?;
         if self.ws.idle_timeout_ms <= self.ws.heartbeat_ms {
             return Err(ConfigError::Invalid {
                 field: "ws.idle_timeout_ms".into(),

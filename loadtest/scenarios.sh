@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Benchmark scenarios on loopback (release builds; not part of CI except `smoke`).
+#   bash loadtest/scenarios.sh overhead   same streamed requests straight to the mock and through
+#                                         confab's OpenAI endpoint: added TTFT and per-token delay
+#   bash loadtest/scenarios.sh idle       10k idle WebSocket clients: server RSS per client
+#   bash loadtest/scenarios.sh fanout     1k rooms × 10 clients streaming: delta events/s, p99
+#   bash loadtest/scenarios.sh soak [S]   steady load for S seconds (600): RSS drift, errors
+#   bash loadtest/scenarios.sh litellm    confab and LiteLLM proxy on the same mock, alternately
+#   bash loadtest/scenarios.sh smoke      20-second run of the tools (CI)
+# JSON summaries go to $OUT (default target/loadtest). Knobs: see the variables below.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${CARGO_TARGET_DIR:-}" ] && [ -d "$HOME/.cache/confab/target" ]; then
+  export CARGO_TARGET_DIR="$HOME/.cache/confab/target"
+fi
+scenario="${1:?scenario}"
+profile=release
+[ "$scenario" = smoke ] && profile=debug
+if [ "$profile" = release ]; then
+  cargo build --release --locked --workspace --bins
+else
+  cargo build --locked --workspace --bins
+fi
+bin="${CARGO_TARGET_DIR:-target}/$profile"
+out="${OUT:-${CARGO_TARGET_DIR:-target}/loadtest}"
+mkdir -p "$out"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work" || true
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 600); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "not up: $1" >&2; return 1; }
+
+# The scripted upstream: stamped tokens (text = send time in µs).
+mock() { # tokens tokens_per_sec ttft_ms
+  mock_port=$(free_port)
+  "$bin/mock-upstream" --port "$mock_port" --stamped --tokens "$1" --tokens-per-sec "$2" --ttft-ms "$3" >"$work/mock.log" 2>&1 &
+  pids+=($!)
+  wait_http "http://127.0.0.1:$mock_port/v1/models"
+}
+
+# confab on the mock: no retrieval, no answer cache (every request reaches the upstream).
+confab() {
+  port=$(free_port)
+  cat >"$work/confab.toml" <<TOML
+[server]
+bind = "127.0.0.1:$port"
+[rooms]
+max_rooms = 20000
+max_members = 512
+[providers.mock]
+kind = "openai"
+base_url = "http://127.0.0.1:$mock_port/v1"
+model = "mock-model"
+max_retries = 0
+[chains.default]
+links = ["mock"]
+[retrieval]
+enabled = false
+[cache]
+enabled = false
+[log]
+level = "warn"
+TOML
+  "$bin/confab" serve --config "$work/confab.toml" >"$work/confab.log" 2>&1 &
+  confab_pid=$!
+  pids+=($confab_pid)
+  wait_http "http://127.0.0.1:$port/readyz"
+}
+
+load() { "$bin/confab-load" "$@"; }
+
+case "$scenario" in
+  overhead)
+    rate="${RATE:-20}"; tokens="${TOKENS:-100}"; tps="${TPS:-100}"; secs="${SECS:-30}"
+    mock "$tokens" "$tps" 20
+    confab
+    echo "== direct to the mock: $rate streams/s × $tokens tokens at $tps tokens/s = $((rate * tps)) tokens/s in flight"
+    load --json-out "$out/overhead-direct.json" openai --base "http://127.0.0.1:$mock_port/v1" --model mock-model --rate "$rate" --duration "$secs" >/dev/null
+    echo "== through confab (/v1/chat/completions, chain [mock])"
+    load --json-out "$out/overhead-confab.json" openai --base "http://127.0.0.1:$port/v1" --model default --rate "$rate" --duration "$secs" --pid "$confab_pid" >/dev/null
+    python3 - "$out/overhead-direct.json" "$out/overhead-confab.json" <<'PY'
+import json, sys
+d, c = (json.load(open(p)) for p in sys.argv[1:3])
+print(f"{'':28}{'direct':>12}{'confab':>12}{'added':>12}")
+for part, name in (("ttft", "first token"), ("per_token", "per token (stamp age)")):
+    for q in ("p50_ms", "p99_ms"):
+        a, b = d[part][q], c[part][q]
+        print(f"{name + ' ' + q[:3]:28}{a:>10.3f}ms{b:>10.3f}ms{b - a:>10.3f}ms")
+print(f"tokens/s {d['tokens_per_sec']:.0f} direct, {c['tokens_per_sec']:.0f} through confab; "
+      f"errors {d['errors']} / {c['errors']}; confab used {c['server']['cpu_cores']:.2f} cores")
+PY
+    ;;
+  idle)
+    mock 10 10 0
+    confab
+    load --json-out "$out/idle.json" idle --url "ws://127.0.0.1:$port/v1/ws" --clients "${CLIENTS:-10000}" --rooms "${ROOMS:-1000}" --pid "$confab_pid"
+    ;;
+  fanout)
+    mock "${TOKENS:-40}" "${TPS:-20}" 0
+    confab
+    load --json-out "$out/fanout.json" fanout --url "ws://127.0.0.1:$port/v1/ws" --rooms "${ROOMS:-1000}" --per-room "${PER_ROOM:-10}" \
+      --prompt-every-ms "${EVERY_MS:-3000}" --duration "${SECS:-30}" --pid "$confab_pid"
+    ;;
+  soak)
+    mock "${TOKENS:-40}" "${TPS:-20}" 0
+    confab
+    load --json-out "$out/soak.json" fanout --url "ws://127.0.0.1:$port/v1/ws" --rooms "${ROOMS:-200}" --per-room "${PER_ROOM:-10}" \
+      --prompt-every-ms "${EVERY_MS:-3000}" --duration "${2:-600}" --pid "$confab_pid" --sample-every 30
+    ;;
+  litellm)
+    venv="${XDG_CACHE_HOME:-$HOME/.cache}/confab/tools/litellm-venv"
+    if [ ! -x "$venv/bin/litellm" ]; then
+      echo "installing LiteLLM proxy (PyPI) into $venv" >&2
+      python3 -m venv "$venv"
+      "$venv/bin/pip" install --quiet "litellm[proxy]==${LITELLM_VERSION:-1.80.0}"
+    fi
+    mock "${TOKENS:-50}" "${TPS:-100}" 20
+    confab
+    lport=$(free_port)
+    cat >"$work/litellm.yaml" <<YAML
+model_list:
+  - model_name: default
+    litellm_params:
+      model: openai/mock-model
+      api_base: http://127.0.0.1:$mock_port/v1
+      api_key: sk-mock
+litellm_settings:
+  telemetry: false
+  drop_params: true
+YAML
+    LITELLM_LOG=ERROR "$venv/bin/litellm" --config "$work/litellm.yaml" --host 127.0.0.1 --port "$lport" --num_workers 1 >"$work/litellm.log" 2>&1 &
+    litellm_pid=$!
+    pids+=($litellm_pid)
+    wait_http "http://127.0.0.1:$lport/health/liveliness" || { tail -20 "$work/litellm.log"; exit 1; }
+    # The proxy's worker is a child of the launcher: measure the busiest python process under it.
+    lpid=$(pgrep -P "$litellm_pid" -f python | head -1 || true)
+    lpid="${lpid:-$litellm_pid}"
+    printf '%-8s %-8s %10s %10s %12s %12s %12s %8s %9s %8s\n' peer rate req/s tok/s "ttft p50" "ttft p99" "token p99" errors cores "RSS MiB"
+    for rate in ${RATES:-10 25 50 100 200 400}; do
+      for peer in confab litellm; do
+        if [ "$peer" = confab ]; then base="http://127.0.0.1:$port/v1"; pid=$confab_pid; else base="http://127.0.0.1:$lport/v1"; pid=$lpid; fi
+        load --json-out "$out/cmp-$peer-$rate.json" openai --base "$base" --model default --rate "$rate" --duration "${SECS:-20}" --pid "$pid" >/dev/null 2>&1 || true
+        python3 - "$out/cmp-$peer-$rate.json" "$peer" "$rate" <<'PY'
+import json, sys
+r, peer, rate = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
+s = r.get("server") or {}
+print(f"{peer:<8} {rate:<8} {r['req_per_sec']:>10.1f} {r['tokens_per_sec']:>10.0f} {r['ttft']['p50_ms']:>10.1f}ms {r['ttft']['p99_ms']:>10.1f}ms "
+      f"{r['per_token']['p99_ms']:>10.1f}ms {sum(r['errors'].values()):>8} {s.get('cpu_cores', 0):>9.2f} {s.get('rss_end_mib', 0):>8.0f}")
+PY
+        sleep 2
+      done
+    done
+    ;;
+  smoke)
+    mock 20 200 0
+    confab
+    load --json-out "$out/smoke-openai.json" openai --base "http://127.0.0.1:$port/v1" --model default --rate 5 --duration 8 --pid "$confab_pid"
+    load --json-out "$out/smoke-fanout.json" fanout --url "ws://127.0.0.1:$port/v1/ws" --rooms 10 --per-room 3 --prompt-every-ms 500 --duration 8 --pid "$confab_pid"
+    load --json-out "$out/smoke-idle.json" idle --url "ws://127.0.0.1:$port/v1/ws" --clients 200 --rooms 20 --pid "$confab_pid" --hold 1
+    python3 - "$out" <<'PY'
+import json, sys
+o = sys.argv[1]
+a, f, i = (json.load(open(f"{o}/smoke-{n}.json")) for n in ("openai", "fanout", "idle"))
+assert a["ok"] == a["requests"] and not a["errors"], a
+assert a["ttft"]["count"] == a["ok"] and a["per_token"]["count"] > 0, a
+assert f["delta_events_per_sec"] > 0 and f["delivery"]["count"] > 0 and not f["errors"] and f["disconnects"] == 0, f
+assert i["closed"] == 0 and i["rss_per_client_kib"] > 0, i
+print("load smoke: ok")
+PY
+    ;;
+  *)
+    echo "unknown scenario $scenario" >&2
+    exit 2
+    ;;
+esac
