@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark scenarios on loopback (release builds; not part of CI except `smoke`).
+#   bash loadtest/scenarios.sh delivery   upstream token → client delta latency, one room
 #   bash loadtest/scenarios.sh overhead   same streamed requests straight to the mock and through
 #                                         confab's OpenAI endpoint: added TTFT and per-token delay
 #   bash loadtest/scenarios.sh idle       10k idle WebSocket clients: server RSS per client
@@ -96,6 +97,11 @@ print(f"tokens/s {d['tokens_per_sec']:.0f} direct, {c['tokens_per_sec']:.0f} thr
       f"errors {d['errors']} / {c['errors']}; confab used {c['server']['cpu_cores']:.2f} cores")
 PY
     ;;
+  delivery)
+    mock 200 200 0
+    confab
+    load --json-out "$out/delivery.json" delivery --url "ws://127.0.0.1:$port/v1/ws" --tokens "${TOKENS:-2000}" --clients "${CLIENTS:-2}"
+    ;;
   idle)
     mock 10 10 0
     confab
@@ -118,7 +124,7 @@ PY
     if [ ! -x "$venv/bin/litellm" ]; then
       echo "installing LiteLLM proxy (PyPI) into $venv" >&2
       python3 -m venv "$venv"
-      "$venv/bin/pip" install --quiet "litellm[proxy]==${LITELLM_VERSION:-1.80.0}"
+      "$venv/bin/pip" install --quiet "litellm[proxy]==${LITELLM_VERSION:-1.106.2}"
     fi
     mock "${TOKENS:-50}" "${TPS:-100}" 20
     confab
@@ -133,7 +139,10 @@ model_list:
 litellm_settings:
   telemetry: false
   drop_params: true
+general_settings:
+  master_key: sk-load-$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 YAML
+    key=$(sed -n 's/^  master_key: //p' "$work/litellm.yaml")
     LITELLM_LOG=ERROR "$venv/bin/litellm" --config "$work/litellm.yaml" --host 127.0.0.1 --port "$lport" --num_workers 1 >"$work/litellm.log" 2>&1 &
     litellm_pid=$!
     pids+=($litellm_pid)
@@ -143,9 +152,9 @@ YAML
     lpid="${lpid:-$litellm_pid}"
     printf '%-8s %-8s %10s %10s %12s %12s %12s %8s %9s %8s\n' peer rate req/s tok/s "ttft p50" "ttft p99" "token p99" errors cores "RSS MiB"
     for rate in ${RATES:-10 25 50 100 200 400}; do
-      for peer in confab litellm; do
+      for peer in ${PEERS:-confab litellm}; do
         if [ "$peer" = confab ]; then base="http://127.0.0.1:$port/v1"; pid=$confab_pid; else base="http://127.0.0.1:$lport/v1"; pid=$lpid; fi
-        load --json-out "$out/cmp-$peer-$rate.json" openai --base "$base" --model default --rate "$rate" --duration "${SECS:-20}" --pid "$pid" >/dev/null 2>&1 || true
+        load --json-out "$out/cmp-$peer-$rate.json" openai --base "$base" --model default --rate "$rate" --duration "${SECS:-20}" --pid "$pid" --api-key "$key" >/dev/null 2>&1 || true
         python3 - "$out/cmp-$peer-$rate.json" "$peer" "$rate" <<'PY'
 import json, sys
 r, peer, rate = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]

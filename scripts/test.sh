@@ -20,6 +20,8 @@ echo "== promtool: SLO rules, rule unit tests, dashboard queries"
 bash scripts/check-observability.sh
 echo "== helm chart: lint, render, schema validation, policies (scripts/check-helm.sh)"
 bash scripts/check-helm.sh
+echo "== load tools smoke (loadtest/scenarios.sh smoke, ~20 s)"
+bash loadtest/scenarios.sh smoke
 echo "== real clients: schemathesis, openai SDK, headless Chromium (scripts/check-clients.sh)"
 bash scripts/check-clients.sh
 # One closing line for the whole suite (cargo prints one per test binary).
