@@ -4,7 +4,7 @@
 
 use scraper::{ElementRef, Html, Node, Selector};
 
-use super::{Block, Parsed, squash};
+use super::{Outline, Parsed, squash};
 
 /// Elements whose content is never document text.
 const SKIP: &[&str] = &[
@@ -38,28 +38,14 @@ const BLOCK: &[&str] = &[
 ];
 
 struct Walker {
-    out: Parsed,
-    stack: Vec<(usize, String)>,
-    buf: String,
+    out: Outline,
 }
 
 impl Walker {
-    fn flush(&mut self) {
-        let text = squash(&self.buf);
-        self.buf.clear();
-        if !text.is_empty() {
-            self.out.blocks.push(Block {
-                headings: self.stack.iter().map(|(_, h)| h.clone()).collect(),
-                text,
-                page: None,
-            });
-        }
-    }
-
     fn walk(&mut self, el: ElementRef<'_>) {
         for child in el.children() {
             match child.value() {
-                Node::Text(t) => self.buf.push_str(t),
+                Node::Text(t) => self.out.text(t),
                 Node::Element(e) => {
                     let name = e.name();
                     let hidden = e.attr("hidden").is_some()
@@ -75,19 +61,16 @@ impl Walker {
                         continue;
                     };
                     if let Some(level) = heading_level(name) {
-                        self.flush();
+                        self.out.end_block();
                         let text = squash(&child_el.text().collect::<String>());
+                        // An empty heading (an icon, an anchor) adds nothing to the path.
                         if !text.is_empty() {
-                            if level == 1 && self.out.title.is_none() {
-                                self.out.title = Some(text.clone());
-                            }
-                            self.stack.retain(|(l, _)| *l < level);
-                            self.stack.push((level, text));
+                            self.out.heading(level, text);
                         }
                     } else if BLOCK.contains(&name) {
-                        self.flush();
+                        self.out.end_block();
                         self.walk(child_el);
-                        self.flush();
+                        self.out.end_block();
                     } else {
                         self.walk(child_el);
                     }
@@ -123,18 +106,16 @@ pub fn parse(src: &str) -> Parsed {
         .or_else(|| first(&doc, "body"))
         .unwrap_or_else(|| doc.root_element());
     let mut w = Walker {
-        out: Parsed::default(),
-        stack: Vec::new(),
-        buf: String::new(),
+        out: Outline::default(),
     };
     w.walk(root);
-    w.flush();
+    let mut out = w.out.finish();
     if let Some(t) = first(&doc, "title").map(|t| squash(&t.text().collect::<String>()))
         && !t.is_empty()
     {
-        w.out.title = Some(t);
+        out.title = Some(t);
     }
-    w.out
+    out
 }
 
 #[cfg(test)]

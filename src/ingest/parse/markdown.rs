@@ -3,59 +3,40 @@
 
 use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
 
-use super::{Block, Parsed, squash};
+use super::{Outline, Parsed, squash};
 
 pub fn parse(src: &str) -> Parsed {
-    let mut out = Parsed::default();
-    // (level, text) of the enclosing headings.
-    let mut stack: Vec<(usize, String)> = Vec::new();
+    let mut out = Outline::default();
+    // The heading being read: its level and text so far.
     let mut heading: Option<(usize, String)> = None;
-    let mut buf = String::new();
-    let flush = |buf: &mut String, stack: &[(usize, String)], out: &mut Parsed| {
-        let text = squash(buf);
-        buf.clear();
-        if !text.is_empty() {
-            out.blocks.push(Block {
-                headings: stack.iter().map(|(_, h)| h.clone()).collect(),
-                text,
-                page: None,
-            });
-        }
-    };
     for ev in Parser::new_ext(src, Options::ENABLE_TABLES) {
         match ev {
             Event::Start(Tag::Heading { level, .. }) => {
-                flush(&mut buf, &stack, &mut out);
+                out.end_block();
                 heading = Some((level as usize, String::new()));
             }
             Event::End(TagEnd::Heading(_)) => {
                 if let Some((level, text)) = heading.take() {
-                    let text = squash(&text);
-                    if level == 1 && out.title.is_none() {
-                        out.title = Some(text.clone());
-                    }
-                    stack.retain(|(l, _)| *l < level);
-                    stack.push((level, text));
+                    out.heading(level, squash(&text));
                 }
             }
             Event::Text(t) | Event::Code(t) => match &mut heading {
                 Some((_, h)) => h.push_str(&t),
-                None => buf.push_str(&t),
+                None => out.text(&t),
             },
-            Event::SoftBreak | Event::HardBreak => buf.push(' '),
-            Event::End(TagEnd::TableCell) => buf.push_str(" | "),
+            Event::SoftBreak | Event::HardBreak => out.text(" "),
+            Event::End(TagEnd::TableCell) => out.text(" | "),
             Event::End(
                 TagEnd::Paragraph
                 | TagEnd::Item
                 | TagEnd::CodeBlock
                 | TagEnd::TableRow
                 | TagEnd::TableHead,
-            ) => flush(&mut buf, &stack, &mut out),
+            ) => out.end_block(),
             _ => {}
         }
     }
-    flush(&mut buf, &stack, &mut out);
-    out
+    out.finish()
 }
 
 #[cfg(test)]

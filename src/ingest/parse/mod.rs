@@ -65,6 +65,51 @@ fn utf8(bytes: &[u8]) -> Result<String, IngestError> {
     })
 }
 
+/// Builds a document's blocks under their heading path, for parsers of structured text:
+/// text accumulates until a block ends; a heading ends the block before it and replaces the
+/// headings of its level and deeper; the first level-1 heading is the title.
+#[derive(Default)]
+pub(crate) struct Outline {
+    out: Parsed,
+    /// (level, text) of the enclosing headings.
+    stack: Vec<(usize, String)>,
+    buf: String,
+}
+
+impl Outline {
+    pub(crate) fn text(&mut self, t: &str) {
+        self.buf.push_str(t);
+    }
+
+    /// Ends the current block (a no-op when it holds only whitespace).
+    pub(crate) fn end_block(&mut self) {
+        let text = squash(&self.buf);
+        self.buf.clear();
+        if !text.is_empty() {
+            self.out.blocks.push(Block {
+                headings: self.stack.iter().map(|(_, h)| h.clone()).collect(),
+                text,
+                page: None,
+            });
+        }
+    }
+
+    /// A heading of `level` (1 = top) with its (squashed) text.
+    pub(crate) fn heading(&mut self, level: usize, text: String) {
+        self.end_block();
+        if level == 1 && self.out.title.is_none() {
+            self.out.title = Some(text.clone());
+        }
+        self.stack.retain(|(l, _)| *l < level);
+        self.stack.push((level, text));
+    }
+
+    pub(crate) fn finish(mut self) -> Parsed {
+        self.end_block();
+        self.out
+    }
+}
+
 /// Collapses runs of whitespace (line breaks inside a paragraph included) to one space.
 pub(crate) fn squash(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
