@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use poem::http::{Method, StatusCode, header};
-use poem::web::Json;
 use poem::{Endpoint, IntoResponse, Request, Response};
 
 use crate::error::ErrorCode;
@@ -20,18 +19,17 @@ fn allowed(path: &str) -> &'static str {
     }
 }
 
+/// The route's own error body (the REST `ApiError`, or OpenAI's shape) with `status`.
 fn error(path: &str, status: StatusCode, code: ErrorCode, message: String) -> Response {
-    let body = if path == "/v1/chat/completions" {
-        let kind = if status.is_client_error() {
-            "invalid_request_error"
-        } else {
-            "api_error"
-        };
-        serde_json::json!({"error": {"message": message, "type": kind, "code": code.as_str()}})
+    let mut resp = if path == "/v1/chat/completions" {
+        poem_openapi::payload::Json(super::openai::OpenAiError {
+            error: super::openai::body(code, message, None),
+        })
+        .into_response()
     } else {
-        serde_json::json!({"code": code.as_str(), "message": message, "retryable": code.retryable()})
+        super::rest::ApiError::new(code, message).into_response()
     };
-    let mut resp = (status, Json(body)).into_response();
+    resp.set_status(status);
     if status == StatusCode::METHOD_NOT_ALLOWED
         && let Ok(v) = allowed(path).parse()
     {

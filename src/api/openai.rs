@@ -205,7 +205,7 @@ fn error_kind(status: u16) -> &'static str {
     }
 }
 
-fn body(code: ErrorCode, message: String, param: Option<&str>) -> OpenAiErrorBody {
+pub(super) fn body(code: ErrorCode, message: String, param: Option<&str>) -> OpenAiErrorBody {
     OpenAiErrorBody {
         message,
         kind: error_kind(code.http_status()).into(),
