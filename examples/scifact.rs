@@ -138,7 +138,7 @@ async fn main() {
             )
             .await
             .unwrap();
-        by_uuid.insert(s.record.id.clone(), id);
+        by_uuid.insert(s.id.clone(), id);
     }
     let mut chunks = 0u64;
     let mut failed = 0;

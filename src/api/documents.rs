@@ -233,7 +233,7 @@ impl DocumentsApi {
             .submit(tenant, &name, content_type.as_deref(), bytes)
             .await
         {
-            Ok(s) => s.record,
+            Ok(r) => r,
             Err(e) => return upload_error(&e),
         };
         let record = if wait.0 == Some(true) && !record.status.is_final() {

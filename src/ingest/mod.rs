@@ -58,14 +58,6 @@ struct JobRef {
     version: u64,
 }
 
-/// What an upload did.
-#[derive(Debug, Clone)]
-pub struct Submitted {
-    pub record: DocumentRecord,
-    /// False when the same bytes were already indexed (nothing was queued).
-    pub queued: bool,
-}
-
 /// The ingestion service; cheap to share behind an `Arc`.
 pub struct Ingestor {
     registry: Registry,
@@ -165,15 +157,16 @@ impl Ingestor {
         self.registry.list(tenant)
     }
 
-    /// Accepts an upload: checks size and type, then queues a job (or finds the same bytes
-    /// already indexed).
+    /// Accepts an upload: checks size and type, then queues a job. The same bytes already
+    /// uploaded are a no-op that returns that document's record (its status tells whether
+    /// it is indexed or still on its way).
     pub async fn submit(
         &self,
         tenant: &str,
         name: &str,
         content_type: Option<&str>,
         bytes: Vec<u8>,
-    ) -> Result<Submitted, IngestError> {
+    ) -> Result<DocumentRecord, IngestError> {
         if bytes.len() > self.cfg.max_upload_bytes {
             return Err(IngestError::TooLarge {
                 bytes: bytes.len(),
@@ -233,10 +226,7 @@ impl Ingestor {
         });
         let Some(previous) = previous else {
             crate::metrics::ingested("unchanged", 0);
-            return Ok(Submitted {
-                record,
-                queued: false,
-            });
+            return Ok(record);
         };
         let undo = |e: IngestError| {
             self.registry.restore(tenant, &id, previous.clone());
@@ -260,10 +250,7 @@ impl Ingestor {
             return Err(undo(IngestError::Overloaded(waiting)));
         }
         crate::metrics::ingest_queue(self.queue.max_capacity() - self.queue.capacity());
-        Ok(Submitted {
-            record,
-            queued: true,
-        })
+        Ok(record)
     }
 
     fn running_token(&self, tenant: &str, id: &str) -> Option<CancellationToken> {
