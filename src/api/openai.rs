@@ -365,27 +365,21 @@ fn history(
     if last.content.trim().is_empty() {
         return Err("the last user message is empty".into());
     }
+    let turn = |prompt: String, answer: String| TurnSnapshot {
+        turn_id: Uuid::new_v4(),
+        from: speaker.clone(),
+        prompt,
+        answer,
+        finish_reason: Some(FinishReason::Stop),
+        partial: false,
+    };
     let mut out: Vec<TurnSnapshot> = Vec::new();
     for m in earlier {
         match m.role.0.as_str() {
-            "user" => out.push(TurnSnapshot {
-                turn_id: Uuid::new_v4(),
-                from: speaker.clone(),
-                prompt: m.content.0.clone(),
-                answer: String::new(),
-                finish_reason: Some(FinishReason::Stop),
-                partial: false,
-            }),
+            "user" => out.push(turn(m.content.0.clone(), String::new())),
             "assistant" | "tool" => match out.last_mut() {
                 Some(t) if t.answer.is_empty() => t.answer = m.content.0.clone(),
-                _ => out.push(TurnSnapshot {
-                    turn_id: Uuid::new_v4(),
-                    from: speaker.clone(),
-                    prompt: String::new(),
-                    answer: m.content.0.clone(),
-                    finish_reason: Some(FinishReason::Stop),
-                    partial: false,
-                }),
+                _ => out.push(turn(String::new(), m.content.0.clone())),
             },
             other => return Err(format!("unknown role {other:?}")),
         }
