@@ -316,6 +316,22 @@ impl Config {
         positive("rooms.replay_events", self.rooms.replay_events as u64)?;
         positive("rooms.replay_bytes", self.rooms.replay_bytes as u64)?;
         positive("embedding.dim", self.embedding.dim as u64)?;
+        positive("embedding.workers", self.embedding.workers as u64)?;
+        positive(
+            "embedding.intra_threads",
+            self.embedding.intra_threads as u64,
+        )?;
+        positive("embedding.max_batch", self.embedding.max_batch as u64)?;
+        positive("embedding.max_length", self.embedding.max_length as u64)?;
+        positive(
+            "embedding.queue_capacity",
+            self.embedding.queue_capacity as u64,
+        )?;
+        positive(
+            "embedding.query_queue_capacity",
+            self.embedding.query_queue_capacity as u64,
+        )?;
+        positive("retrieval.top_k", self.retrieval.top_k as u64)?;
         positive(
             "ingest.max_upload_bytes",
             self.ingest.max_upload_bytes as u64,
@@ -349,22 +365,6 @@ impl Config {
                 reason: "must be greater than 0".into(),
             });
         }
-        positive("embedding.workers", self.embedding.workers as u64)?;
-        positive(
-            "embedding.intra_threads",
-            self.embedding.intra_threads as u64,
-        )?;
-        positive("embedding.max_batch", self.embedding.max_batch as u64)?;
-        positive("embedding.max_length", self.embedding.max_length as u64)?;
-        positive(
-            "embedding.queue_capacity",
-            self.embedding.queue_capacity as u64,
-        )?;
-        positive(
-            "embedding.query_queue_capacity",
-            self.embedding.query_queue_capacity as u64,
-        )?;
-        positive("retrieval.top_k", self.retrieval.top_k as u64)?;
         positive("vector.timeout_ms", self.vector.timeout_ms)?;
         if !(self.cache.semantic_threshold > 0.0 && self.cache.semantic_threshold <= 1.0) {
             return Err(ConfigError::Invalid {
