@@ -26,16 +26,7 @@ bin="${CARGO_TARGET_DIR:-target}/$profile"
 out="${OUT:-${CARGO_TARGET_DIR:-target}/loadtest}"
 mkdir -p "$out"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work" || true
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 600); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "not up: $1" >&2; return 1; }
+source scripts/lib/background.sh
 
 # The scripted upstream: stamped tokens (text = send time in µs).
 mock() { # tokens tokens_per_sec ttft_ms

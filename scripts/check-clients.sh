@@ -33,16 +33,7 @@ fi
 cargo build --quiet --locked --bin confab
 cargo build --quiet --locked -p confab-loadtest --bin mock-upstream
 bin="${CARGO_TARGET_DIR:-target}/debug"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  # Let the server finish its drain (it flushes the store) before its data dir goes.
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work" || true
-}
-trap cleanup EXIT
+source scripts/lib/background.sh
 mock_port=$(free_port)
 port=$(free_port)
 "$bin/mock-upstream" --port "$mock_port" --ttft-ms 50 --tokens-per-sec 25 \
@@ -65,11 +56,7 @@ TOML
 "$bin/confab" serve --config "$work/confab.toml" >"$work/confab.log" 2>&1 &
 pids+=($!)
 url="http://127.0.0.1:$port"
-for _ in $(seq 1 120); do
-  if curl -fsS "$url/readyz" >/dev/null 2>&1; then break; fi
-  sleep 0.5
-done
-curl -fsS "$url/readyz" >/dev/null || { cat "$work/confab.log"; exit 1; }
+wait_http "$url/readyz" || { cat "$work/confab.log"; exit 1; }
 
 echo "== schemathesis (every operation but the endless SSE stream, every check)"
 (cd tests/schemathesis && "$venv/bin/schemathesis" --config-file schemathesis.toml run "$url/openapi.json" \
