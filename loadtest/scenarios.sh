@@ -56,6 +56,8 @@ links = ["mock"]
 enabled = false
 [cache]
 enabled = false
+[auth]
+dev_mode = true
 [log]
 level = "warn"
 TOML

@@ -39,9 +39,15 @@ port=$(free_port)
 "$bin/mock-upstream" --port "$mock_port" --ttft-ms 50 --tokens-per-sec 25 \
   --text "Orchids are watered every Tuesday morning [1]." >"$work/mock.log" 2>&1 &
 pids+=($!)
+# A real tenant with two users' keys: every client below authenticates as one of them.
+key_a=$("$bin/confab" key new --user alice | awk '/^key:/ {print $2}')
+key_b=$("$bin/confab" key new --user bob | awk '/^key:/ {print $2}')
+hash() { printf '%s\n' "$1" | "$bin/confab" key hash; }
 cat >"$work/confab.toml" <<TOML
 [server]
 bind = "127.0.0.1:$port"
+[auth.tenants.greenhouse]
+keys = [{ user = "alice", sha256 = "$(hash "$key_a")" }, { user = "bob", sha256 = "$(hash "$key_b")" }]
 [providers.mock]
 kind = "openai"
 base_url = "http://127.0.0.1:$mock_port/v1"
@@ -61,16 +67,17 @@ wait_http "$url/readyz" || { cat "$work/confab.log"; exit 1; }
 echo "== schemathesis (every operation but the endless SSE stream, every check)"
 (cd tests/schemathesis && "$venv/bin/schemathesis" --config-file schemathesis.toml run "$url/openapi.json" \
   --checks all --max-examples 40 --request-timeout 30 --exclude-path '/v1/rooms/{room}/events' \
+  --header "Authorization: Bearer $key_a" \
   --seed 20261122 2>&1 | tail -n 18)
 
 echo "== openai Python SDK"
 printf '# Greenhouse care\n\nOrchids in the east greenhouse are watered with rain water every Tuesday morning.\n' >"$work/greenhouse.md"
-curl -fsS -F "file=@$work/greenhouse.md" "$url/v1/documents?wait=true" >/dev/null
-CONFAB_URL="$url" "$venv/bin/python" tests/clients/openai_sdk.py
+curl -fsS -H "Authorization: Bearer $key_a" -F "file=@$work/greenhouse.md" "$url/v1/documents?wait=true" >/dev/null
+CONFAB_URL="$url" CONFAB_API_KEY="$key_b" "$venv/bin/python" tests/clients/openai_sdk.py
 
 echo "== headless Chromium: two participants"
 artifacts="${ARTIFACTS:-${CARGO_TARGET_DIR:-target}/artifacts}"
 mkdir -p "$artifacts"
-CONFAB_URL="$url" ARTIFACTS="$(cd "$artifacts" && pwd)" PLAYWRIGHT_CORE="$node_dir/node_modules/playwright-core" \
+CONFAB_URL="$url" CONFAB_KEYS="$key_a,$key_b" ARTIFACTS="$(cd "$artifacts" && pwd)" PLAYWRIGHT_CORE="$node_dir/node_modules/playwright-core" \
   timeout 180 node tests/browser/two_participants.mjs
 echo "clients: all checks passed"

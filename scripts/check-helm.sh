@@ -83,7 +83,7 @@ refused() {
     echo "accepted, but must be refused: $*" >&2
     exit 1
   fi
-  echo "   refused ($*): $(grep -m1 -oE '(Invalid type|Does not match|must be|needs|runs one pod)[^\"]*' "$out/refused.log" || head -1 "$out/refused.log")"
+  echo "   refused ($*): $(grep -m1 -oE '(Invalid type|Does not match|must be|needs|runs one pod|serves one keyless)[^\"]*' "$out/refused.log" || head -1 "$out/refused.log")"
 }
 refused -f helm/ci/bad-type.yaml
 refused --set vectorStore.mode=sqlite
@@ -91,4 +91,6 @@ refused --set replicaCount=3
 refused --set vectorStore.mode=remote
 refused --set terminationGracePeriodSeconds=10
 refused --set localLlm.enabled=true
+refused -f helm/ci/monitoring.yaml --set auth.tenants=null
+refused -f helm/ci/default.yaml --set auth.devMode=true
 echo "helm: all checks passed"

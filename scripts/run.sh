@@ -11,6 +11,8 @@
 # Stopping this script (Ctrl-C or SIGTERM) stops both servers. Extra arguments go to
 # `confab serve`; with --config FILE the chain is yours (the `local` provider is still added).
 # CONFAB_LOCAL_LLM=0 skips the local model.
+# Without arguments it runs in dev mode (one keyless tenant, a warning in the log); with
+# --config FILE your [auth] section applies (`confab key new --user NAME` makes keys).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${CARGO_TARGET_DIR:-}" ] && [ -d "$HOME/.cache/confab/target" ]; then
@@ -78,6 +80,9 @@ if [ "${CONFAB_LOCAL_LLM:-1}" != 0 ]; then
 fi
 if [[ " $* " != *" --config "* && " $* " != *" -c "* ]] && [ "${#links[@]}" -gt 0 ]; then
   export CONFAB__CHAINS__DEFAULT__LINKS="[$(IFS=,; echo "${links[*]}")]"
+fi
+if [ $# -eq 0 ]; then
+  export CONFAB__AUTH__DEV_MODE="${CONFAB__AUTH__DEV_MODE:-true}"
 fi
 "$bin" serve "$@" &
 confab_pid=$!

@@ -2,10 +2,12 @@
 
 use std::sync::Arc;
 
+use crate::auth::Authenticator;
 use crate::chat::TurnEngine;
 use crate::chat::chain::Models;
 use crate::config::Config;
 use crate::lifecycle::Lifecycle;
+use crate::limits::Limiter;
 use crate::retrieval::Retrieval;
 use crate::rooms::Rooms;
 
@@ -25,6 +27,10 @@ pub struct AppState {
     pub engine: Arc<TurnEngine>,
     /// Renders `/metrics`; `None` if another metrics recorder owns the process.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// API keys → tenants.
+    pub auth: Arc<Authenticator>,
+    /// Per-tenant and per-user limits and budgets.
+    pub limits: Arc<Limiter>,
 }
 
 impl AppState {
@@ -35,6 +41,7 @@ impl AppState {
         retrieval: Option<Arc<Retrieval>>,
         ingest: Option<Arc<crate::ingest::Ingestor>>,
         life: Arc<Lifecycle>,
+        auth: Arc<Authenticator>,
     ) -> Self {
         let metrics = crate::metrics::install();
         if metrics.is_some() {
@@ -45,17 +52,20 @@ impl AppState {
                 .chain([crate::config::EXTRACTIVE])
                 .collect();
             let chains: Vec<&str> = config.chains.keys().map(String::as_str).collect();
-            crate::metrics::init_series(&providers, &chains);
+            crate::metrics::init_series(&providers, &chains, &auth.tenants());
         }
         let cache = config
             .cache
             .enabled
             .then(|| Arc::new(crate::cache::AnswerCache::new(config.cache.clone())));
+        let limits = Limiter::new(&config.auth, &config.limits);
         let engine = Arc::new(TurnEngine::new(
             models,
             config.turn.clone(),
             retrieval.clone(),
             cache,
+            limits.clone(),
+            config.safety.clone(),
         ));
         let rooms = Rooms::new(config.rooms.clone(), engine.clone(), life.clone());
         Self {
@@ -67,6 +77,8 @@ impl AppState {
             upstreams: Arc::new(crate::providers::probe::UpstreamHealth::default()),
             engine,
             metrics,
+            auth,
+            limits,
         }
     }
 }

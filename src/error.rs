@@ -58,6 +58,15 @@ pub enum ErrorCode {
     NotFound,
     /// The server is draining for shutdown.
     ShuttingDown,
+    /// No API key, or one that is not valid.
+    Unauthorized,
+    /// A browser page from an origin not in `auth.allowed_origins`.
+    Forbidden,
+    /// A per-tenant or per-user limit (requests, turns, connections, tokens, USD) is
+    /// reached; `retry_after_ms` says when to try again.
+    RateLimited,
+    /// The prompt-injection screen refused the prompt (`safety.prompts = "block"`).
+    PromptRejected,
     /// A bug; details are in the server log.
     Internal,
 }
@@ -77,6 +86,7 @@ impl ErrorCode {
                 | ErrorCode::Overloaded
                 | ErrorCode::RetrievalUnavailable
                 | ErrorCode::ShuttingDown
+                | ErrorCode::RateLimited
         )
     }
 
@@ -108,6 +118,10 @@ impl ErrorCode {
             ErrorCode::DocumentUnreadable => "document_unreadable",
             ErrorCode::NotFound => "not_found",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::PromptRejected => "prompt_rejected",
             ErrorCode::Internal => "internal",
         }
     }
@@ -120,7 +134,10 @@ impl ErrorCode {
             | ErrorCode::InvalidMessage
             | ErrorCode::BinaryNotSupported
             | ErrorCode::NotInRoom
-            | ErrorCode::UnknownTurn => 400,
+            | ErrorCode::UnknownTurn
+            | ErrorCode::PromptRejected => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::DuplicatePrompt => 409,
             ErrorCode::NotFound => 404,
             ErrorCode::PromptTooLong | ErrorCode::FrameTooLarge | ErrorCode::DocumentTooLarge => {
@@ -131,6 +148,7 @@ impl ErrorCode {
             ErrorCode::RoomBusy
             | ErrorCode::RoomFull
             | ErrorCode::TooManyRooms
+            | ErrorCode::RateLimited
             | ErrorCode::UpstreamRateLimited => 429,
             ErrorCode::UpstreamUnavailable
             | ErrorCode::UpstreamError

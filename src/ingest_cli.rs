@@ -123,7 +123,22 @@ async fn follow(
     }
 }
 
-pub fn run(server: &str, paths: &[PathBuf]) -> ExitCode {
+/// The client, sending the tenant's key with every request when there is one.
+fn client(api_key: Option<&str>) -> Result<reqwest::Client, String> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = api_key {
+        let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.trim()))
+            .map_err(|_| "the API key has characters a header cannot carry".to_string())?;
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+pub fn run(server: &str, paths: &[PathBuf], api_key: Option<&str>) -> ExitCode {
     let server = server.trim_end_matches('/').to_string();
     let files = collect(paths);
     if files.is_empty() {
@@ -141,7 +156,13 @@ pub fn run(server: &str, paths: &[PathBuf]) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::new();
+    let client = match client(api_key) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("confab ingest: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let bar = ProgressBar::new(files.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} documents  {elapsed}  {msg}")

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod cache;
 pub mod chat;
 pub mod config;
@@ -12,17 +13,16 @@ pub mod embedding;
 pub mod error;
 pub mod ingest;
 pub mod lifecycle;
+pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod protocol;
 pub mod providers;
 pub mod retrieval;
 pub mod rooms;
+pub mod safety;
 pub mod vector;
 pub mod ws;
-
-/// The tenant of every room and document until API keys map requests to tenants.
-pub const DEFAULT_TENANT: &str = "default";
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -56,6 +56,8 @@ pub enum StartError {
     Retrieval(#[from] retrieval::RetrievalError),
     #[error("ingestion: {0}")]
     Ingest(ingest::IngestError),
+    #[error("API keys: {0}")]
+    Keys(#[from] auth::KeyFileError),
 }
 
 /// A started server.
@@ -85,6 +87,10 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Runn
     // reqwest is built without a bundled crypto provider; ring is the one we ship.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let models = Models::from_config(&config)?;
+    let auth = std::sync::Arc::new(auth::Authenticator::new(&config.auth)?);
+    if config.auth.dev_mode {
+        tracing::warn!("auth.dev_mode is on: every request is tenant `default`, no API key needed");
+    }
     let retrieval = if config.retrieval.enabled {
         Some(std::sync::Arc::new(
             retrieval::Retrieval::start(&config).await?,
@@ -115,7 +121,8 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Runn
         ),
         None => None,
     };
-    let state = AppState::new(config, models, retrieval, ingest, life);
+    auth.spawn_reload(life.background.clone());
+    let state = AppState::new(config, models, retrieval, ingest, life, auth);
     providers::probe::spawn(
         state.upstreams.clone(),
         state.config.providers.clone(),

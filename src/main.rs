@@ -38,6 +38,14 @@ enum Command {
         /// The server's base URL.
         #[arg(long, default_value = "http://127.0.0.1:8787")]
         server: String,
+        /// A file holding the tenant's API key (not needed against a dev-mode server).
+        #[arg(long)]
+        api_key_file: Option<PathBuf>,
+    },
+    /// API keys: `key new --user NAME` makes one; `key hash` hashes one read from stdin.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
     },
     /// Validate a config file (TOML or JSON) with the environment applied, as `serve` would;
     /// key files (`api_key_file`) are listed, not read.
@@ -52,11 +60,73 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Generate a key; prints the key (give it to the user, once) and the hash line to put
+    /// in `auth.tenants.NAME.keys` or in a keys file. Only the hash is ever stored.
+    New {
+        /// Who will hold the key (per-user limits apply to this name).
+        #[arg(long)]
+        user: String,
+    },
+    /// Print `sha256:HEX` of a key read from stdin.
+    Hash,
+}
+
+fn key(action: KeyAction) -> ExitCode {
+    use confab::auth::keys;
+    match action {
+        KeyAction::New { user } => {
+            let user = user.trim();
+            if user.is_empty() || user.len() > 64 || user.contains(char::is_whitespace) {
+                eprintln!("confab key new: --user must be 1-64 characters without spaces");
+                return ExitCode::from(2);
+            }
+            match keys::generate() {
+                Ok(k) => {
+                    let h = keys::hash_text(&k);
+                    println!("key:        {k}");
+                    println!("keys file:  {user} {h}");
+                    println!("config:     {{ user = \"{user}\", sha256 = \"{h}\" }}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("confab key new: no OS randomness: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        KeyAction::Hash => {
+            let mut k = String::new();
+            if std::io::stdin().read_line(&mut k).is_err() || k.trim().is_empty() {
+                eprintln!("confab key hash: write the key on stdin");
+                return ExitCode::from(2);
+            }
+            println!("{}", keys::hash_text(k.trim()));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Ingest { paths, server } => ingest_cli::run(&server, &paths),
+        Command::Ingest {
+            paths,
+            server,
+            api_key_file,
+        } => {
+            let key = match api_key_file.map(std::fs::read_to_string).transpose() {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("confab ingest: --api-key-file: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            ingest_cli::run(&server, &paths, key.as_deref())
+        }
+        Command::Key { action } => key(action),
         Command::Check { config } => match Config::check(&config) {
             Ok(files) => {
                 println!("{}: ok", config.display());

@@ -7,6 +7,20 @@
 
   function status(text) { $("status").textContent = text; }
 
+  // The tenant's API key, from `#key=…` (a fragment never reaches the server or its logs),
+  // kept for this tab only. Not needed when the server runs in dev mode.
+  const KEY = (() => {
+    const m = /(?:^#|&)key=([^&]+)/.exec(location.hash);
+    if (m) {
+      sessionStorage.setItem("confab.key", decodeURIComponent(m[1]));
+      history.replaceState(null, "", location.pathname + location.search);
+    }
+    return sessionStorage.getItem("confab.key") || "";
+  })();
+  const authHeaders = KEY ? { Authorization: `Bearer ${KEY}` } : {};
+  // Browsers cannot set headers on a WebSocket: the key travels as a subprotocol.
+  const protocols = KEY ? ["confab.v1", `confab.bearer.${KEY}`] : ["confab.v1"];
+
   function el(tag, cls, text) {
     const e = document.createElement(tag);
     if (cls) e.className = cls;
@@ -167,10 +181,11 @@
 
   function connect() {
     const proto = location.protocol === "https:" ? "wss" : "ws";
-    const ws = new WebSocket(`${proto}://${location.host}/v1/ws?room=${encodeURIComponent(st.room)}`);
+    const ws = new WebSocket(`${proto}://${location.host}/v1/ws?room=${encodeURIComponent(st.room)}`, protocols);
     st.ws = ws;
     status("Connecting…");
-    ws.onopen = () => { st.retry = 0; };
+    st.opened = false;
+    ws.onopen = () => { st.retry = 0; st.opened = true; };
     ws.onmessage = (m) => { try { handle(JSON.parse(m.data)); } catch (e) { console.error(e); } };
     ws.onclose = (e) => {
       if (st.ws !== ws || st.leaving) return;
@@ -179,7 +194,9 @@
       // 1012: the server restarts and says when to come back; otherwise back off.
       const hinted = /reconnect_after_ms=(\d+)/.exec(e.reason || "");
       const wait = hinted ? Number(hinted[1]) : Math.min(5000, 300 * 2 ** st.retry++);
-      status(`Disconnected (${e.code}); reconnecting…`);
+      status(st.opened ? `Disconnected (${e.code}); reconnecting…`
+        : "Cannot connect; if this server needs an API key, open the page with #key=YOUR_KEY");
+      if (!st.opened && st.retry > 3) return;
       setTimeout(connect, wait);
     };
   }
@@ -223,14 +240,14 @@
     item.append(bar);
     const form = new FormData();
     form.append("file", file, file.name);
-    const resp = await fetch("/v1/documents", { method: "POST", body: form });
+    const resp = await fetch("/v1/documents", { method: "POST", body: form, headers: authHeaders });
     let doc = await resp.json().catch(() => ({}));
     if (!resp.ok) { item.firstChild.textContent = `${file.name}: ${doc.message || resp.status}`; item.classList.add("error"); bar.remove(); return; }
     while (doc.status !== "indexed" && doc.status !== "failed") {
       item.firstChild.textContent = `${file.name}: ${doc.status} ${doc.chunks_done || 0}/${doc.chunks_total || "?"}`;
       bar.max = doc.chunks_total || 1; bar.value = doc.chunks_done || 0;
       await new Promise((r) => setTimeout(r, 400));
-      const r = await fetch(`/v1/documents/${doc.id}`);
+      const r = await fetch(`/v1/documents/${doc.id}`, { headers: authHeaders });
       if (!r.ok) break;
       doc = await r.json();
     }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::types::multipart::Upload;
@@ -11,7 +12,9 @@ use tokio::io::AsyncReadExt;
 
 use super::rest::ApiError;
 use super::strict::Str;
+use super::usage::ApiAuth;
 use crate::app::AppState;
+use crate::auth::Principal;
 use crate::error::ErrorCode;
 use crate::ingest::{DocStatus, DocumentRecord, IngestError, Ingestor};
 
@@ -120,6 +123,12 @@ pub enum UploadResponse {
     /// Retrieval is disabled, or the ingestion queue is full.
     #[oai(status = 503)]
     Unavailable(Json<ApiError>),
+    /// Missing or invalid API key.
+    #[oai(status = 401)]
+    Unauthorized(Json<ApiError>),
+    /// A tenant or user limit was reached; retry after `Retry-After` seconds.
+    #[oai(status = 429)]
+    RateLimited(Json<ApiError>, #[oai(header = "Retry-After")] Option<u64>),
 }
 
 #[derive(ApiResponse)]
@@ -132,6 +141,12 @@ pub enum DocumentResponse {
     /// Retrieval is disabled or the store is failing.
     #[oai(status = 503)]
     Unavailable(Json<ApiError>),
+    /// Missing or invalid API key.
+    #[oai(status = 401)]
+    Unauthorized(Json<ApiError>),
+    /// A tenant or user limit was reached; retry after `Retry-After` seconds.
+    #[oai(status = 429)]
+    RateLimited(Json<ApiError>, #[oai(header = "Retry-After")] Option<u64>),
 }
 
 #[derive(ApiResponse)]
@@ -141,6 +156,12 @@ pub enum ListResponse {
     /// Retrieval is disabled.
     #[oai(status = 503)]
     Unavailable(Json<ApiError>),
+    /// Missing or invalid API key.
+    #[oai(status = 401)]
+    Unauthorized(Json<ApiError>),
+    /// A tenant or user limit was reached; retry after `Retry-After` seconds.
+    #[oai(status = 429)]
+    RateLimited(Json<ApiError>, #[oai(header = "Retry-After")] Option<u64>),
 }
 
 fn api_error(e: &IngestError) -> Json<ApiError> {
@@ -204,7 +225,13 @@ impl DocumentsApi {
     /// Upload a document (multipart `file`, or JSON `{title, text}`). It is parsed, chunked,
     /// embedded and indexed in the background; `wait=true` answers when that is done.
     #[oai(path = "/v1/documents", method = "post")]
-    async fn upload(&self, body: UploadRequest, wait: Query<Option<bool>>) -> UploadResponse {
+    async fn upload(
+        &self,
+        _auth: ApiAuth,
+        principal: Data<&Principal>,
+        body: UploadRequest,
+        wait: Query<Option<bool>>,
+    ) -> UploadResponse {
         let Some(ing) = self.ingest() else {
             return UploadResponse::Unavailable(disabled());
         };
@@ -227,7 +254,7 @@ impl DocumentsApi {
                 }
             }
         };
-        let tenant = crate::DEFAULT_TENANT;
+        let tenant = &*principal.0.tenant;
         // The same bytes may already be indexed (200), or still on their way (202, or wait).
         let record = match ing
             .submit(tenant, &name, content_type.as_deref(), bytes)
@@ -256,12 +283,12 @@ impl DocumentsApi {
 
     /// The tenant's documents, newest first.
     #[oai(path = "/v1/documents", method = "get")]
-    async fn list(&self) -> ListResponse {
+    async fn list(&self, _auth: ApiAuth, principal: Data<&Principal>) -> ListResponse {
         let Some(ing) = self.ingest() else {
             return ListResponse::Unavailable(disabled());
         };
         let documents = ing
-            .list(crate::DEFAULT_TENANT)
+            .list(&principal.0.tenant)
             .into_iter()
             .map(Into::into)
             .collect();
@@ -270,11 +297,16 @@ impl DocumentsApi {
 
     /// One document: status, progress and the reason of a failure.
     #[oai(path = "/v1/documents/:id", method = "get")]
-    async fn get(&self, id: Path<String>) -> DocumentResponse {
+    async fn get(
+        &self,
+        _auth: ApiAuth,
+        principal: Data<&Principal>,
+        id: Path<String>,
+    ) -> DocumentResponse {
         let Some(ing) = self.ingest() else {
             return DocumentResponse::Unavailable(disabled());
         };
-        match ing.get(crate::DEFAULT_TENANT, &id.0) {
+        match ing.get(&principal.0.tenant, &id.0) {
             Some(r) => DocumentResponse::Ok(Json(r.into())),
             None => DocumentResponse::NotFound(api_error(&IngestError::NotFound)),
         }
@@ -282,11 +314,16 @@ impl DocumentsApi {
 
     /// Delete a document and every chunk of it (a running job is cancelled).
     #[oai(path = "/v1/documents/:id", method = "delete")]
-    async fn delete(&self, id: Path<String>) -> DocumentResponse {
+    async fn delete(
+        &self,
+        _auth: ApiAuth,
+        principal: Data<&Principal>,
+        id: Path<String>,
+    ) -> DocumentResponse {
         let Some(ing) = self.ingest() else {
             return DocumentResponse::Unavailable(disabled());
         };
-        match ing.delete(crate::DEFAULT_TENANT, &id.0).await {
+        match ing.delete(&principal.0.tenant, &id.0).await {
             Ok(r) => DocumentResponse::Ok(Json(r.into())),
             Err(IngestError::NotFound) => {
                 DocumentResponse::NotFound(api_error(&IngestError::NotFound))

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use poem::web::Data;
 use poem::web::sse::Event;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::{EventStream, Json};
@@ -13,7 +14,9 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use tokio_util::sync::CancellationToken;
 
 use super::rest::ApiError;
+use super::usage::ApiAuth;
 use crate::app::AppState;
+use crate::auth::Principal;
 use crate::error::ErrorCode;
 use crate::rooms::{MAX_ROOM_CHARS, MemberHandle, Outbound, RoomKey, check_label};
 
@@ -40,6 +43,12 @@ pub enum FollowResponse {
     /// The room is full, the server holds too many rooms, or it is shutting down.
     #[oai(status = 503)]
     Unavailable(Json<ApiError>),
+    /// Missing or invalid API key.
+    #[oai(status = 401)]
+    Unauthorized(Json<ApiError>),
+    /// A tenant or user limit was reached; retry after `Retry-After` seconds.
+    #[oai(status = 429)]
+    RateLimited(Json<ApiError>, #[oai(header = "Retry-After")] Option<u64>),
 }
 
 /// The room-following route.
@@ -53,6 +62,8 @@ impl FollowApi {
     #[oai(path = "/v1/rooms/:room/events", method = "get")]
     async fn follow(
         &self,
+        _auth: ApiAuth,
+        principal: Data<&Principal>,
         room: Path<String>,
         /// The last seq received; the stream resumes after it.
         #[oai(name = "Last-Event-ID")]
@@ -84,7 +95,7 @@ impl FollowApi {
             ));
         }
         let key = RoomKey {
-            tenant: crate::DEFAULT_TENANT.into(),
+            tenant: principal.0.tenant.to_string(),
             name,
         };
         let room = match state.rooms.get_or_create(key) {

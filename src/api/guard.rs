@@ -1,4 +1,6 @@
-//! Around the REST routes: refuse oversize or unsized bodies before anything is read, and give
+//! Around the REST routes: authenticate (the API key names the tenant every route works for),
+//! count the request against its tenant's and user's rate limits, refuse oversize or unsized
+//! bodies before anything is read, and give
 //! every error that happens before a handler (malformed JSON, a missing multipart field, a
 //! wrong method) the route's own error shape — OpenAI's for `/v1/chat/completions`.
 
@@ -7,7 +9,10 @@ use std::sync::Arc;
 use poem::http::{Method, StatusCode, header};
 use poem::{Endpoint, IntoResponse, Request, Response};
 
+use crate::app::AppState;
+use crate::auth::AuthError;
 use crate::error::ErrorCode;
+use crate::limits::LimitError;
 
 /// The methods each REST path answers (for the `Allow` header of a 405).
 fn allowed(path: &str) -> &'static str {
@@ -20,8 +25,8 @@ fn allowed(path: &str) -> &'static str {
 }
 
 /// The route's own error body (the REST `ApiError`, or OpenAI's shape) with `status`.
-fn error(path: &str, status: StatusCode, code: ErrorCode, message: String) -> Response {
-    let mut resp = if path == "/v1/chat/completions" {
+pub fn error(path: &str, status: StatusCode, code: ErrorCode, message: String) -> Response {
+    let mut resp = if path == "/v1/chat/completions" || path == "/v1/models" {
         poem_openapi::payload::Json(super::openai::OpenAiError {
             error: super::openai::body(code, message, None),
         })
@@ -38,8 +43,54 @@ fn error(path: &str, status: StatusCode, code: ErrorCode, message: String) -> Re
     resp
 }
 
-pub async fn guard<E: Endpoint>(ep: Arc<E>, req: Request, limit: usize) -> poem::Result<Response> {
+/// A 401 (with the `WWW-Authenticate` challenge) or 403, counted.
+pub fn refused(path: &str, e: &AuthError) -> Response {
+    crate::metrics::auth_failure(e.as_str());
+    let code = e.code();
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let mut resp = error(path, status, code, e.to_string());
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            poem::http::HeaderValue::from_static("Bearer realm=\"confab\""),
+        );
+    }
+    resp
+}
+
+/// A 429 with `Retry-After` (whole seconds, rounded up).
+pub fn limited(path: &str, e: &LimitError) -> Response {
+    let mut resp = error(
+        path,
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RateLimited,
+        e.to_string(),
+    );
+    if let Some(d) = e.retry_after
+        && let Ok(v) = (d.as_secs_f64().ceil() as u64).max(1).to_string().parse()
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}
+
+pub async fn guard<E: Endpoint>(
+    ep: Arc<E>,
+    mut req: Request,
+    limit: usize,
+) -> poem::Result<Response> {
     let path = req.uri().path().to_string();
+    let Some(state) = req.data::<AppState>().cloned() else {
+        return Err(poem::Error::from_status(StatusCode::INTERNAL_SERVER_ERROR));
+    };
+    let principal = match state.auth.http(req.headers()) {
+        Ok(p) => p,
+        Err(e) => return Ok(refused(&path, &e)),
+    };
+    if let Err(e) = state.limits.request(&principal) {
+        return Ok(limited(&path, &e));
+    }
+    req.extensions_mut().insert(principal);
     if req.method() == Method::POST {
         let declared = req
             .headers()

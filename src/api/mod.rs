@@ -7,6 +7,7 @@ mod guard;
 pub mod openai;
 pub mod rest;
 mod strict;
+pub mod usage;
 
 use poem::http::StatusCode;
 use poem::web::websocket::{WebSocket, WebSocketConfig};
@@ -14,7 +15,7 @@ use poem::web::{Data, Json};
 use poem::{Endpoint, EndpointExt, IntoResponse, Response, Route, get, handler};
 
 use crate::app::AppState;
-use crate::ws::serve_session;
+use crate::ws::{Caller, serve_session};
 
 /// The REST routes, together.
 pub type RestApis = (
@@ -22,6 +23,7 @@ pub type RestApis = (
     documents::DocumentsApi,
     openai::OpenAiApi,
     follow::FollowApi,
+    usage::UsageApi,
 );
 
 /// The OpenAPI service of the REST routes.
@@ -37,7 +39,10 @@ pub fn openapi(state: AppState) -> poem_openapi::OpenApiService<RestApis, ()> {
             openai::OpenAiApi {
                 state: state.clone(),
             },
-            follow::FollowApi { state },
+            follow::FollowApi {
+                state: state.clone(),
+            },
+            usage::UsageApi { state },
         ),
         "confab",
         env!("CARGO_PKG_VERSION"),
@@ -54,10 +59,19 @@ pub fn openapi_json() -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     rt.block_on(async {
         let mut config = crate::Config::default();
+        config.auth.dev_mode = true;
         config.finalize().map_err(|e| e.to_string())?;
         let models = crate::chat::chain::Models::from_config(&config).map_err(|e| e.to_string())?;
         let life = std::sync::Arc::new(crate::lifecycle::Lifecycle::default());
-        let state = AppState::new(config, models, None, None, life.clone());
+        let auth = crate::auth::Authenticator::new(&config.auth).map_err(|e| e.to_string())?;
+        let state = AppState::new(
+            config,
+            models,
+            None,
+            None,
+            life.clone(),
+            std::sync::Arc::new(auth),
+        );
         life.background.cancel();
         let mut json = openapi(state).spec();
         json.push('\n');
@@ -152,6 +166,7 @@ struct WsParams {
 
 #[handler]
 fn ws_upgrade(
+    req: &poem::Request,
     ws: WebSocket,
     Data(state): Data<&AppState>,
     poem::web::Query(params): poem::web::Query<WsParams>,
@@ -159,6 +174,20 @@ fn ws_upgrade(
     if state.life.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
+    // Authenticated before the upgrade: a refused client gets an HTTP status it can read,
+    // not a socket that opens and closes.
+    let path = req.uri().path();
+    let principal = match state.auth.websocket(req.headers()) {
+        Ok(p) => p,
+        Err(e) => return guard::refused(path, &e),
+    };
+    if let Err(e) = state.limits.request(&principal) {
+        return guard::limited(path, &e);
+    }
+    let permit = match state.limits.connect(&principal) {
+        Ok(p) => p,
+        Err(e) => return guard::limited(path, &e),
+    };
     let pinned = params
         .room
         .map(|r| r.trim().to_string())
@@ -184,9 +213,11 @@ fn ws_upgrade(
     cfg.read_buffer_size = state.config.ws.read_buffer_bytes;
     let state = state.clone();
     ws.config(cfg)
+        .protocols([crate::auth::WS_PROTOCOL])
         .on_upgrade(move |socket| {
             let tracker = state.life.sessions.clone();
-            tracker.track_future(serve_session(socket, state, pinned))
+            let who = Caller { principal, permit };
+            tracker.track_future(serve_session(socket, state, pinned, who))
         })
         .into_response()
 }

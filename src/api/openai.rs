@@ -6,6 +6,7 @@
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use poem::http::StatusCode;
+use poem::web::Data;
 use poem::web::sse::Event;
 use poem_openapi::payload::{EventStream, Json};
 use poem_openapi::{ApiResponse, Object, OpenApi};
@@ -13,11 +14,13 @@ use tokio::sync::mpsc::Receiver;
 use uuid::Uuid;
 
 use super::strict::Str;
+use super::usage::ApiAuth;
 use crate::app::AppState;
+use crate::auth::Principal;
 use crate::chat::sink::ChannelSink;
 use crate::error::ErrorCode;
 use crate::protocol::{EventBody, FinishReason, Member, TurnMetrics, TurnSnapshot};
-use crate::rooms::{QueuedTurn, room_now_ms};
+use crate::rooms::{QueuedTurn, TurnOwner, room_now_ms};
 
 /// Events buffered between the turn and a slow HTTP reader before the turn is cancelled.
 const SINK_CAPACITY: usize = 4096;
@@ -397,7 +400,12 @@ impl OpenAiApi {
     /// OpenAI-compatible chat completion through confab's turn (cache, retrieval for the RAG
     /// model, fallback chain). `stream: true` answers with server-sent events.
     #[oai(path = "/v1/chat/completions", method = "post")]
-    async fn chat_completions(&self, req: Json<ChatCompletionRequest>) -> CompletionResponse {
+    async fn chat_completions(
+        &self,
+        _auth: ApiAuth,
+        principal: Data<&Principal>,
+        req: Json<ChatCompletionRequest>,
+    ) -> CompletionResponse {
         let req = req.0;
         let state = &self.state;
         let rag = *req.model == state.config.openai.rag_model;
@@ -440,7 +448,18 @@ impl OpenAiApi {
                 Some("messages"),
             );
         }
-        let (sink, mut rx) = ChannelSink::new(crate::DEFAULT_TENANT.into(), history, SINK_CAPACITY);
+        let permit = match state.limits.turn(principal.0) {
+            Ok(p) => p,
+            Err(e) => {
+                let mut resp = fail(ErrorCode::RateLimited, e.to_string(), None);
+                if let CompletionResponse::Error(_, _, retry) = &mut resp {
+                    *retry = e.retry_after.map(|d| d.as_secs_f64().ceil() as u64);
+                }
+                return resp;
+            }
+        };
+        let (sink, mut rx) =
+            ChannelSink::new(principal.0.tenant.to_string(), history, SINK_CAPACITY);
         let turn = QueuedTurn {
             turn_id: Uuid::new_v4(),
             from: speaker,
@@ -449,6 +468,10 @@ impl OpenAiApi {
             use_cache: true,
             chain: Some(chain),
             retrieval: rag,
+            owner: TurnOwner {
+                principal: principal.0.clone(),
+                permit: Some(std::sync::Arc::new(permit)),
+            },
         };
         let (engine, life) = (state.engine.clone(), state.life.clone());
         state
@@ -516,7 +539,7 @@ impl OpenAiApi {
 
     /// The models: the RAG alias and every chain.
     #[oai(path = "/v1/models", method = "get")]
-    async fn models(&self) -> Json<ModelList> {
+    async fn models(&self, _auth: ApiAuth) -> Json<ModelList> {
         let cfg = &self.state.config;
         let data = std::iter::once(cfg.openai.rag_model.clone())
             .chain(cfg.chains.keys().cloned())

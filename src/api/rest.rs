@@ -1,11 +1,14 @@
 //! The search route, described with poem-openapi (the spec is served at `/openapi.json`,
 //! Swagger UI at `/docs`). Thin: validation and mapping only; the work happens in `retrieval`.
 
+use poem::web::Data;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::strict::Str;
+use super::usage::ApiAuth;
 use crate::app::AppState;
+use crate::auth::Principal;
 use crate::config::SearchMode;
 use crate::error::ErrorCode;
 use crate::retrieval::{Retrieval, RetrievalError};
@@ -79,6 +82,12 @@ pub enum SearchResponse {
     /// Retrieval is disabled, overloaded or failing.
     #[oai(status = 503)]
     Unavailable(Json<ApiError>),
+    /// Missing or invalid API key.
+    #[oai(status = 401)]
+    Unauthorized(Json<ApiError>),
+    /// A tenant or user limit was reached; retry after `Retry-After` seconds.
+    #[oai(status = 429)]
+    RateLimited(Json<ApiError>, #[oai(header = "Retry-After")] Option<u64>),
 }
 
 /// The search route.
@@ -105,7 +114,12 @@ impl RetrievalApi {
 impl RetrievalApi {
     /// Search the tenant's documents.
     #[oai(path = "/v1/search", method = "post")]
-    async fn search(&self, body: Json<SearchRequest>) -> SearchResponse {
+    async fn search(
+        &self,
+        _auth: ApiAuth,
+        principal: Data<&Principal>,
+        body: Json<SearchRequest>,
+    ) -> SearchResponse {
         let r = match self.retrieval() {
             Ok(r) => r,
             Err(e) => return SearchResponse::Unavailable(e),
@@ -134,7 +148,7 @@ impl RetrievalApi {
                 ));
             }
         };
-        match r.search(crate::DEFAULT_TENANT, query, k, floor, mode).await {
+        match r.search(&principal.0.tenant, query, k, floor, mode).await {
             Ok(found) => SearchResponse::Ok(Json(SearchResponseBody {
                 dropped_duplicates: found.dropped_duplicates as u32,
                 took_ms: found.took.as_millis() as u64,

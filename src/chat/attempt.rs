@@ -26,6 +26,8 @@ pub struct Progress {
     pub attempts: Vec<AttemptRecord>,
     /// The text that reached clients.
     pub answer: String,
+    /// Holds each unfinished word back until it can be checked for secrets.
+    pub redactor: Option<crate::safety::Redactor>,
 }
 
 /// How one attempt ended.
@@ -102,7 +104,30 @@ fn is_refusal(text: &str, chain: &Chain) -> bool {
     chain.refusal_patterns.iter().any(|p| head.starts_with(p))
 }
 
+/// Passes upstream text through the redactor, then on to clients.
 fn release(room: &dyn TurnSink, turn: &QueuedTurn, progress: &mut Progress, text: String) {
+    let text = match progress.redactor.as_mut() {
+        Some(r) => r.push(&text),
+        None => text,
+    };
+    if !text.is_empty() {
+        emit(room, turn, progress, text);
+    }
+}
+
+/// Releases the word the redactor still holds (the answer is complete).
+fn flush(room: &dyn TurnSink, turn: &QueuedTurn, progress: &mut Progress) {
+    let rest = progress
+        .redactor
+        .as_mut()
+        .map(|r| r.finish())
+        .unwrap_or_default();
+    if !rest.is_empty() {
+        emit(room, turn, progress, rest);
+    }
+}
+
+fn emit(room: &dyn TurnSink, turn: &QueuedTurn, progress: &mut Progress, text: String) {
     let now = Instant::now();
     if progress.first_token.is_none() {
         progress.first_token = Some(now);
@@ -130,6 +155,10 @@ pub async fn run(
 ) -> AttemptEnd {
     let e = &link.entry;
     let start = Instant::now();
+    // Words held from an earlier, failed attempt never reached anyone: drop them.
+    if let Some(r) = progress.redactor.as_mut() {
+        r.discard();
+    }
     let attempt_deadline = (start + ms(e.total_timeout_ms)).min(deadline);
     let first_deadline = (start + ms(e.first_token_timeout_ms)).min(attempt_deadline);
     let first_msg = || {
@@ -212,6 +241,7 @@ pub async fn run(
         }
         release(room, turn, progress, held);
     }
+    flush(room, turn, progress);
     if progress.deltas == 0 {
         return AttemptEnd::Empty;
     }

@@ -22,13 +22,15 @@ use self::attempt::{AttemptEnd, Progress};
 use self::chain::{Link, Models, RouteInput};
 use self::sink::TurnSink;
 use crate::cache::{AnswerCache, CacheHit, CacheLayer, CachedAnswer, Scope, conversation_state};
-use crate::config::{TurnConfig, ms};
+use crate::config::{SafetyConfig, ScreenAction, TurnConfig, ms};
 use crate::error::ErrorCode;
 use crate::lifecycle::Lifecycle;
+use crate::limits::{Estimate, Limiter};
 use crate::protocol::{AttemptOutcome, EventBody, FinishReason, TurnMetrics};
 use crate::providers::{BreakerState, ProviderError, UpstreamFinish};
 use crate::retrieval::Retrieval;
 use crate::rooms::QueuedTurn;
+use crate::safety::Redactor;
 
 /// Runs turns through the configured fallback chains.
 pub struct TurnEngine {
@@ -36,6 +38,8 @@ pub struct TurnEngine {
     cfg: TurnConfig,
     retrieval: Option<Arc<Retrieval>>,
     cache: Option<Arc<AnswerCache>>,
+    limits: Arc<Limiter>,
+    safety: SafetyConfig,
 }
 
 /// How the turn ended.
@@ -72,13 +76,39 @@ impl TurnEngine {
         cfg: TurnConfig,
         retrieval: Option<Arc<Retrieval>>,
         cache: Option<Arc<AnswerCache>>,
+        limits: Arc<Limiter>,
+        safety: SafetyConfig,
     ) -> Self {
         Self {
             models,
             cfg,
             retrieval,
             cache,
+            limits,
+            safety,
         }
+    }
+
+    /// The most a turn may cost: its prompt (with a margin over the estimate) and the
+    /// output cap, at the dearest link from `start` on. The local extractive link costs nothing.
+    fn estimate(&self, chain: &chain::Chain, start: usize, prompt_tokens: u64) -> Estimate {
+        let prompt = prompt_tokens + prompt_tokens / 4 + 16;
+        chain.links[start..]
+            .iter()
+            .filter(|l| !l.is_extractive())
+            .fold(Estimate::default(), |acc, l| {
+                let out = match l.entry.max_tokens {
+                    0 => self.limits.default_output_tokens(),
+                    n => u64::from(n),
+                };
+                let usd = (prompt as f64 * l.entry.price_input_per_mtok
+                    + out as f64 * l.entry.price_output_per_mtok)
+                    / 1e6;
+                Estimate {
+                    tokens: acc.tokens.max(prompt + out),
+                    usd: acc.usd.max(usd),
+                }
+            })
     }
 
     /// The cache lookup for one layer, counted in the metrics.
@@ -128,6 +158,7 @@ impl TurnEngine {
                 turn.turn_id,
                 ErrorCode::ShuttingDown,
                 "server is shutting down; send the prompt again after reconnecting".into(),
+                None,
             );
             return;
         }
@@ -137,9 +168,27 @@ impl TurnEngine {
                 turn.turn_id,
                 ErrorCode::Internal,
                 format!("no chain named {chain_name:?} is configured"),
+                None,
             );
             return;
         };
+        let flagged = match self.safety.prompts {
+            ScreenAction::Off => None,
+            action => crate::safety::screen(&turn.prompt).map(|rule| (rule, action)),
+        };
+        if let Some((rule, action)) = flagged {
+            let blocked = action == ScreenAction::Block;
+            crate::metrics::screened("prompt", rule, if blocked { "blocked" } else { "flagged" });
+            if blocked {
+                room.reject_turn(
+                    turn.turn_id,
+                    ErrorCode::PromptRejected,
+                    format!("the prompt looks like an injection attempt ({rule}); rephrase it"),
+                    None,
+                );
+                return;
+            }
+        }
         let started = Instant::now();
         let history = room.history();
         let tenant = room.tenant().to_string();
@@ -168,9 +217,10 @@ impl TurnEngine {
                     }
                     embedding = Some(v.clone());
                 }
-                let (sources, tool) = retrieve::search(r, &tenant, &query, vector)
-                    .instrument(tracing::info_span!("retrieve"))
-                    .await;
+                let (sources, tool) =
+                    retrieve::search(r, &tenant, &query, vector, self.safety.chunks)
+                        .instrument(tracing::info_span!("retrieve"))
+                        .await;
                 (sources, Some(tool))
             }
         };
@@ -184,17 +234,48 @@ impl TurnEngine {
                 quality: turn.quality,
             },
         );
+        let reservation = match self.limits.reserve(
+            &turn.owner.principal,
+            self.estimate(chain, start, prompt_tokens),
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                room.reject_turn(
+                    turn.turn_id,
+                    ErrorCode::RateLimited,
+                    e.to_string(),
+                    e.retry_after,
+                );
+                return;
+            }
+        };
         let cancel = life.turn_cancel.child_token();
         let first_model = chain.links[start].provider.model().to_string();
         if !room.begin_turn(&turn, &first_model, &chain.name, None, cancel.clone()) {
             return;
+        }
+        if let Some((rule, _)) = flagged {
+            room.turn_event(
+                turn.turn_id,
+                EventBody::Tool {
+                    name: "screen_prompt".into(),
+                    input: serde_json::json!({ "source": "prompt" }),
+                    output: serde_json::json!({
+                        "flagged": [{ "source": "prompt", "rule": rule, "action": "flagged" }],
+                    }),
+                    duration_ms: 0,
+                },
+            );
         }
         if let Some(tool) = &tool {
             room.turn_event(turn.turn_id, tool.clone());
         }
 
         let deadline = started + ms(self.cfg.deadline_ms);
-        let mut progress = Progress::default();
+        let mut progress = Progress {
+            redactor: Redactor::new(self.safety.redact_secrets, self.safety.redact_emails),
+            ..Progress::default()
+        };
         let mut last: Option<Arc<Link>> = None;
         let mut last_failure: Option<Failure> = None;
         let mut outcome: Option<Outcome> = None;
@@ -351,7 +432,11 @@ impl TurnEngine {
             && last.as_ref().is_some_and(|l| !l.is_extractive())
             && !progress.answer.trim().is_empty();
         let answer = progress.answer.clone();
-        let (model, cost_usd) = self.finish(
+        if let Some(r) = &progress.redactor {
+            crate::metrics::redacted("secret", r.counts[0]);
+            crate::metrics::redacted("email", r.counts[1]);
+        }
+        let (model, cost_usd, billed_tokens) = self.finish(
             room,
             &turn,
             life,
@@ -364,6 +449,7 @@ impl TurnEngine {
             citations.clone(),
             citation_added,
         );
+        reservation.settle(billed_tokens, cost_usd);
         if let (true, Some(cache), Some(scope)) = (storable, &self.cache, scope) {
             cache.insert(
                 &tenant,
@@ -396,7 +482,7 @@ impl TurnEngine {
         started: Instant,
         citations: Vec<usize>,
         citation_added: bool,
-    ) -> (String, f64) {
+    ) -> (String, f64, u64) {
         let finish_reason = match &outcome {
             Outcome::Finished(UpstreamFinish::Stop) => FinishReason::Stop,
             Outcome::Finished(UpstreamFinish::Length) => FinishReason::Length,
@@ -426,6 +512,8 @@ impl TurnEngine {
         // Only an upstream that generated or reported usage is billed: a refused connection,
         // an open breaker or an error status consumed nothing.
         let billable = progress.usage.is_some() || progress.deltas > 0;
+        let upstream = billable && last.as_ref().is_some_and(|l| !l.is_extractive());
+        let billed_tokens = if upstream { tokens_in + tokens_out } else { 0 };
         let (model, provider, cost_usd) = match &last {
             Some(link) => (
                 link.provider.model().to_string(),
@@ -473,7 +561,7 @@ impl TurnEngine {
         let partial = progress.deltas > 0
             && matches!(finish_reason, FinishReason::Cancelled | FinishReason::Error);
         room.finish_turn(turn.turn_id, finish_reason, partial);
-        (model, cost_usd)
+        (model, cost_usd, billed_tokens)
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use crate::config::ScreenAction;
 use crate::error::ErrorCode;
 use crate::protocol::EventBody;
 use crate::providers::Source;
@@ -23,6 +24,7 @@ pub async fn search(
     tenant: &str,
     query: &str,
     vector: Result<Vec<f32>, RetrievalError>,
+    screen: ScreenAction,
 ) -> (Vec<Source>, EventBody) {
     let t0 = Instant::now();
     let input = serde_json::json!({ "query": query, "top_k": r.cfg.top_k });
@@ -34,7 +36,7 @@ pub async fn search(
         Err(e) => Err(e),
     };
     match found {
-        Ok(found) => tool_ok(input, found),
+        Ok(found) => tool_ok(input, found, screen),
         Err(e) => {
             tracing::warn!(error = %e, "retrieval failed; answering without sources");
             let output = serde_json::json!({
@@ -52,9 +54,37 @@ pub async fn search(
     }
 }
 
-fn tool_ok(input: serde_json::Value, found: SearchOutcome) -> (Vec<Source>, EventBody) {
-    let sources: Vec<Source> = found
+/// Screens each hit for injected instructions: blocked ones never reach the model, flagged
+/// ones do, marked; both are listed in the tool event.
+fn tool_ok(
+    input: serde_json::Value,
+    found: SearchOutcome,
+    screen: ScreenAction,
+) -> (Vec<Source>, EventBody) {
+    let mut screened = Vec::new();
+    let mut flags = std::collections::HashMap::new();
+    let hits: Vec<_> = found
         .hits
+        .into_iter()
+        .filter(|h| {
+            let rule = match screen {
+                ScreenAction::Off => None,
+                _ => crate::safety::screen(&h.text),
+            };
+            let Some(rule) = rule else { return true };
+            let blocked = screen == ScreenAction::Block;
+            let action = if blocked { "dropped" } else { "flagged" };
+            crate::metrics::screened("chunk", rule, action);
+            screened.push(serde_json::json!({
+                "doc_id": h.doc_id, "chunk": h.chunk, "rule": rule, "action": action,
+            }));
+            if !blocked {
+                flags.insert((h.doc_id.clone(), h.chunk), rule);
+            }
+            !blocked
+        })
+        .collect();
+    let sources: Vec<Source> = hits
         .into_iter()
         .enumerate()
         .map(|(i, h)| Source {
@@ -71,11 +101,15 @@ fn tool_ok(input: serde_json::Value, found: SearchOutcome) -> (Vec<Source>, Even
     let results: Vec<_> = sources
         .iter()
         .map(|s| {
-            serde_json::json!({
+            let mut v = serde_json::json!({
                 "n": s.n, "doc_id": s.doc_id, "title": s.title, "section": s.section,
                 "page": s.page, "chunk": s.chunk,
                 "score": s.score, "snippet": s.text.chars().take(300).collect::<String>(),
-            })
+            });
+            if let Some(rule) = flags.get(&(s.doc_id.clone(), s.chunk)) {
+                v["flagged"] = serde_json::Value::from(*rule);
+            }
+            v
         })
         .collect();
     let tool = EventBody::Tool {
@@ -84,6 +118,7 @@ fn tool_ok(input: serde_json::Value, found: SearchOutcome) -> (Vec<Source>, Even
         output: serde_json::json!({
             "results": results,
             "dropped_duplicates": found.dropped_duplicates,
+            "screened": screened,
         }),
         duration_ms: found.took.as_millis() as u64,
     };

@@ -1,6 +1,8 @@
 //! Where a turn's events go. A room fans them out to its members; the OpenAI-compatible
 //! endpoint streams them to one HTTP client. The turn engine only sees this trait.
 
+use std::time::Duration;
+
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -27,7 +29,13 @@ pub trait TurnSink: Send + Sync {
     fn delta(&self, turn_id: Uuid, text: String);
     fn turn_event(&self, turn_id: Uuid, body: EventBody);
     fn finish_turn(&self, turn_id: Uuid, finish_reason: FinishReason, partial: bool);
-    fn reject_turn(&self, turn_id: Uuid, code: ErrorCode, message: String);
+    fn reject_turn(
+        &self,
+        turn_id: Uuid,
+        code: ErrorCode,
+        message: String,
+        retry_after: Option<Duration>,
+    );
 }
 
 impl TurnSink for Room {
@@ -56,8 +64,14 @@ impl TurnSink for Room {
     fn finish_turn(&self, turn_id: Uuid, finish_reason: FinishReason, partial: bool) {
         Room::finish_turn(self, turn_id, finish_reason, partial)
     }
-    fn reject_turn(&self, turn_id: Uuid, code: ErrorCode, message: String) {
-        Room::reject_turn(self, turn_id, code, message)
+    fn reject_turn(
+        &self,
+        turn_id: Uuid,
+        code: ErrorCode,
+        message: String,
+        retry_after: Option<Duration>,
+    ) {
+        Room::reject_turn(self, turn_id, code, message, retry_after)
     }
 }
 
@@ -132,8 +146,14 @@ impl TurnSink for ChannelSink {
             partial,
         });
     }
-    fn reject_turn(&self, _turn_id: Uuid, code: ErrorCode, message: String) {
-        self.send(EventBody::error(code, message, None));
+    fn reject_turn(
+        &self,
+        _turn_id: Uuid,
+        code: ErrorCode,
+        message: String,
+        retry_after: Option<Duration>,
+    ) {
+        self.send(EventBody::error(code, message, retry_after));
         self.send(EventBody::End {
             finish_reason: FinishReason::Error,
             partial: false,

@@ -7,6 +7,7 @@
 mod models;
 mod retrieval;
 mod secret;
+mod tenancy;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,6 +26,10 @@ pub use retrieval::{
     default_assets_dir, test_qdrant_url,
 };
 pub use secret::Secret;
+pub use tenancy::{
+    AuthConfig, KeyEntry, LimitSet, LimitsConfig, SafetyConfig, ScreenAction, TenantConfig,
+    parse_key_hash,
+};
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +62,9 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub openai: OpenAiConfig,
     pub cache: crate::cache::CacheConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub safety: SafetyConfig,
     pub log: LogConfig,
 }
 
@@ -215,6 +223,9 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             openai: OpenAiConfig::default(),
             cache: crate::cache::CacheConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            safety: SafetyConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -234,6 +245,12 @@ impl Config {
             .providers
             .values_mut()
             .filter_map(|p| p.api_key_file.take())
+            .chain(
+                cfg.auth
+                    .tenants
+                    .values()
+                    .filter_map(|t| t.keys_file.clone()),
+            )
             .collect();
         cfg.finalize()?;
         Ok(files)
@@ -376,6 +393,7 @@ impl Config {
             "cache.max_entries_per_scope",
             self.cache.max_entries_per_scope as u64,
         )?;
+        self.auth.validate(&self.limits)?;
         if self.embedding.gpu && !cfg!(feature = "gpu") {
             return Err(ConfigError::Invalid {
                 field: "embedding.gpu".into(),
@@ -397,7 +415,7 @@ mod tests {
 
     #[test]
     fn unknown_key_is_rejected_with_its_name() {
-        let err = Config::from_toml("[ws]\nmax_frame_byte = 10\n")
+        let err = Config::from_toml("[auth]\ndev_mode = true\n[ws]\nmax_frame_byte = 10\n")
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
@@ -406,20 +424,25 @@ mod tests {
 
     #[test]
     fn invalid_value_names_the_field() {
-        let err = Config::from_toml("[ws]\nheartbeat_ms = 5000\nidle_timeout_ms = 1000\n")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = Config::from_toml(
+            "[auth]\ndev_mode = true\n[ws]\nheartbeat_ms = 5000\nidle_timeout_ms = 1000\n",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
         assert!(err.contains("ws.idle_timeout_ms"), "{err}");
-        let err = Config::from_toml("[providers.fast]\nbase_url = \"ftp://x\"\nmodel = \"m\"\n")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = Config::from_toml(
+            "[auth]\ndev_mode = true\n[providers.fast]\nbase_url = \"ftp://x\"\nmodel = \"m\"\n",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
         assert!(err.contains("providers.fast.base_url"), "{err}");
-        let err = Config::from_toml("[chains.default]\nlinks = [\"nope\"]\n")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err =
+            Config::from_toml("[auth]\ndev_mode = true\n[chains.default]\nlinks = [\"nope\"]\n")
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
         assert!(err.contains("chains.default.links"), "{err}");
     }
 
@@ -433,6 +456,32 @@ mod tests {
             ["mini", "claude", "extractive"]
         );
         assert_eq!(cfg.routing.rules.len(), 2);
+        assert_eq!(cfg.auth.tenants["acme"].limits.usd_per_day, Some(50.0));
+        assert_eq!(cfg.limits.user.concurrent_turns, Some(4));
+    }
+
+    #[test]
+    fn auth_needs_tenants_or_an_explicit_dev_mode() {
+        let err = |toml: &str| {
+            Config::from_toml(toml)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(err("").contains("auth.tenants"), "no tenant, no dev mode");
+        let hash = format!("sha256:{}", "ab".repeat(32));
+        let tenant =
+            format!("[auth.tenants.acme]\nkeys = [{{ user = \"a\", sha256 = \"{hash}\" }}]\n");
+        assert_eq!(err(&tenant), "");
+        assert!(err(&format!("[auth]\ndev_mode = true\n{tenant}")).contains("auth.dev_mode"));
+        let bad = tenant.replace(&hash, "cfk_plaintext_key");
+        assert!(
+            err(&bad).contains("keys[0].sha256"),
+            "a plaintext key is refused"
+        );
+        assert!(err(&tenant.replace("acme", "\"Acme Corp\"")).contains("tenant names"));
+        let zero = format!("{tenant}[auth.tenants.acme.limits]\nusd_per_day = 0.0\n");
+        assert!(err(&zero).contains("usd_per_day"));
     }
 
     #[test]
@@ -441,7 +490,7 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
                 "c.toml",
-                "[providers.main]\nmodel = \"from-file\"\napi_key = \"sk-1\"\n",
+                "[auth]\ndev_mode = true\n[providers.main]\nmodel = \"from-file\"\napi_key = \"sk-1\"\n",
             )?;
             jail.set_env("CONFAB__PROVIDERS__MAIN__MODEL", "from-env");
             jail.set_env("CONFAB__CHAINS__DEFAULT__LINKS", "[main]");
@@ -464,13 +513,16 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
                 "c.json",
-                r#"{"server": {"bind": "0.0.0.0:8787", "shutdown_grace_ms": 15000},
+                r#"{"server": {"bind": "0.0.0.0:8787", "shutdown_grace_ms": 15000}, "auth": {"dev_mode": true},
                     "ws": {"room_routing": true}, "vector": {"backend": "remote", "url": "http://q:6334"}}"#,
             )?;
             let cfg = Config::load(Some(Path::new("c.json"))).map_err(|e| e.to_string())?;
             assert!(cfg.ws.room_routing);
             assert_eq!(cfg.server.shutdown_grace_ms, 15_000);
-            jail.create_file("bad.json", r#"{"server": {"shutdown_grace_ms": "soon"}}"#)?;
+            jail.create_file(
+                "bad.json",
+                r#"{"auth": {"dev_mode": true}, "server": {"shutdown_grace_ms": "soon"}}"#,
+            )?;
             assert!(Config::load(Some(Path::new("bad.json"))).is_err());
             Ok(())
         });

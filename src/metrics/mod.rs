@@ -54,6 +54,12 @@ pub const CACHE_ENTRIES: &str = "confab_cache_entries";
 pub const CACHE_EVICTIONS_TOTAL: &str = "confab_cache_evictions_total";
 pub const HTTP_REQUESTS_TOTAL: &str = "confab_http_requests_total";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "confab_http_request_duration_seconds";
+pub const AUTH_FAILURES_TOTAL: &str = "confab_auth_failures_total";
+pub const RATE_LIMITED_TOTAL: &str = "confab_rate_limited_total";
+pub const TENANT_TOKENS_TOTAL: &str = "confab_tenant_tokens_total";
+pub const TENANT_COST_USD_TOTAL: &str = "confab_tenant_cost_usd_total";
+pub const SAFETY_SCREENED_TOTAL: &str = "confab_safety_screened_total";
+pub const SAFETY_REDACTIONS_TOTAL: &str = "confab_safety_redactions_total";
 
 // --- buckets ---------------------------------------------------------------------------
 const LATENCY_BUCKETS: &[f64] = &[
@@ -215,6 +221,26 @@ fn describe() {
         "Answer-cache scopes evicted for space."
     );
     describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests by route and status.");
+    describe_counter!(
+        AUTH_FAILURES_TOTAL,
+        "Requests and upgrades refused before a route: missing or invalid key, disallowed origin."
+    );
+    describe_counter!(
+        RATE_LIMITED_TOTAL,
+        "Refusals by a tenant or user limit, by tenant, limit and scope (tenant or user)."
+    );
+    describe_counter!(
+        TENANT_TOKENS_TOTAL,
+        "Upstream tokens settled against a tenant's budgets."
+    );
+    describe_counter!(
+        SAFETY_SCREENED_TOTAL,
+        "Prompts and retrieved chunks tripping the injection screen, by source, rule and action."
+    );
+    describe_counter!(
+        SAFETY_REDACTIONS_TOTAL,
+        "Secrets and e-mail addresses replaced in answers, by kind."
+    );
     describe_histogram!(
         HTTP_REQUEST_DURATION_SECONDS,
         Unit::Seconds,
@@ -224,7 +250,7 @@ fn describe() {
 
 /// Creates every series whose labels are known at boot, at zero, so `rate()` and the
 /// dashboards work before the first event (a series that does not exist reads as "no data").
-pub fn init_series(providers: &[&str], chains: &[&str]) {
+pub fn init_series(providers: &[&str], chains: &[&str], tenants: &[String]) {
     for c in [
         WS_CONNECTIONS_TOTAL,
         WS_SLOW_CONSUMER_DISCONNECTS_TOTAL,
@@ -269,6 +295,21 @@ pub fn init_series(providers: &[&str], chains: &[&str]) {
     }
     for c in chains {
         counter!(PROVIDER_FALLBACKS_TOTAL, "chain" => c.to_string()).absolute(0);
+    }
+    for reason in ["missing", "invalid", "origin"] {
+        counter!(AUTH_FAILURES_TOTAL, "reason" => reason).absolute(0);
+    }
+    for kind in ["secret", "email"] {
+        counter!(SAFETY_REDACTIONS_TOTAL, "kind" => kind).absolute(0);
+    }
+    for t in tenants {
+        counter!(TENANT_TOKENS_TOTAL, "tenant" => t.clone()).absolute(0);
+        cost::add(
+            TENANT_COST_USD_TOTAL,
+            TENANT_COST_HELP,
+            vec![("tenant", t.clone())],
+            0.0,
+        );
     }
 }
 
@@ -444,4 +485,35 @@ pub fn http_request(path: &str, status: u16, took: Duration) {
     let route = route_label(path);
     counter!(HTTP_REQUESTS_TOTAL, "route" => route, "status" => status_class(status)).increment(1);
     histogram!(HTTP_REQUEST_DURATION_SECONDS, "route" => route).record(took.as_secs_f64());
+}
+
+const TENANT_COST_HELP: &str = "Upstream spend in USD settled against a tenant's budget.";
+
+/// Tenant names come from config (bounded); never a user or key.
+pub fn rate_limited(tenant: &str, limit: &'static str, scope: &'static str) {
+    counter!(RATE_LIMITED_TOTAL, "tenant" => tenant.to_string(), "limit" => limit, "scope" => scope)
+        .increment(1);
+}
+
+pub fn tenant_usage(tenant: &str, tokens: u64, usd: f64) {
+    counter!(TENANT_TOKENS_TOTAL, "tenant" => tenant.to_string()).increment(tokens);
+    cost::add(
+        TENANT_COST_USD_TOTAL,
+        TENANT_COST_HELP,
+        vec![("tenant", tenant.to_string())],
+        usd,
+    );
+}
+
+pub fn auth_failure(reason: &'static str) {
+    counter!(AUTH_FAILURES_TOTAL, "reason" => reason).increment(1);
+}
+
+pub fn screened(source: &'static str, rule: &'static str, action: &'static str) {
+    counter!(SAFETY_SCREENED_TOTAL, "source" => source, "rule" => rule, "action" => action)
+        .increment(1);
+}
+
+pub fn redacted(kind: &'static str, n: u64) {
+    counter!(SAFETY_REDACTIONS_TOTAL, "kind" => kind).increment(n);
 }

@@ -52,6 +52,15 @@ pub struct QueuedTurn {
     pub chain: Option<String>,
     /// Search the tenant's documents first (rooms: yes; the OpenAI endpoint: per model).
     pub retrieval: bool,
+    pub owner: TurnOwner,
+}
+
+/// Who asked: the tenant and user whose budgets the turn spends, and their concurrent-turn
+/// slot, held until the turn is dropped (ended or cancelled).
+#[derive(Debug, Clone)]
+pub struct TurnOwner {
+    pub principal: crate::auth::Principal,
+    pub permit: Option<std::sync::Arc<crate::limits::Permit>>,
 }
 
 /// Longest room name, in characters.

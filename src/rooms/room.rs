@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::replay::ReplayBuffer;
-use super::{MemberHandle, Outbound, QueuedTurn, RoomKey};
+use super::{MemberHandle, Outbound, QueuedTurn, RoomKey, TurnOwner};
 use crate::config::RoomsConfig;
 use crate::error::ErrorCode;
 use crate::protocol::{EventBody, FinishReason, Member, RoomSnapshot, ServerEvent, TurnSnapshot};
@@ -136,6 +136,8 @@ impl Room {
     /// catch-up as a member, but is not a member (no presence, cannot prompt).
     pub fn watch(&self, handle: MemberHandle, last_seq: Option<u64>) -> Result<(), ErrorCode> {
         let mut st = self.lock();
+        // Viewers that went away are otherwise noticed only at the next event.
+        st.viewers.retain(|v| !v.tx.is_closed());
         if st.members.len() + st.viewers.len() >= self.cfg.max_members {
             return Err(ErrorCode::RoomFull);
         }
@@ -257,6 +259,7 @@ impl Room {
         client_msg_id: Option<String>,
         quality: Option<crate::config::Quality>,
         use_cache: bool,
+        owner: TurnOwner,
     ) -> Result<Uuid, ErrorCode> {
         let mut st = self.lock();
         if let Some(id) = &client_msg_id
@@ -273,6 +276,7 @@ impl Room {
             use_cache,
             chain: None,
             retrieval: true,
+            owner,
         };
         match self.turns_tx.try_send(queued) {
             Ok(()) => {}
@@ -417,14 +421,20 @@ impl Room {
     }
 
     /// Ends a turn that never started (e.g. rejected while draining) with an error.
-    pub fn reject_turn(&self, turn_id: Uuid, code: ErrorCode, message: String) {
+    pub fn reject_turn(
+        &self,
+        turn_id: Uuid,
+        code: ErrorCode,
+        message: String,
+        retry_after: Option<Duration>,
+    ) {
         let mut st = self.lock();
         st.queued.retain(|(id, _)| *id != turn_id);
         st.cancelled.remove(&turn_id);
         self.publish(
             &mut st,
             Some(turn_id),
-            EventBody::error(code, message, None),
+            EventBody::error(code, message, retry_after),
         );
         self.publish(
             &mut st,

@@ -3,4 +3,4 @@
 mod session;
 mod writer;
 
-pub use session::serve_session;
+pub use session::{Caller, serve_session};

@@ -19,7 +19,7 @@ use crate::protocol::{
     ClientMessage, EventBody, Member, PROTOCOL_VERSION, ServerEvent, decode_client_message,
 };
 use crate::rooms::{MAX_ROOM_CHARS, check_label};
-use crate::rooms::{MemberHandle, Outbound, Room, RoomKey, room_encode, room_now_ms};
+use crate::rooms::{MemberHandle, Outbound, Room, RoomKey, TurnOwner, room_encode, room_now_ms};
 
 /// How long to keep reading after our Close frame, waiting for the client's Close reply.
 /// Closing the socket with unread input would send a TCP reset and the client could lose
@@ -27,8 +27,16 @@ use crate::rooms::{MemberHandle, Outbound, Room, RoomKey, room_encode, room_now_
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 const MAX_NAME_CHARS: usize = 64;
 
+/// Who opened the session (authenticated at the upgrade) and its connection slot.
+pub struct Caller {
+    pub principal: crate::auth::Principal,
+    /// Counts against `ws_connections` until the session ends.
+    pub permit: crate::limits::Permit,
+}
+
 struct Session {
     id: Uuid,
+    caller: Caller,
     state: AppState,
     handle: MemberHandle,
     joined: Option<(Arc<Room>, Member)>,
@@ -37,7 +45,12 @@ struct Session {
 }
 
 /// Serves one upgraded connection until the client leaves, misbehaves, or the server drains.
-pub async fn serve_session(socket: WebSocketStream, state: AppState, pinned: Option<String>) {
+pub async fn serve_session(
+    socket: WebSocketStream,
+    state: AppState,
+    pinned: Option<String>,
+    caller: Caller,
+) {
     let cfg = state.config.ws.clone();
     crate::metrics::ws_connected();
     let _gauge = SessionGauge;
@@ -49,6 +62,7 @@ pub async fn serve_session(socket: WebSocketStream, state: AppState, pinned: Opt
 
     let mut session = Session {
         id: Uuid::new_v4(),
+        caller,
         state: state.clone(),
         handle: MemberHandle {
             tx,
@@ -233,7 +247,7 @@ impl Session {
         }
         self.leave_room();
         let key = RoomKey {
-            tenant: crate::DEFAULT_TENANT.into(),
+            tenant: self.caller.principal.tenant.to_string(),
             name: room.clone(),
         };
         let room_ref = match self.state.rooms.get_or_create(key) {
@@ -287,12 +301,31 @@ impl Session {
                 "server is shutting down; reconnect and send again".into(),
             );
         }
+        let limits = &self.state.limits;
+        let principal = &self.caller.principal;
+        let permit = match limits
+            .request(principal)
+            .and_then(|()| limits.turn(principal))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                crate::metrics::ws_error(ErrorCode::RateLimited.as_str());
+                return self.send_event(
+                    None,
+                    EventBody::error(ErrorCode::RateLimited, e.to_string(), e.retry_after),
+                );
+            }
+        };
         match room.submit_prompt(
             member.clone(),
             text,
             client_msg_id.clone(),
             quality,
             use_cache,
+            TurnOwner {
+                principal: principal.clone(),
+                permit: Some(Arc::new(permit)),
+            },
         ) {
             Ok(_) => {}
             Err(ErrorCode::DuplicatePrompt) => self.send_error(

@@ -22,7 +22,9 @@ try {
   const alice = await (await browser.newContext({ viewport: { width: 1100, height: 800 } })).newPage();
   const bob = await (await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true })).newPage();
   for (const [page, name] of [[alice, "Alice"], [bob, "Bob"]]) {
-    await page.goto(`${base}/?room=greenhouse`);
+    // Each participant holds a key of the tenant (CONFAB_KEYS: two keys, comma-separated).
+    const key = (process.env.CONFAB_KEYS || "").split(",")[name === "Alice" ? 0 : 1] || "";
+    await page.goto(`${base}/?room=greenhouse${key ? `#key=${key}` : ""}`);
     await page.fill("#name", name);
     await page.click("#join button[type=submit]");
   }

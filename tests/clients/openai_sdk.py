@@ -9,7 +9,7 @@ import sys
 import openai
 
 url = os.environ["CONFAB_URL"]
-client = openai.OpenAI(base_url=f"{url}/v1", api_key="not-needed")
+client = openai.OpenAI(base_url=f"{url}/v1", api_key=os.environ.get("CONFAB_API_KEY", "dev-mode"))
 
 models = [m.id for m in client.models.list()]
 assert "confab-rag" in models and "default" in models, models

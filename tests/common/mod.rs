@@ -40,6 +40,8 @@ pub fn config(mock: &MockUpstream, tweak: impl FnOnce(&mut Config)) -> Config {
     // Suites about rooms and models run without the embedding model; retrieval tests turn
     // it on with `with_retrieval`.
     cfg.retrieval.enabled = false;
+    // Suites about tenancy configure tenants and turn this off.
+    cfg.auth.dev_mode = true;
     tweak(&mut cfg);
     cfg
 }
@@ -125,9 +127,49 @@ pub struct Client {
     pub last_seq: u64,
 }
 
+/// Adds tenant `name` with one key per `(user, key)`, and turns dev mode off.
+pub fn tenant(cfg: &mut Config, name: &str, users: &[(&str, &str)]) {
+    use confab::config::{KeyEntry, TenantConfig};
+    cfg.auth.dev_mode = false;
+    let keys = users
+        .iter()
+        .map(|(user, key)| KeyEntry {
+            user: user.to_string(),
+            sha256: confab::auth::keys::hash_text(key),
+        })
+        .collect();
+    cfg.auth.tenants.insert(
+        name.into(),
+        TenantConfig {
+            keys,
+            ..TenantConfig::default()
+        },
+    );
+}
+
 impl Client {
     pub async fn connect(url: &str) -> Self {
-        let (ws, _) = connect_async(url).await.expect("ws connect");
+        Self::connect_with(url, &[]).await.expect("ws connect")
+    }
+
+    /// Connects with extra upgrade headers; `Err` is the HTTP status of a refused upgrade.
+    pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Self, u16> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = url.into_client_request().expect("ws url");
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+                    .expect("header name"),
+                v.parse().expect("header value"),
+            );
+        }
+        let ws = match connect_async(req).await {
+            Ok((ws, _)) => ws,
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                return Err(resp.status().as_u16());
+            }
+            Err(e) => panic!("ws connect: {e}"),
+        };
         let mut c = Client {
             ws,
             welcome: Value::Null,
@@ -135,7 +177,7 @@ impl Client {
         };
         c.welcome = c.recv().await;
         assert_eq!(c.welcome["type"], "welcome", "{}", c.welcome);
-        c
+        Ok(c)
     }
 
     pub async fn send(&mut self, v: Value) {

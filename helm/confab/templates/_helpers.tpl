@@ -60,6 +60,18 @@ app.kubernetes.io/component: server
 {{- if and .Values.localLlm.enabled (not .Values.localLlm.model.existingClaim) -}}
 {{- fail "localLlm.enabled needs localLlm.model.existingClaim: a PVC holding the GGUF model" -}}
 {{- end -}}
+{{- $tenants := merge (dict) (default dict .Values.auth.tenants) (default dict (.Values.config.auth).tenants) -}}
+{{- if and (not .Values.auth.devMode) (not $tenants) -}}
+{{- fail "auth needs tenants: set auth.tenants.NAME.keysSecret (a Secret of `USER sha256:HEX` lines, from `confab key new`), or auth.devMode=true to try the chart without keys" -}}
+{{- end -}}
+{{- if and .Values.auth.devMode $tenants -}}
+{{- fail "auth.devMode serves one keyless tenant: remove auth.tenants or turn devMode off" -}}
+{{- end -}}
+{{- range $name, $t := .Values.auth.tenants -}}
+{{- if not $t.keysSecret -}}
+{{- fail (printf "auth.tenants.%s needs keysSecret" $name) -}}
+{{- end -}}
+{{- end -}}
 {{- $grace := div (int (default 15000 (.Values.config.server).shutdown_grace_ms)) 1000 -}}
 {{- if le (int .Values.terminationGracePeriodSeconds) (add $grace 15 (int .Values.preStopSleepSeconds)) -}}
 {{- fail (printf "terminationGracePeriodSeconds must exceed preStopSleepSeconds + shutdown_grace_ms/1000 + 15 (= %d)" (add $grace 15 (int .Values.preStopSleepSeconds))) -}}
@@ -104,6 +116,21 @@ app.kubernetes.io/component: server
 {{- if $providers -}}
 {{- $_ := set $cfg "providers" $providers -}}
 {{- end -}}
+{{- $auth := deepCopy (default dict $cfg.auth) -}}
+{{- $_ := set $auth "dev_mode" .Values.auth.devMode -}}
+{{- if .Values.auth.allowedOrigins -}}
+{{- $_ := set $auth "allowed_origins" .Values.auth.allowedOrigins -}}
+{{- end -}}
+{{- $tenants := deepCopy (default dict $auth.tenants) -}}
+{{- range $name, $_ := .Values.auth.tenants -}}
+{{- $t := deepCopy (default dict (get $tenants $name)) -}}
+{{- $_ := set $t "keys_file" (printf "/etc/confab/tenants/%s/keys" $name) -}}
+{{- $_ := set $tenants $name $t -}}
+{{- end -}}
+{{- if $tenants -}}
+{{- $_ := set $auth "tenants" $tenants -}}
+{{- end -}}
+{{- $_ := set $cfg "auth" $auth -}}
 {{- $ws := deepCopy (default dict $cfg.ws) -}}
 {{- $_ := set $ws "room_routing" (eq (include "confab.multiReplica" .) "true") -}}
 {{- $_ := set $cfg "ws" $ws -}}
