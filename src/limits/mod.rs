@@ -13,8 +13,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use self::bucket::{Bucket, DayBudget, utc_day};
 use crate::auth::Principal;
 use crate::config::{AuthConfig, LimitSet, LimitsConfig};
@@ -102,8 +100,9 @@ pub struct Estimate {
 }
 
 /// A tenant's own view of its usage (`GET /v1/usage`).
-#[derive(Debug, Clone, Serialize, poem_openapi::Object)]
-#[oai(rename = "TenantUsage")]
+/// Unset limits are left out.
+#[derive(Debug, Clone, poem_openapi::Object)]
+#[oai(rename = "TenantUsage", skip_serializing_if_is_none)]
 pub struct Usage {
     pub tenant: String,
     /// Settled upstream spend of the current UTC day.

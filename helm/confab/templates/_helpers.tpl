@@ -60,6 +60,10 @@ app.kubernetes.io/component: server
 {{- if and .Values.localLlm.enabled (not .Values.localLlm.model.existingClaim) -}}
 {{- fail "localLlm.enabled needs localLlm.model.existingClaim: a PVC holding the GGUF model" -}}
 {{- end -}}
+{{- $grace := div (int (default 15000 (.Values.config.server).shutdown_grace_ms)) 1000 -}}
+{{- if le (int .Values.terminationGracePeriodSeconds) (add $grace 15 (int .Values.preStopSleepSeconds)) -}}
+{{- fail (printf "terminationGracePeriodSeconds must exceed preStopSleepSeconds + shutdown_grace_ms/1000 + 15 (= %d)" (add $grace 15 (int .Values.preStopSleepSeconds))) -}}
+{{- end -}}
 {{- $tenants := merge (dict) (default dict .Values.auth.tenants) (default dict (.Values.config.auth).tenants) -}}
 {{- if and (not .Values.auth.devMode) (not $tenants) -}}
 {{- fail "auth needs tenants: set auth.tenants.NAME.keysSecret (a Secret of `USER sha256:HEX` lines, from `confab key new`), or auth.devMode=true to try the chart without keys" -}}
@@ -71,10 +75,6 @@ app.kubernetes.io/component: server
 {{- if not $t.keysSecret -}}
 {{- fail (printf "auth.tenants.%s needs keysSecret" $name) -}}
 {{- end -}}
-{{- end -}}
-{{- $grace := div (int (default 15000 (.Values.config.server).shutdown_grace_ms)) 1000 -}}
-{{- if le (int .Values.terminationGracePeriodSeconds) (add $grace 15 (int .Values.preStopSleepSeconds)) -}}
-{{- fail (printf "terminationGracePeriodSeconds must exceed preStopSleepSeconds + shutdown_grace_ms/1000 + 15 (= %d)" (add $grace 15 (int .Values.preStopSleepSeconds))) -}}
 {{- end -}}
 {{- end -}}
 
