@@ -101,6 +101,12 @@ COST = dashboard("confab-cost", "confab / Cost & tokens", [
              f"sum by (layer) (rate(confab_cache_lookups_total[{RI}]))", "{{layer}}")], "percentunit"),
     panel("Circuit breakers (0 closed, 1 open, 2 half-open)",
           [q("max by (provider) (confab_provider_circuit_state)", "{{provider}}")], "short", [(1, "red")]),
+    panel("Spend over the last 24 h by tenant",
+          [q("sum by (tenant) (increase(confab_tenant_cost_usd_total[24h]))", "{{tenant}}")], "currencyUSD",
+          kind="bargauge", desc="Settled against each tenant's usd_per_day budget (UTC day)."),
+    panel("Limit refusals by tenant and limit",
+          [q(f"sum by (tenant, limit) (rate(confab_rate_limited_total[{RI}]))", "{{tenant}} {{limit}}"),
+           q(f"sum by (reason) (rate(confab_auth_failures_total[{RI}]))", "auth {{reason}}")], "ops"),
 ])
 
 REALTIME = dashboard("confab-realtime", "confab / Realtime & RAG", [

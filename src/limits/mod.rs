@@ -460,6 +460,19 @@ mod tests {
     }
 
     #[test]
+    fn every_limit_has_its_metric_series() {
+        for l in [
+            Limit::Requests,
+            Limit::Turns,
+            Limit::Connections,
+            Limit::Tokens,
+            Limit::Spend,
+        ] {
+            assert!(crate::metrics::LIMIT_LABELS.contains(&l.as_str()), "{l:?}");
+        }
+    }
+
+    #[test]
     fn permits_release_on_drop() {
         let l = limiter(
             LimitSet {
