@@ -246,7 +246,7 @@
     while (doc.status !== "indexed" && doc.status !== "failed") {
       item.firstChild.textContent = `${file.name}: ${doc.status} ${doc.chunks_done || 0}/${doc.chunks_total || "?"}`;
       bar.max = doc.chunks_total || 1; bar.value = doc.chunks_done || 0;
-      await new Promise((r) => setTimeout(r, 400));
+      await new Promise((r) => setTimeout(r, 1000)); // one request a second: within per-user rate limits
       const r = await fetch(`/v1/documents/${doc.id}`, { headers: authHeaders });
       if (!r.ok) break;
       doc = await r.json();
