@@ -18,9 +18,10 @@ const MAX_TOKENS: u32 = 100;
 const BUDGET_USD: f64 = 5.0;
 const TOKENS_PER_TURN: usize = 20;
 
-async fn ask(http: &reqwest::Client, srv: &TestServer, key: &str, i: usize) -> (u16, Option<u64>) {
+/// One turn through the OpenAI endpoint at `base`: status, Retry-After, body.
+async fn ask(http: &reqwest::Client, base: &str, key: &str, i: usize) -> (u16, Option<u64>, Value) {
     let r = http
-        .post(srv.http("/v1/chat/completions"))
+        .post(format!("{base}/v1/chat/completions"))
         .bearer_auth(key)
         .json(&json!({"model": "default", "messages": [{"role": "user", "content": format!("question {i}")}]}))
         .send()
@@ -30,7 +31,8 @@ async fn ask(http: &reqwest::Client, srv: &TestServer, key: &str, i: usize) -> (
         .headers()
         .get("retry-after")
         .map(|v| v.to_str().unwrap().parse().unwrap());
-    (r.status().as_u16(), retry)
+    let status = r.status().as_u16();
+    (status, retry, r.json().await.unwrap_or(Value::Null))
 }
 
 /// 100 turns at once against a budget worth a handful: each reserves its worst case before
@@ -57,28 +59,16 @@ async fn concurrent_turns_do_not_overshoot_the_daily_budget() {
     let http = reqwest::Client::new();
     let tasks: Vec<_> = (0..100)
         .map(|i| {
-            let (http, srv_url) = (http.clone(), srv.http(""));
+            let (http, base) = (http.clone(), srv.http(""));
             tokio::spawn(async move {
                 let (mut ok, mut refused, mut hinted) = (0u32, 0u32, 0u32);
                 loop {
-                    let r = http
-                        .post(format!("{srv_url}/v1/chat/completions"))
-                        .bearer_auth("acme-key")
-                        .json(&json!({"model": "default", "messages": [{"role": "user", "content": format!("question {i}")}]}))
-                        .send()
-                        .await
-                        .unwrap();
-                    let status = r.status().as_u16();
-                    let retry: Option<u64> = r
-                        .headers()
-                        .get("retry-after")
-                        .map(|v| v.to_str().unwrap().parse().unwrap());
+                    let (status, retry, body) = ask(&http, &base, "acme-key", i).await;
                     match status {
                         200 => ok += 1,
                         429 => {
                             refused += 1;
                             hinted += u32::from(retry.is_some());
-                            let body: Value = r.json().await.unwrap();
                             assert_eq!(body["error"]["code"], "rate_limited", "{body}");
                             // Spent until midnight: stop. Otherwise turns are still settling.
                             if retry.unwrap_or(0) > 60 {
@@ -172,7 +162,7 @@ async fn request_connection_and_turn_limits_answer_with_retry_hints() {
         .parse()
         .unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
-    let (status, _) = ask(&http, &srv, "bob-key", 0).await;
+    let (status, _, _) = ask(&http, &srv.http(""), "bob-key", 0).await;
     assert_eq!(status, 200);
 
     // One WebSocket per user: bob's second upgrade is refused with 429.

@@ -58,7 +58,7 @@ pub fn refused(path: &str, e: &AuthError) -> Response {
     resp
 }
 
-/// A 429 with `Retry-After` (whole seconds, rounded up).
+/// A 429 with `Retry-After`.
 pub fn limited(path: &str, e: &LimitError) -> Response {
     let mut resp = error(
         path,
@@ -66,8 +66,9 @@ pub fn limited(path: &str, e: &LimitError) -> Response {
         ErrorCode::RateLimited,
         e.to_string(),
     );
-    if let Some(d) = e.retry_after
-        && let Ok(v) = (d.as_secs_f64().ceil() as u64).max(1).to_string().parse()
+    if let Some(v) = e
+        .retry_after_secs()
+        .and_then(|s| s.to_string().parse().ok())
     {
         resp.headers_mut().insert(header::RETRY_AFTER, v);
     }
@@ -80,7 +81,7 @@ pub async fn guard<E: Endpoint>(
     limit: usize,
 ) -> poem::Result<Response> {
     let path = req.uri().path().to_string();
-    let Some(state) = req.data::<AppState>().cloned() else {
+    let Some(state) = req.data::<AppState>() else {
         return Err(poem::Error::from_status(StatusCode::INTERNAL_SERVER_ERROR));
     };
     let principal = match state.auth.http(req.headers()) {

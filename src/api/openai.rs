@@ -218,13 +218,23 @@ pub(super) fn body(code: ErrorCode, message: String, param: Option<&str>) -> Ope
 }
 
 fn fail(code: ErrorCode, message: impl Into<String>, param: Option<&str>) -> CompletionResponse {
+    fail_retry(code, message, param, None)
+}
+
+/// An error in OpenAI's shape with a `Retry-After` of `retry` seconds.
+fn fail_retry(
+    code: ErrorCode,
+    message: impl Into<String>,
+    param: Option<&str>,
+    retry: Option<u64>,
+) -> CompletionResponse {
     let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
     CompletionResponse::Error(
         status,
         Json(OpenAiError {
             error: body(code, message.into(), param),
         }),
-        None,
+        retry,
     )
 }
 
@@ -311,11 +321,7 @@ impl Summary {
         if self.deltas > 0 {
             return None;
         }
-        let mut resp = fail(code, message, None);
-        if let CompletionResponse::Error(_, _, header) = &mut resp {
-            *header = retry_after;
-        }
-        Some(resp)
+        Some(fail_retry(code, message, None, retry_after))
     }
 }
 
@@ -451,11 +457,8 @@ impl OpenAiApi {
         let permit = match state.limits.turn(principal.0) {
             Ok(p) => p,
             Err(e) => {
-                let mut resp = fail(ErrorCode::RateLimited, e.to_string(), None);
-                if let CompletionResponse::Error(_, _, retry) = &mut resp {
-                    *retry = e.retry_after.map(|d| d.as_secs_f64().ceil() as u64);
-                }
-                return resp;
+                let retry = e.retry_after_secs();
+                return fail_retry(ErrorCode::RateLimited, e.to_string(), None, retry);
             }
         };
         let (sink, mut rx) =

@@ -62,28 +62,27 @@ fn tool_ok(
     screen: ScreenAction,
 ) -> (Vec<Source>, EventBody) {
     let mut screened = Vec::new();
-    let mut flags = std::collections::HashMap::new();
-    let hits: Vec<_> = found
+    // Kept hits with the rule they tripped (flag mode), in order.
+    let (hits, flags): (Vec<_>, Vec<_>) = found
         .hits
         .into_iter()
-        .filter(|h| {
+        .filter_map(|h| {
             let rule = match screen {
                 ScreenAction::Off => None,
                 _ => crate::safety::screen(&h.text),
             };
-            let Some(rule) = rule else { return true };
+            let Some(rule) = rule else {
+                return Some((h, None));
+            };
             let blocked = screen == ScreenAction::Block;
             let action = if blocked { "dropped" } else { "flagged" };
             crate::metrics::screened("chunk", rule, action);
             screened.push(serde_json::json!({
                 "doc_id": h.doc_id, "chunk": h.chunk, "rule": rule, "action": action,
             }));
-            if !blocked {
-                flags.insert((h.doc_id.clone(), h.chunk), rule);
-            }
-            !blocked
+            (!blocked).then_some((h, Some(rule)))
         })
-        .collect();
+        .unzip();
     let sources: Vec<Source> = hits
         .into_iter()
         .enumerate()
@@ -100,14 +99,15 @@ fn tool_ok(
         .collect();
     let results: Vec<_> = sources
         .iter()
-        .map(|s| {
+        .zip(flags)
+        .map(|(s, flag)| {
             let mut v = serde_json::json!({
                 "n": s.n, "doc_id": s.doc_id, "title": s.title, "section": s.section,
                 "page": s.page, "chunk": s.chunk,
                 "score": s.score, "snippet": s.text.chars().take(300).collect::<String>(),
             });
-            if let Some(rule) = flags.get(&(s.doc_id.clone(), s.chunk)) {
-                v["flagged"] = serde_json::Value::from(*rule);
+            if let Some(rule) = flag {
+                v["flagged"] = serde_json::Value::from(rule);
             }
             v
         })

@@ -75,7 +75,8 @@ pub struct DayBudget {
 }
 
 impl DayBudget {
-    fn roll(&mut self, today: u64) {
+    /// Starts a new day's spend when `today` is a new day.
+    pub fn roll(&mut self, today: u64) {
         if self.day != today {
             self.day = today;
             self.spent = 0.0;

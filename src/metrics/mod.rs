@@ -303,9 +303,9 @@ pub fn init_series(providers: &[&str], chains: &[&str], tenants: &[String]) {
         counter!(SAFETY_REDACTIONS_TOTAL, "kind" => kind).absolute(0);
     }
     for t in tenants {
-        for limit in LIMIT_LABELS {
+        for limit in crate::limits::Limit::ALL.map(crate::limits::Limit::as_str) {
             for scope in ["tenant", "user"] {
-                counter!(RATE_LIMITED_TOTAL, "tenant" => t.clone(), "limit" => *limit, "scope" => scope)
+                counter!(RATE_LIMITED_TOTAL, "tenant" => t.clone(), "limit" => limit, "scope" => scope)
                     .absolute(0);
             }
         }
@@ -492,15 +492,6 @@ pub fn http_request(path: &str, status: u16, took: Duration) {
     counter!(HTTP_REQUESTS_TOTAL, "route" => route, "status" => status_class(status)).increment(1);
     histogram!(HTTP_REQUEST_DURATION_SECONDS, "route" => route).record(took.as_secs_f64());
 }
-
-/// The `limit` label values of [`RATE_LIMITED_TOTAL`] (`crate::limits::Limit::as_str`).
-pub const LIMIT_LABELS: &[&str] = &[
-    "requests_per_min",
-    "concurrent_turns",
-    "ws_connections",
-    "tokens_per_min",
-    "usd_per_day",
-];
 
 const TENANT_COST_HELP: &str = "Upstream spend in USD settled against a tenant's budget.";
 

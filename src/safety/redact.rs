@@ -100,28 +100,28 @@ impl Redactor {
         })
     }
 
-    /// Redacts a complete text.
+    /// Redacts a complete text: one pass per pattern, counting as it replaces.
     pub fn apply(&mut self, text: &str) -> String {
-        let mut out = std::borrow::Cow::Borrowed(text);
-        if self.secrets
-            && let Some(re) = secret_re()
-        {
-            let n = re.find_iter(&out).count() as u64;
+        let mut out = text.to_string();
+        let layers = [
+            (self.secrets, secret_re(), SECRET_MARK),
+            (self.emails, email_re(), EMAIL_MARK),
+        ];
+        for (i, (on, re, mark)) in layers.into_iter().enumerate() {
+            let Some(re) = re.filter(|_| on) else {
+                continue;
+            };
+            let mut n = 0;
+            let replaced = re.replace_all(&out, |_: &regex::Captures<'_>| {
+                n += 1;
+                mark
+            });
             if n > 0 {
-                self.counts[0] += n;
-                out = std::borrow::Cow::Owned(re.replace_all(&out, SECRET_MARK).into_owned());
+                out = replaced.into_owned();
+                self.counts[i] += n;
             }
         }
-        if self.emails
-            && let Some(re) = email_re()
-        {
-            let n = re.find_iter(&out).count() as u64;
-            if n > 0 {
-                self.counts[1] += n;
-                out = std::borrow::Cow::Owned(re.replace_all(&out, EMAIL_MARK).into_owned());
-            }
-        }
-        out.into_owned()
+        out
     }
 
     /// Takes the next delta; returns what may be released now (possibly empty).
