@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use crate::auth::Authenticator;
-use crate::chat::TurnEngine;
 use crate::chat::chain::Models;
+use crate::chat::{EngineParts, TurnEngine};
 use crate::config::Config;
 use crate::lifecycle::Lifecycle;
-use crate::limits::Limiter;
+use crate::limits::{Limit, Limiter};
 use crate::retrieval::Retrieval;
-use crate::rooms::Rooms;
+use crate::rooms::{LocalBackplane, Rooms};
 
 /// Cheap to clone: everything inside is shared.
 #[derive(Clone)]
@@ -45,29 +45,31 @@ impl AppState {
     ) -> Self {
         let metrics = crate::metrics::install();
         if metrics.is_some() {
-            let providers: Vec<&str> = config
-                .providers
-                .keys()
-                .map(String::as_str)
-                .chain([crate::config::EXTRACTIVE])
-                .collect();
-            let chains: Vec<&str> = config.chains.keys().map(String::as_str).collect();
-            crate::metrics::init_series(&providers, &chains, &auth.tenants());
+            init_series(&config, &models, &auth.tenants());
         }
         let cache = config
             .cache
             .enabled
             .then(|| Arc::new(crate::cache::AnswerCache::new(config.cache.clone())));
         let limits = Limiter::new(&config.auth, &config.limits);
-        let engine = Arc::new(TurnEngine::new(
+        let engine = Arc::new(TurnEngine::new(EngineParts {
             models,
-            config.turn.clone(),
-            retrieval.clone(),
+            cfg: config.turn.clone(),
+            retrieval: retrieval.clone(),
             cache,
-            limits.clone(),
-            config.safety.clone(),
-        ));
-        let rooms = Rooms::new(config.rooms.clone(), engine.clone(), life.clone());
+            limits: limits.clone(),
+            safety: config.safety.clone(),
+        }));
+        let backplane = Arc::new(LocalBackplane {
+            replay_events: config.rooms.replay_events,
+            replay_bytes: config.rooms.replay_bytes,
+        });
+        let rooms = Rooms::new(
+            config.rooms.clone(),
+            backplane,
+            engine.clone(),
+            life.clone(),
+        );
         Self {
             config: Arc::new(config),
             rooms,
@@ -81,4 +83,32 @@ impl AppState {
             limits,
         }
     }
+}
+
+/// The metric series known at boot, from the layers that own their label values.
+fn init_series(config: &Config, models: &Models, tenants: &[String]) {
+    let providers: Vec<&str> = config
+        .providers
+        .keys()
+        .map(String::as_str)
+        .chain([crate::config::EXTRACTIVE])
+        .collect();
+    let breakers: Vec<&str> = providers
+        .iter()
+        .copied()
+        .filter(|p| {
+            models
+                .link(p)
+                .is_some_and(|l| l.breaker.exported_state().is_some())
+        })
+        .collect();
+    let chains: Vec<&str> = config.chains.keys().map(String::as_str).collect();
+    let limits = Limit::ALL.map(Limit::as_str);
+    crate::metrics::init_series(&crate::metrics::BootLabels {
+        providers: &providers,
+        breakers: &breakers,
+        chains: &chains,
+        tenants,
+        limits: &limits,
+    });
 }

@@ -72,6 +72,40 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code (tests walk it to check the mappings below are total and consistent).
+    pub const ALL: [ErrorCode; 30] = [
+        ErrorCode::BadJson,
+        ErrorCode::UnknownType,
+        ErrorCode::InvalidMessage,
+        ErrorCode::BinaryNotSupported,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::PromptTooLong,
+        ErrorCode::NotInRoom,
+        ErrorCode::RoomBusy,
+        ErrorCode::RoomFull,
+        ErrorCode::TooManyRooms,
+        ErrorCode::DuplicatePrompt,
+        ErrorCode::UnknownTurn,
+        ErrorCode::UpstreamUnavailable,
+        ErrorCode::UpstreamError,
+        ErrorCode::UpstreamRateLimited,
+        ErrorCode::UpstreamTimeout,
+        ErrorCode::UpstreamProtocol,
+        ErrorCode::UpstreamCut,
+        ErrorCode::Overloaded,
+        ErrorCode::RetrievalUnavailable,
+        ErrorCode::DocumentTooLarge,
+        ErrorCode::UnsupportedDocument,
+        ErrorCode::DocumentUnreadable,
+        ErrorCode::NotFound,
+        ErrorCode::ShuttingDown,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::RateLimited,
+        ErrorCode::PromptRejected,
+        ErrorCode::Internal,
+    ];
+
     /// Whether the same request may succeed if sent again later.
     pub fn retryable(self) -> bool {
         matches!(
@@ -203,59 +237,28 @@ impl CloseReason {
     }
 }
 
-impl From<&crate::providers::ProviderError> for ErrorCode {
-    fn from(e: &crate::providers::ProviderError) -> Self {
-        use crate::providers::ProviderError as P;
-        match e {
-            P::Connect(_) | P::Transport(_) => ErrorCode::UpstreamUnavailable,
-            P::Status { status: 429, .. } => ErrorCode::UpstreamRateLimited,
-            P::Status { .. } => ErrorCode::UpstreamError,
-            P::Malformed(_) => ErrorCode::UpstreamProtocol,
-            P::Cut => ErrorCode::UpstreamCut,
-        }
-    }
-}
-
-impl From<&crate::retrieval::RetrievalError> for ErrorCode {
-    fn from(e: &crate::retrieval::RetrievalError) -> Self {
-        use crate::embedding::EmbedError;
-        use crate::retrieval::RetrievalError as R;
-        match e {
-            R::Embed(EmbedError::Overloaded(_)) => ErrorCode::Overloaded,
-            R::Invalid(_) => ErrorCode::InvalidMessage,
-            R::Embed(_) | R::Vector(_) => ErrorCode::RetrievalUnavailable,
-        }
-    }
-}
-
-impl From<&crate::ingest::IngestError> for ErrorCode {
-    fn from(e: &crate::ingest::IngestError) -> Self {
-        use crate::ingest::IngestError as I;
-        match e {
-            I::TooLarge { .. } => ErrorCode::DocumentTooLarge,
-            I::Unsupported(_) => ErrorCode::UnsupportedDocument,
-            I::Parse(_) => ErrorCode::DocumentUnreadable,
-            I::NotFound => ErrorCode::NotFound,
-            I::Overloaded(_) => ErrorCode::Overloaded,
-            I::Retrieval(r) => ErrorCode::from(r),
-            I::Cancelled | I::Internal(_) => ErrorCode::Internal,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn wire_name_matches_label() {
-        for code in [
-            ErrorCode::BadJson,
-            ErrorCode::UpstreamCut,
-            ErrorCode::RoomBusy,
-        ] {
+        for code in ErrorCode::ALL {
             let wire = serde_json::to_value(code).unwrap_or_default();
             assert_eq!(wire, serde_json::Value::String(code.as_str().into()));
         }
+    }
+
+    #[test]
+    fn every_code_is_listed_once_with_an_error_status() {
+        let names: std::collections::HashSet<_> =
+            ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+        assert!(
+            ErrorCode::ALL
+                .iter()
+                .all(|c| (400..600).contains(&c.http_status()))
+        );
+        assert_eq!(ErrorCode::Internal.http_status(), 500);
     }
 }

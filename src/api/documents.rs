@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use poem::http::StatusCode;
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
@@ -10,9 +11,9 @@ use poem_openapi::types::multipart::Upload;
 use poem_openapi::{ApiRequest, ApiResponse, Multipart, Object, OpenApi};
 use tokio::io::AsyncReadExt;
 
-use super::rest::ApiError;
+use super::auth::ApiAuth;
+use super::rest::{ApiError, Fails, fails, failure};
 use super::strict::Str;
-use super::usage::ApiAuth;
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::ErrorCode;
@@ -129,7 +130,18 @@ pub enum UploadResponse {
     /// A tenant or user limit was reached; retry after `Retry-After` seconds.
     #[oai(status = 429)]
     RateLimited(Json<ApiError>, #[oai(header = "Retry-After")] Option<u64>),
+    /// Another failure: the status and `code` say which.
+    Other(StatusCode, Json<ApiError>),
 }
+
+fails!(UploadResponse {
+    400 => BadRequest,
+    401 => Unauthorized,
+    413 => TooLarge,
+    415 => Unsupported,
+    422 => Unreadable,
+    503 => Unavailable,
+});
 
 #[derive(ApiResponse)]
 pub enum DocumentResponse {
@@ -147,7 +159,15 @@ pub enum DocumentResponse {
     /// A tenant or user limit was reached; retry after `Retry-After` seconds.
     #[oai(status = 429)]
     RateLimited(Json<ApiError>, #[oai(header = "Retry-After")] Option<u64>),
+    /// Another failure: the status and `code` say which.
+    Other(StatusCode, Json<ApiError>),
 }
+
+fails!(DocumentResponse {
+    401 => Unauthorized,
+    404 => NotFound,
+    503 => Unavailable,
+});
 
 #[derive(ApiResponse)]
 pub enum ListResponse {
@@ -162,25 +182,22 @@ pub enum ListResponse {
     /// A tenant or user limit was reached; retry after `Retry-After` seconds.
     #[oai(status = 429)]
     RateLimited(Json<ApiError>, #[oai(header = "Retry-After")] Option<u64>),
+    /// Another failure: the status and `code` say which.
+    Other(StatusCode, Json<ApiError>),
 }
 
-fn api_error(e: &IngestError) -> Json<ApiError> {
-    ApiError::new(ErrorCode::from(e), e.to_string())
+fails!(ListResponse {
+    401 => Unauthorized,
+    503 => Unavailable,
+});
+
+/// The response for an ingestion error, by the one code → status mapping.
+fn failed<R: Fails>(e: &IngestError) -> R {
+    failure(ErrorCode::from(e), e.to_string())
 }
 
-fn upload_error(e: &IngestError) -> UploadResponse {
-    let body = api_error(e);
-    match ErrorCode::from(e) {
-        ErrorCode::DocumentTooLarge => UploadResponse::TooLarge(body),
-        ErrorCode::UnsupportedDocument => UploadResponse::Unsupported(body),
-        ErrorCode::DocumentUnreadable => UploadResponse::Unreadable(body),
-        ErrorCode::InvalidMessage => UploadResponse::BadRequest(body),
-        _ => UploadResponse::Unavailable(body),
-    }
-}
-
-fn disabled() -> Json<ApiError> {
-    ApiError::new(
+fn disabled<R: Fails>() -> R {
+    failure(
         ErrorCode::RetrievalUnavailable,
         "retrieval is disabled on this server (retrieval.enabled = false)",
     )
@@ -233,7 +250,7 @@ impl DocumentsApi {
         wait: Query<Option<bool>>,
     ) -> UploadResponse {
         let Some(ing) = self.ingest() else {
-            return UploadResponse::Unavailable(disabled());
+            return disabled();
         };
         let limit = self.state.config.ingest.max_upload_bytes;
         let (name, content_type, bytes) = match body {
@@ -250,7 +267,7 @@ impl DocumentsApi {
                 let ct = form.file.content_type().map(str::to_string);
                 match self.read_upload(form.file, limit).await {
                     Ok(b) => (name, ct, b),
-                    Err(e) => return upload_error(&e),
+                    Err(e) => return failed(&e),
                 }
             }
         };
@@ -261,22 +278,22 @@ impl DocumentsApi {
             .await
         {
             Ok(r) => r,
-            Err(e) => return upload_error(&e),
+            Err(e) => return failed(&e),
         };
         let record = if wait.0 == Some(true) && !record.status.is_final() {
             match ing.wait(tenant, &record.id, WAIT_LIMIT).await {
                 Some(r) => r,
-                None => return upload_error(&IngestError::Cancelled),
+                None => return failed(&IngestError::Cancelled),
             }
         } else {
             record
         };
         match record.status {
             DocStatus::Indexed => UploadResponse::Done(Json(record.into())),
-            DocStatus::Failed if wait.0 == Some(true) => UploadResponse::Unreadable(ApiError::new(
+            DocStatus::Failed if wait.0 == Some(true) => failure(
                 ErrorCode::DocumentUnreadable,
                 record.error.unwrap_or_else(|| "ingestion failed".into()),
-            )),
+            ),
             _ => UploadResponse::Accepted(Json(record.into())),
         }
     }
@@ -285,7 +302,7 @@ impl DocumentsApi {
     #[oai(path = "/v1/documents", method = "get")]
     async fn list(&self, _auth: ApiAuth, principal: Data<&Principal>) -> ListResponse {
         let Some(ing) = self.ingest() else {
-            return ListResponse::Unavailable(disabled());
+            return disabled();
         };
         let documents = ing
             .list(&principal.0.tenant)
@@ -304,11 +321,11 @@ impl DocumentsApi {
         id: Path<String>,
     ) -> DocumentResponse {
         let Some(ing) = self.ingest() else {
-            return DocumentResponse::Unavailable(disabled());
+            return disabled();
         };
         match ing.get(&principal.0.tenant, &id.0) {
             Some(r) => DocumentResponse::Ok(Json(r.into())),
-            None => DocumentResponse::NotFound(api_error(&IngestError::NotFound)),
+            None => failed(&IngestError::NotFound),
         }
     }
 
@@ -321,14 +338,11 @@ impl DocumentsApi {
         id: Path<String>,
     ) -> DocumentResponse {
         let Some(ing) = self.ingest() else {
-            return DocumentResponse::Unavailable(disabled());
+            return disabled();
         };
         match ing.delete(&principal.0.tenant, &id.0).await {
             Ok(r) => DocumentResponse::Ok(Json(r.into())),
-            Err(IngestError::NotFound) => {
-                DocumentResponse::NotFound(api_error(&IngestError::NotFound))
-            }
-            Err(e) => DocumentResponse::Unavailable(api_error(&e)),
+            Err(e) => failed(&e),
         }
     }
 }

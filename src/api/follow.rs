@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use poem::http::StatusCode;
 use poem::web::Data;
 use poem::web::sse::Event;
 use poem_openapi::param::{Header, Path, Query};
@@ -13,8 +14,8 @@ use poem_openapi::payload::{EventStream, Json};
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use tokio_util::sync::CancellationToken;
 
-use super::rest::ApiError;
-use super::usage::ApiAuth;
+use super::auth::ApiAuth;
+use super::rest::{ApiError, fails, failure};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::ErrorCode;
@@ -40,16 +41,25 @@ pub enum FollowResponse {
     /// Bad room name or Last-Event-ID.
     #[oai(status = 400)]
     BadRequest(Json<ApiError>),
-    /// The room is full, the server holds too many rooms, or it is shutting down.
+    /// The server is shutting down.
     #[oai(status = 503)]
     Unavailable(Json<ApiError>),
     /// Missing or invalid API key.
     #[oai(status = 401)]
     Unauthorized(Json<ApiError>),
-    /// A tenant or user limit was reached; retry after `Retry-After` seconds.
+    /// A tenant or user limit was reached, or the room is full or the server holds too many
+    /// rooms; retry after `Retry-After` seconds when it is set.
     #[oai(status = 429)]
     RateLimited(Json<ApiError>, #[oai(header = "Retry-After")] Option<u64>),
+    /// Another failure: the status and `code` say which.
+    Other(StatusCode, Json<ApiError>),
 }
+
+fails!(FollowResponse {
+    400 => BadRequest,
+    401 => Unauthorized,
+    503 => Unavailable,
+});
 
 /// The room-following route.
 pub struct FollowApi {
@@ -74,25 +84,14 @@ impl FollowApi {
         let state = &self.state;
         let name = room.0.trim().to_string();
         if let Some(problem) = check_label("room", &name, MAX_ROOM_CHARS) {
-            return FollowResponse::BadRequest(ApiError::new(ErrorCode::InvalidMessage, problem));
+            return failure(ErrorCode::InvalidMessage, problem);
         }
-        let last = match last_event_id.0.as_deref().map(str::trim) {
-            Some(id) if !id.is_empty() => match id.parse::<u64>() {
-                Ok(n) => Some(n),
-                Err(_) => {
-                    return FollowResponse::BadRequest(ApiError::new(
-                        ErrorCode::InvalidMessage,
-                        format!("Last-Event-ID {id:?} is not a seq number"),
-                    ));
-                }
-            },
-            _ => last_seq.0,
+        let last = match resume_point(last_event_id.0.as_deref(), last_seq.0) {
+            Ok(last) => last,
+            Err(resp) => return resp,
         };
         if state.life.is_draining() {
-            return FollowResponse::Unavailable(ApiError::new(
-                ErrorCode::ShuttingDown,
-                "server is shutting down",
-            ));
+            return failure(ErrorCode::ShuttingDown, "server is shutting down");
         }
         let key = RoomKey {
             tenant: principal.0.tenant.to_string(),
@@ -100,9 +99,7 @@ impl FollowApi {
         };
         let room = match state.rooms.get_or_create(key) {
             Ok(r) => r,
-            Err(code) => {
-                return FollowResponse::Unavailable(ApiError::new(code, "cannot open the room"));
-            }
+            Err(code) => return failure(code, "cannot open the room"),
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<Outbound>(state.config.ws.outbound_queue);
         let slow = CancellationToken::new();
@@ -111,28 +108,9 @@ impl FollowApi {
             slow: slow.clone(),
         };
         if let Err(code) = room.watch(handle, last) {
-            return FollowResponse::Unavailable(ApiError::new(code, "cannot follow the room"));
+            return failure(code, "cannot follow the room");
         }
-        // Ends when the viewer falls behind (reconnect with Last-Event-ID) or the server
-        // drains; dropping the stream unregisters the viewer at the next event.
-        let closing = state.life.sessions_close.clone();
-        let frames = futures_util::stream::unfold(
-            (rx, slow, closing),
-            |(mut rx, slow, closing)| async move {
-                tokio::select! {
-                    biased;
-                    _ = slow.cancelled() => None,
-                    _ = closing.cancelled() => None,
-                    frame = rx.recv() => frame.map(|f| (f, (rx, slow, closing))),
-                }
-            },
-        )
-        .map(|f: Outbound| RoomFrame {
-            seq: f.seq,
-            kind: f.kind.to_string(),
-            data: f.text.to_string(),
-        })
-        .boxed();
+        let frames = frames(rx, slow, state.life.sessions_close.clone());
         FollowResponse::Stream(
             EventStream::new(frames)
                 .keep_alive(Duration::from_secs(15))
@@ -145,4 +123,43 @@ impl FollowApi {
                 }),
         )
     }
+}
+
+/// Where to resume: `Last-Event-ID` (a seq), else `?last_seq=`.
+fn resume_point(
+    last_event_id: Option<&str>,
+    last_seq: Option<u64>,
+) -> Result<Option<u64>, FollowResponse> {
+    match last_event_id.map(str::trim) {
+        Some(id) if !id.is_empty() => id.parse::<u64>().map(Some).map_err(|_| {
+            failure(
+                ErrorCode::InvalidMessage,
+                format!("Last-Event-ID {id:?} is not a seq number"),
+            )
+        }),
+        _ => Ok(last_seq),
+    }
+}
+
+/// The viewer's frames, until it falls behind (reconnect with Last-Event-ID) or the server
+/// drains; dropping the stream unregisters the viewer at the next event.
+fn frames(
+    rx: tokio::sync::mpsc::Receiver<Outbound>,
+    slow: CancellationToken,
+    closing: CancellationToken,
+) -> Frames {
+    futures_util::stream::unfold((rx, slow, closing), |(mut rx, slow, closing)| async move {
+        tokio::select! {
+            biased;
+            _ = slow.cancelled() => None,
+            _ = closing.cancelled() => None,
+            frame = rx.recv() => frame.map(|f| (f, (rx, slow, closing))),
+        }
+    })
+    .map(|f: Outbound| RoomFrame {
+        seq: f.seq,
+        kind: f.kind.to_string(),
+        data: f.text.to_string(),
+    })
+    .boxed()
 }

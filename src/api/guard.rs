@@ -9,34 +9,27 @@ use std::sync::Arc;
 use poem::http::{Method, StatusCode, header};
 use poem::{Endpoint, IntoResponse, Request, Response};
 
+use super::routes::ErrorShape;
 use crate::app::AppState;
 use crate::auth::AuthError;
 use crate::error::ErrorCode;
 use crate::limits::LimitError;
 
-/// The methods each REST path answers (for the `Allow` header of a 405).
-fn allowed(path: &str) -> &'static str {
-    match path {
-        "/v1/documents" => "GET, POST",
-        p if p.starts_with("/v1/documents/") => "GET, DELETE",
-        "/v1/search" | "/v1/chat/completions" => "POST",
-        _ => "GET",
-    }
-}
-
 /// The route's own error body (the REST `ApiError`, or OpenAI's shape) with `status`.
 pub fn error(path: &str, status: StatusCode, code: ErrorCode, message: String) -> Response {
-    let mut resp = if path == "/v1/chat/completions" || path == "/v1/models" {
-        poem_openapi::payload::Json(super::openai::OpenAiError {
+    let route = super::routes::lookup(path);
+    let mut resp = match route.shape {
+        ErrorShape::OpenAi => poem_openapi::payload::Json(super::openai::OpenAiError {
             error: super::openai::body(code, message, None),
         })
-        .into_response()
-    } else {
-        super::rest::ApiError::new(code, message).into_response()
+        .into_response(),
+        ErrorShape::Rest | ErrorShape::Plain => {
+            super::rest::ApiError::new(code, message).into_response()
+        }
     };
     resp.set_status(status);
     if status == StatusCode::METHOD_NOT_ALLOWED
-        && let Ok(v) = allowed(path).parse()
+        && let Ok(v) = route.methods.parse()
     {
         resp.headers_mut().insert(header::ALLOW, v);
     }

@@ -1,11 +1,13 @@
 //! HTTP routes: the WebSocket upgrade, health probes and the OpenAPI-described REST routes.
 //! Thin: all logic lives in the core.
 
+pub mod auth;
 pub mod documents;
 pub mod follow;
 mod guard;
 pub mod openai;
 pub mod rest;
+pub mod routes;
 mod strict;
 pub mod usage;
 
@@ -102,10 +104,10 @@ pub fn routes(state: AppState) -> impl poem::Endpoint {
         .at("/readyz", get(readyz))
         .at("/metrics", get(metrics))
         .around(|ep, req| async move {
-            let path = req.uri().path().to_string();
+            let route = routes::lookup(req.uri().path()).label;
             let t0 = std::time::Instant::now();
             let resp = ep.get_response(req).await;
-            crate::metrics::http_request(&path, resp.status().as_u16(), t0.elapsed());
+            crate::metrics::http_request(route, resp.status().as_u16(), t0.elapsed());
             Ok(resp)
         })
         .data(state)

@@ -1,17 +1,18 @@
 //! The search route, described with poem-openapi (the spec is served at `/openapi.json`,
 //! Swagger UI at `/docs`). Thin: validation and mapping only; the work happens in `retrieval`.
 
+use poem::http::StatusCode;
 use poem::web::Data;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
+use super::auth::ApiAuth;
 use super::strict::Str;
-use super::usage::ApiAuth;
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::config::SearchMode;
 use crate::error::ErrorCode;
-use crate::retrieval::{Retrieval, RetrievalError};
+use crate::retrieval::Retrieval;
 
 /// Longest query accepted by `/v1/search`, in characters.
 const MAX_QUERY_CHARS: usize = 2_000;
@@ -33,6 +34,40 @@ impl ApiError {
             retryable: code.retryable(),
         })
     }
+}
+
+/// A REST response that can carry an [`ApiError`]. Which variant — and so which HTTP
+/// status — comes from [`ErrorCode::http_status`], the one mapping; a status a route does
+/// not document goes out as its `Other` variant, with that status.
+pub trait Fails: Sized {
+    fn with_status(status: StatusCode, body: Json<ApiError>) -> Self;
+}
+
+/// Implements [`Fails`] for a response enum: each listed status to its variant, 429 to
+/// `RateLimited` (without `Retry-After`), any other status to `Other`.
+macro_rules! fails {
+    ($ty:ty { $($status:literal => $variant:ident),* $(,)? }) => {
+        impl $crate::api::rest::Fails for $ty {
+            fn with_status(
+                status: poem::http::StatusCode,
+                body: poem_openapi::payload::Json<$crate::api::rest::ApiError>,
+            ) -> Self {
+                match status.as_u16() {
+                    $($status => Self::$variant(body),)*
+                    429 => Self::RateLimited(body, None),
+                    _ => Self::Other(status, body),
+                }
+            }
+        }
+    };
+}
+pub(crate) use fails;
+
+/// The response for `code`, with `message`.
+pub fn failure<R: Fails>(code: ErrorCode, message: impl Into<String>) -> R {
+    let status =
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    R::with_status(status, ApiError::new(code, message))
 }
 
 #[derive(Debug, Object)]
@@ -88,21 +123,25 @@ pub enum SearchResponse {
     /// A tenant or user limit was reached; retry after `Retry-After` seconds.
     #[oai(status = 429)]
     RateLimited(Json<ApiError>, #[oai(header = "Retry-After")] Option<u64>),
+    /// Another failure: the status and `code` say which.
+    Other(StatusCode, Json<ApiError>),
 }
+
+fails!(SearchResponse {
+    400 => BadRequest,
+    401 => Unauthorized,
+    503 => Unavailable,
+});
 
 /// The search route.
 pub struct RetrievalApi {
     pub state: AppState,
 }
 
-fn unavailable(e: &RetrievalError) -> Json<ApiError> {
-    ApiError::new(ErrorCode::from(e), e.to_string())
-}
-
 impl RetrievalApi {
-    fn retrieval(&self) -> Result<&Retrieval, Json<ApiError>> {
+    fn retrieval(&self) -> Result<&Retrieval, SearchResponse> {
         self.state.retrieval.as_deref().ok_or_else(|| {
-            ApiError::new(
+            failure(
                 ErrorCode::RetrievalUnavailable,
                 "retrieval is disabled on this server (retrieval.enabled = false)",
             )
@@ -122,14 +161,14 @@ impl RetrievalApi {
     ) -> SearchResponse {
         let r = match self.retrieval() {
             Ok(r) => r,
-            Err(e) => return SearchResponse::Unavailable(e),
+            Err(resp) => return resp,
         };
         let query = body.query.trim();
         if query.is_empty() || query.chars().count() > MAX_QUERY_CHARS {
-            return SearchResponse::BadRequest(ApiError::new(
+            return failure(
                 ErrorCode::InvalidMessage,
                 format!("query must have 1 to {MAX_QUERY_CHARS} characters"),
-            ));
+            );
         }
         let k = body
             .top_k
@@ -142,10 +181,10 @@ impl RetrievalApi {
             Some("sparse") => SearchMode::Sparse,
             Some("hybrid") => SearchMode::Hybrid,
             Some(other) => {
-                return SearchResponse::BadRequest(ApiError::new(
+                return failure(
                     ErrorCode::InvalidMessage,
                     format!("mode {other:?}: use dense, sparse or hybrid"),
-                ));
+                );
             }
         };
         match r.search(&principal.0.tenant, query, k, floor, mode).await {
@@ -166,7 +205,27 @@ impl RetrievalApi {
                     })
                     .collect(),
             })),
-            Err(e) => SearchResponse::Unavailable(unavailable(&e)),
+            Err(e) => failure(ErrorCode::from(&e), e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use poem::IntoResponse;
+
+    use super::*;
+
+    /// Every code goes out with the status `ErrorCode::http_status` gives it.
+    #[test]
+    fn every_code_keeps_its_one_status() {
+        for code in ErrorCode::ALL {
+            let resp: SearchResponse = failure(code, "x");
+            assert_eq!(
+                resp.into_response().status().as_u16(),
+                code.http_status(),
+                "{code:?}"
+            );
         }
     }
 }

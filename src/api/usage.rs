@@ -1,32 +1,14 @@
-//! How callers authenticate in the OpenAPI description, and the tenant's own usage route.
-//!
-//! Authentication itself happens once, in the guard in front of every `/v1` route, which
-//! puts the [`Principal`] in the request; [`ApiAuth`] only describes it to the spec.
+//! The tenant's own usage route.
 
 use poem::web::Data;
-use poem_openapi::auth::Bearer;
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, OpenApi, SecurityScheme};
+use poem_openapi::{ApiResponse, OpenApi};
 
+use super::auth::ApiAuth;
 use super::rest::ApiError;
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::limits::Usage;
-
-/// A tenant's API key: `Authorization: Bearer cfk_…`. Not needed when the server runs in
-/// dev mode (`auth.dev_mode`, one keyless tenant, never in production).
-#[derive(SecurityScheme)]
-#[oai(ty = "bearer", bearer_format = "cfk_<48 hex digits>")]
-#[allow(dead_code)] // the guard reads the key from the header; this type describes it
-pub struct ApiKey(Bearer);
-
-/// The key, or nothing in dev mode.
-#[derive(SecurityScheme)]
-pub enum ApiAuth {
-    ApiKey(ApiKey),
-    #[oai(fallback)]
-    DevMode,
-}
 
 #[derive(ApiResponse)]
 pub enum UsageResponse {

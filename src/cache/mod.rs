@@ -12,42 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moka::sync::Cache;
-use serde::{Deserialize, Serialize};
 
+pub use crate::config::CacheConfig;
+pub use crate::protocol::CacheLayer;
 use crate::protocol::TurnSnapshot;
-
-/// Cache settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CacheConfig {
-    pub enabled: bool,
-    /// Entries expire this long after they were stored.
-    pub ttl_secs: u64,
-    /// Bytes of answers kept per tenant.
-    pub max_bytes_per_tenant: u64,
-    /// Tenants with a cache at once (least recently used go first).
-    pub max_tenants: u64,
-    /// Answers kept per scope (same tenant, corpus, conversation and chain).
-    pub max_entries_per_scope: usize,
-    /// Cosine similarity at or above which a cached prompt counts as the same question.
-    /// Calibrated on STS-B (`examples/cache_calibration`): at 0.92, 0.37% of pairs rated
-    /// ≤ 2.5 would hit (wrong answers) and 45.5% of pairs rated ≥ 4.5 do (useful hits); 0.95
-    /// halves the false hits (0.15%) but loses a third of the useful ones (29%).
-    pub semantic_threshold: f32,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            ttl_secs: 3_600,
-            max_bytes_per_tenant: 64 * 1024 * 1024,
-            max_tenants: 10_000,
-            max_entries_per_scope: 128,
-            semantic_threshold: 0.92,
-        }
-    }
-}
+use crate::retrieval::Grounding;
 
 /// Everything an entry must share with a lookup to be considered at all.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -64,8 +33,8 @@ pub struct CachedAnswer {
     pub prompt: String,
     pub embedding: Option<Vec<f32>>,
     pub text: String,
-    /// The `tool` event body of the original turn (its citations), if any.
-    pub tool: Option<crate::protocol::EventBody>,
+    /// What retrieval gave the original turn (its sources), replayed as its tool event.
+    pub grounding: Option<Arc<Grounding>>,
     pub model: String,
     pub cost_usd: f64,
     pub citations: Vec<usize>,
@@ -76,28 +45,8 @@ impl CachedAnswer {
         self.prompt.len()
             + self.text.len()
             + self.embedding.as_ref().map_or(0, |e| e.len() * 4)
-            + self
-                .tool
-                .as_ref()
-                .map_or(0, |t| serde_json::to_string(t).map_or(0, |s| s.len()))
+            + self.grounding.as_ref().map_or(0, |g| g.weight())
             + 128
-    }
-}
-
-/// Which layer answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum CacheLayer {
-    Exact,
-    Semantic,
-}
-
-impl CacheLayer {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheLayer::Exact => "exact",
-            CacheLayer::Semantic => "semantic",
-        }
     }
 }
 
@@ -258,7 +207,7 @@ mod tests {
             prompt: prompt.into(),
             embedding: Some(emb),
             text: format!("answer to {prompt}"),
-            tool: None,
+            grounding: None,
             model: "m".into(),
             cost_usd: 0.01,
             citations: vec![],

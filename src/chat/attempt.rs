@@ -1,18 +1,19 @@
 //! One attempt of one chain link: open the stream, enforce the link's timeouts, optionally
-//! hold the first characters for a refusal check, and stream the rest into the room.
+//! hold the first characters for a refusal check, and stream the rest to the sink.
 
 use std::time::Duration;
 
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
+use super::TurnSink;
 use super::chain::{Chain, Link};
-use super::sink::TurnSink;
-use crate::config::ms;
+use crate::config::{SafetyConfig, ms};
 use crate::error::ErrorCode;
 use crate::protocol::{AttemptOutcome, AttemptRecord};
-use crate::providers::{ChatRequest, ProviderError, StreamEvent, UpstreamFinish};
-use crate::rooms::QueuedTurn;
+use crate::providers::{ChatRequest, ProviderError, ProviderStream, StreamEvent, UpstreamFinish};
+use crate::safety::Redactor;
 
 /// What the turn has streamed so far, across attempts.
 #[derive(Default)]
@@ -27,7 +28,29 @@ pub struct Progress {
     /// The text that reached clients.
     pub answer: String,
     /// Holds each unfinished word back until it can be checked for secrets.
-    pub redactor: Option<crate::safety::Redactor>,
+    pub redactor: Option<Redactor>,
+}
+
+impl Progress {
+    pub fn new(safety: &SafetyConfig) -> Self {
+        Self {
+            redactor: Redactor::new(safety.redact_secrets, safety.redact_emails),
+            ..Self::default()
+        }
+    }
+}
+
+/// One attempt's inputs.
+pub struct Attempt<'a> {
+    pub sink: &'a dyn TurnSink,
+    pub turn_id: Uuid,
+    pub link: &'a Link,
+    pub request: &'a ChatRequest,
+    pub cancel: &'a CancellationToken,
+    /// The turn's deadline (the attempt's own is never later).
+    pub deadline: Instant,
+    /// Hold the first characters back and check them against this chain's refusal patterns.
+    pub refusal_probe: Option<&'a Chain>,
 }
 
 /// How one attempt ended.
@@ -99,35 +122,97 @@ fn failed_timeout(msg: String) -> AttemptEnd {
     }
 }
 
-fn is_refusal(text: &str, chain: &Chain) -> bool {
-    let head = text.trim_start().to_lowercase();
-    chain.refusal_patterns.iter().any(|p| head.starts_with(p))
+fn failed(error: ProviderError) -> AttemptEnd {
+    AttemptEnd::Failed {
+        error: Some(error),
+        timeout_msg: None,
+    }
+}
+
+/// The attempt's two deadlines: the first token's, and the whole attempt's.
+struct Clock {
+    first: Instant,
+    whole: Instant,
+}
+
+impl Clock {
+    fn start(link: &Link, turn_deadline: Instant) -> Self {
+        let now = Instant::now();
+        let whole = (now + ms(link.entry.total_timeout_ms)).min(turn_deadline);
+        let first = (now + ms(link.entry.first_token_timeout_ms)).min(whole);
+        Self { first, whole }
+    }
+}
+
+/// Holds the first characters of an answer until they can be checked for a refusal.
+struct RefusalProbe<'a> {
+    chain: Option<&'a Chain>,
+    held: String,
+}
+
+/// The held text began with a refusal.
+struct Refused;
+
+impl<'a> RefusalProbe<'a> {
+    fn new(chain: Option<&'a Chain>) -> Self {
+        Self {
+            chain,
+            held: String::new(),
+        }
+    }
+
+    /// The text to release now, if any.
+    fn feed(&mut self, text: String) -> Result<Option<String>, Refused> {
+        let Some(chain) = self.chain else {
+            return Ok(Some(text));
+        };
+        self.held.push_str(&text);
+        if self.held.chars().count() < chain.refusal_probe_chars {
+            return Ok(None);
+        }
+        self.close()
+    }
+
+    /// The stream ended (or enough is held): decide on what is held.
+    fn close(&mut self) -> Result<Option<String>, Refused> {
+        let Some(chain) = self.chain.take() else {
+            return Ok(None);
+        };
+        if self.held.is_empty() {
+            return Ok(None);
+        }
+        let head = self.held.trim_start().to_lowercase();
+        if chain.refusal_patterns.iter().any(|p| head.starts_with(p)) {
+            return Err(Refused);
+        }
+        Ok(Some(std::mem::take(&mut self.held)))
+    }
 }
 
 /// Passes upstream text through the redactor, then on to clients.
-fn release(room: &dyn TurnSink, turn: &QueuedTurn, progress: &mut Progress, text: String) {
+fn release(a: &Attempt<'_>, progress: &mut Progress, text: String) {
     let text = match progress.redactor.as_mut() {
         Some(r) => r.push(&text),
         None => text,
     };
     if !text.is_empty() {
-        emit(room, turn, progress, text);
+        emit(a, progress, text);
     }
 }
 
 /// Releases the word the redactor still holds (the answer is complete).
-fn flush(room: &dyn TurnSink, turn: &QueuedTurn, progress: &mut Progress) {
+fn flush(a: &Attempt<'_>, progress: &mut Progress) {
     let rest = progress
         .redactor
         .as_mut()
         .map(|r| r.finish())
         .unwrap_or_default();
     if !rest.is_empty() {
-        emit(room, turn, progress, rest);
+        emit(a, progress, rest);
     }
 }
 
-fn emit(room: &dyn TurnSink, turn: &QueuedTurn, progress: &mut Progress, text: String) {
+fn emit(a: &Attempt<'_>, progress: &mut Progress, text: String) {
     let now = Instant::now();
     if progress.first_token.is_none() {
         progress.first_token = Some(now);
@@ -137,113 +222,149 @@ fn emit(room: &dyn TurnSink, turn: &QueuedTurn, progress: &mut Progress, text: S
     }
     progress.deltas += 1;
     progress.answer.push_str(&text);
-    room.delta(turn.turn_id, text);
+    a.sink.delta(a.turn_id, text);
 }
 
-/// Runs one attempt against `link` within the turn's `deadline`.
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
-    room: &dyn TurnSink,
-    turn: &QueuedTurn,
-    link: &Link,
-    request: &ChatRequest,
-    cancel: &CancellationToken,
-    deadline: Instant,
-    probe: bool,
-    chain: &Chain,
-    progress: &mut Progress,
-) -> AttemptEnd {
-    let e = &link.entry;
-    let start = Instant::now();
+/// Opens the upstream stream before the first-token deadline.
+async fn open(a: &Attempt<'_>, clock: &Clock) -> Result<ProviderStream, AttemptEnd> {
+    let opened = tokio::select! {
+        biased;
+        _ = a.cancel.cancelled() => return Err(AttemptEnd::Cancelled),
+        r = timeout_at(clock.first, a.link.provider.stream(a.request)) => r,
+    };
+    match opened {
+        Err(_) => Err(failed_timeout(first_token_late(a.link))),
+        Ok(Err(err)) => Err(failed(err)),
+        Ok(Ok(s)) => Ok(s),
+    }
+}
+
+fn first_token_late(link: &Link) -> String {
+    format!(
+        "{}: no first token within {} ms",
+        link.name, link.entry.first_token_timeout_ms
+    )
+}
+
+/// The next upstream event within the deadline that applies now; `Ok(None)` at the end.
+async fn next_event(
+    a: &Attempt<'_>,
+    clock: &Clock,
+    stream: &mut ProviderStream,
+    deltas: u64,
+) -> Result<Option<StreamEvent>, AttemptEnd> {
+    let e = &a.link.entry;
+    let limit = if deltas == 0 {
+        clock.first
+    } else {
+        (Instant::now() + ms(e.idle_timeout_ms)).min(clock.whole)
+    };
+    let next = tokio::select! {
+        biased;
+        _ = a.cancel.cancelled() => return Err(AttemptEnd::Cancelled),
+        r = timeout_at(limit, stream.next()) => r,
+    };
+    match next {
+        Err(_) if deltas == 0 => Err(failed_timeout(first_token_late(a.link))),
+        Err(_) if limit >= clock.whole => Err(failed_timeout(format!(
+            "{}: attempt exceeded its deadline",
+            a.link.name
+        ))),
+        Err(_) => Err(failed_timeout(format!(
+            "{}: no token for {} ms",
+            a.link.name, e.idle_timeout_ms
+        ))),
+        Ok(None) => Ok(None),
+        Ok(Some(Err(err))) => Err(failed(err)),
+        Ok(Some(Ok(ev))) => Ok(Some(ev)),
+    }
+}
+
+/// Runs one attempt against `a.link` within the turn's deadline.
+pub async fn run(a: &Attempt<'_>, progress: &mut Progress) -> AttemptEnd {
     // Words held from an earlier, failed attempt never reached anyone: drop them.
     if let Some(r) = progress.redactor.as_mut() {
         r.discard();
     }
-    let attempt_deadline = (start + ms(e.total_timeout_ms)).min(deadline);
-    let first_deadline = (start + ms(e.first_token_timeout_ms)).min(attempt_deadline);
-    let first_msg = || {
-        format!(
-            "{}: no first token within {} ms",
-            link.name, e.first_token_timeout_ms
-        )
+    let clock = Clock::start(a.link, a.deadline);
+    let mut stream = match open(a, &clock).await {
+        Ok(s) => s,
+        Err(end) => return end,
     };
-
-    let opened = tokio::select! {
-        biased;
-        _ = cancel.cancelled() => return AttemptEnd::Cancelled,
-        r = timeout_at(first_deadline, link.provider.stream(request)) => r,
-    };
-    let mut stream = match opened {
-        Err(_) => return failed_timeout(first_msg()),
-        Ok(Err(err)) => {
-            return AttemptEnd::Failed {
-                error: Some(err),
-                timeout_msg: None,
-            };
-        }
-        Ok(Ok(s)) => s,
-    };
-    let mut holding = probe;
-    let mut held = String::new();
+    let mut probe = RefusalProbe::new(a.refusal_probe);
     let mut finish = None;
     loop {
-        let limit = if progress.deltas == 0 {
-            first_deadline
-        } else {
-            (Instant::now() + ms(e.idle_timeout_ms)).min(attempt_deadline)
-        };
-        let next = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return AttemptEnd::Cancelled,
-            r = timeout_at(limit, stream.next()) => r,
-        };
-        match next {
-            Err(_) if progress.deltas == 0 => return failed_timeout(first_msg()),
-            Err(_) if limit >= attempt_deadline => {
-                return failed_timeout(format!("{}: attempt exceeded its deadline", link.name));
-            }
-            Err(_) => {
-                return failed_timeout(format!(
-                    "{}: no token for {} ms",
-                    link.name, e.idle_timeout_ms
-                ));
-            }
+        let event = match next_event(a, &clock, &mut stream, progress.deltas).await {
+            Ok(Some(ev)) => ev,
             Ok(None) => break,
-            Ok(Some(Err(err))) => {
-                return AttemptEnd::Failed {
-                    error: Some(err),
-                    timeout_msg: None,
-                };
-            }
-            Ok(Some(Ok(StreamEvent::Delta(text)))) => {
-                if holding {
-                    held.push_str(&text);
-                    if held.chars().count() >= chain.refusal_probe_chars {
-                        if is_refusal(&held, chain) {
-                            return AttemptEnd::Refused;
-                        }
-                        holding = false;
-                        release(room, turn, progress, std::mem::take(&mut held));
-                    }
-                } else {
-                    release(room, turn, progress, text);
-                }
-            }
-            Ok(Some(Ok(StreamEvent::Finish(f)))) => finish = Some(f),
-            Ok(Some(Ok(StreamEvent::Usage { input, output }))) => {
-                progress.usage = Some((input, output))
-            }
+            Err(end) => return end,
+        };
+        match event {
+            StreamEvent::Delta(text) => match probe.feed(text) {
+                Ok(Some(text)) => release(a, progress, text),
+                Ok(None) => {}
+                Err(Refused) => return AttemptEnd::Refused,
+            },
+            StreamEvent::Finish(f) => finish = Some(f),
+            StreamEvent::Usage { input, output } => progress.usage = Some((input, output)),
         }
     }
-    if holding && !held.is_empty() {
-        if is_refusal(&held, chain) {
-            return AttemptEnd::Refused;
-        }
-        release(room, turn, progress, held);
+    match probe.close() {
+        Ok(Some(text)) => release(a, progress, text),
+        Ok(None) => {}
+        Err(Refused) => return AttemptEnd::Refused,
     }
-    flush(room, turn, progress);
+    flush(a, progress);
     if progress.deltas == 0 {
         return AttemptEnd::Empty;
     }
     AttemptEnd::Done(finish.unwrap_or(UpstreamFinish::Stop))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(probe_chars: usize) -> Chain {
+        Chain {
+            name: "c".into(),
+            links: Vec::new(),
+            escalate_on_refusal: true,
+            refusal_probe_chars: probe_chars,
+            refusal_patterns: vec!["i'm sorry".into()],
+        }
+    }
+
+    #[test]
+    fn the_probe_holds_text_until_it_can_decide() {
+        let c = chain(10);
+        let mut p = RefusalProbe::new(Some(&c));
+        assert!(matches!(p.feed("Paris ".into()), Ok(None)));
+        match p.feed("is the capital".into()) {
+            Ok(Some(t)) => assert_eq!(t, "Paris is the capital"),
+            _ => panic!("should release once enough is held"),
+        }
+        assert!(
+            matches!(p.feed("!".into()), Ok(Some(t)) if t == "!"),
+            "then passes through"
+        );
+    }
+
+    #[test]
+    fn the_probe_catches_a_refusal_even_in_a_short_answer() {
+        let c = chain(50);
+        let mut p = RefusalProbe::new(Some(&c));
+        assert!(matches!(p.feed("  I'm sorry, I can't".into()), Ok(None)));
+        assert!(p.close().is_err());
+        let mut p = RefusalProbe::new(Some(&c));
+        assert!(matches!(p.feed("Yes.".into()), Ok(None)));
+        assert!(matches!(p.close(), Ok(Some(t)) if t == "Yes."));
+    }
+
+    #[test]
+    fn without_a_probe_text_passes_at_once() {
+        let mut p = RefusalProbe::new(None);
+        assert!(matches!(p.feed("I'm sorry".into()), Ok(Some(_))));
+        assert!(matches!(p.close(), Ok(None)));
+    }
 }

@@ -76,7 +76,7 @@ impl Models {
             Arc::new(Link {
                 name: EXTRACTIVE.into(),
                 provider: Provider::Extractive,
-                breaker: CircuitBreaker::new(&extractive_entry),
+                breaker: CircuitBreaker::never(),
                 entry: extractive_entry,
             }),
         );

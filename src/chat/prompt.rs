@@ -1,8 +1,8 @@
 //! The conversation sent upstream: system prompt, the room's bounded history, the new prompt.
 
+use super::TurnRequest;
 use crate::protocol::{FinishReason, TurnSnapshot};
 use crate::providers::{ChatMessage, ChatRequest, Role, Source};
-use crate::rooms::QueuedTurn;
 
 /// How to use the sources, for models small and large: short, numbered sources, answer only
 /// from them, cite each fact as [n], a bounded answer.
@@ -46,7 +46,7 @@ fn place(s: &Source) -> String {
 pub fn build_request(
     system: &str,
     history: &[TurnSnapshot],
-    turn: &QueuedTurn,
+    turn: &TurnRequest,
     sources: Vec<Source>,
 ) -> ChatRequest {
     let mut messages = Vec::with_capacity(history.len() * 2 + 4);

@@ -1,93 +1,119 @@
-//! The retrieval phase of a turn: embed the query once (the semantic cache reuses the
-//! vector), search the tenant's documents, and describe it as a `search_documents` event.
-//! Failures never fail the turn: they are reported in the event and the turn goes on
-//! without sources.
+//! Retrieve: embed the query once (the semantic cache reuses the vector), search the
+//! tenant's documents and screen each hit. Failures never fail the turn: they are reported
+//! in the `search_documents` event and the turn goes on without sources.
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use tracing::Instrument;
+
+use super::turn::Turn;
+use super::{TurnEngine, prompt};
+use crate::cache::CacheHit;
 use crate::config::ScreenAction;
 use crate::error::ErrorCode;
-use crate::protocol::EventBody;
+use crate::protocol::{EventBody, SEARCH_DOCUMENTS, ToolInput, ToolOutput};
 use crate::providers::Source;
-use crate::retrieval::{Retrieval, RetrievalError, SearchOutcome};
+use crate::retrieval::{Grounding, Retrieval, RetrievalError, Screened, SearchOutcome};
 
-const TOOL: &str = "search_documents";
-
-/// Embeds the retrieval query; `Err` is reported later in the tool event.
-pub async fn embed(r: &Retrieval, query: &str) -> Result<Vec<f32>, RetrievalError> {
-    Ok(r.embedder.embed_query(query).await?)
+/// How the retrieval phase ended.
+pub(super) enum Retrieved {
+    /// The semantic cache layer matched the query's vector.
+    Cached(CacheHit),
+    Grounded(Grounded),
 }
 
-/// Searches with the vector (or reports why there is none) and builds the tool event.
-pub async fn search(
+/// What the turn carries on with.
+#[derive(Default)]
+pub(super) struct Grounded {
+    /// `None` when the turn does not retrieve.
+    pub grounding: Option<Arc<Grounding>>,
+    /// The query vector, kept for the cache entry.
+    pub embedding: Option<Vec<f32>>,
+}
+
+impl TurnEngine {
+    pub(super) async fn retrieve(&self, turn: &Turn<'_>) -> Retrieved {
+        let Some(r) = self.retrieval.as_ref().filter(|_| turn.req.retrieval) else {
+            return Retrieved::Grounded(Grounded::default());
+        };
+        let query =
+            prompt::retrieval_query(&turn.history, &turn.req.prompt, r.cfg.short_prompt_words);
+        let vector: Result<Vec<f32>, RetrievalError> =
+            r.embedder.embed_query(&query).await.map_err(Into::into);
+        let mut embedding = None;
+        if let Ok(v) = &vector {
+            if let Some(hit) = self.lookup(turn, Some(v)) {
+                return Retrieved::Cached(hit);
+            }
+            embedding = Some(v.clone());
+        }
+        let grounding = search(r, &turn.tenant, query, vector, self.safety.chunks)
+            .instrument(tracing::info_span!("retrieve"))
+            .await;
+        Retrieved::Grounded(Grounded {
+            grounding: Some(Arc::new(grounding)),
+            embedding,
+        })
+    }
+}
+
+/// Searches with the vector (or reports why there is none).
+async fn search(
     r: &Retrieval,
     tenant: &str,
-    query: &str,
+    query: String,
     vector: Result<Vec<f32>, RetrievalError>,
     screen: ScreenAction,
-) -> (Vec<Source>, EventBody) {
+) -> Grounding {
     let t0 = Instant::now();
-    let input = serde_json::json!({ "query": query, "top_k": r.cfg.top_k });
     let found = match vector {
         Ok(v) => {
-            r.search_vector(tenant, query, v, r.cfg.top_k, r.cfg.score_floor)
+            r.search_vector(tenant, &query, v, r.cfg.top_k, r.cfg.score_floor)
                 .await
         }
         Err(e) => Err(e),
     };
+    let mut g = Grounding {
+        query,
+        top_k: r.cfg.top_k,
+        ..Grounding::default()
+    };
     match found {
-        Ok(found) => tool_ok(input, found, screen),
+        Ok(found) => screen_hits(&mut g, found, screen),
         Err(e) => {
             tracing::warn!(error = %e, "retrieval failed; answering without sources");
-            let output = serde_json::json!({
-                "error": { "code": ErrorCode::from(&e).as_str(), "message": e.to_string() },
-                "results": [],
-            });
-            let tool = EventBody::Tool {
-                name: TOOL.into(),
-                input,
-                output,
-                duration_ms: t0.elapsed().as_millis() as u64,
-            };
-            (Vec::new(), tool)
+            g.error = Some((ErrorCode::from(&e), e.to_string()));
+            g.took = t0.elapsed();
         }
     }
+    g
 }
 
 /// Screens each hit for injected instructions: blocked ones never reach the model, flagged
-/// ones do, marked; both are listed in the tool event.
-fn tool_ok(
-    input: serde_json::Value,
-    found: SearchOutcome,
-    screen: ScreenAction,
-) -> (Vec<Source>, EventBody) {
-    let mut screened = Vec::new();
-    // Kept hits with the rule they tripped (flag mode), in order.
-    let (hits, flags): (Vec<_>, Vec<_>) = found
-        .hits
-        .into_iter()
-        .filter_map(|h| {
-            let rule = match screen {
-                ScreenAction::Off => None,
-                _ => crate::safety::screen(&h.text),
-            };
-            let Some(rule) = rule else {
-                return Some((h, None));
-            };
+/// ones do, marked; both are listed.
+fn screen_hits(g: &mut Grounding, found: SearchOutcome, screen: ScreenAction) {
+    for h in found.hits {
+        let rule = match screen {
+            ScreenAction::Off => None,
+            _ => crate::safety::screen(&h.text),
+        };
+        if let Some(rule) = rule {
             let blocked = screen == ScreenAction::Block;
             let action = if blocked { "dropped" } else { "flagged" };
             crate::metrics::screened("chunk", rule, action);
-            screened.push(serde_json::json!({
-                "doc_id": h.doc_id, "chunk": h.chunk, "rule": rule, "action": action,
-            }));
-            (!blocked).then_some((h, Some(rule)))
-        })
-        .unzip();
-    let sources: Vec<Source> = hits
-        .into_iter()
-        .enumerate()
-        .map(|(i, h)| Source {
-            n: i + 1,
+            g.screened.push(Screened {
+                doc_id: h.doc_id.clone(),
+                chunk: h.chunk,
+                rule,
+                action,
+            });
+            if blocked {
+                continue;
+            }
+        }
+        g.sources.push(Source {
+            n: g.sources.len() + 1,
             doc_id: h.doc_id,
             title: h.title,
             section: h.section,
@@ -95,32 +121,19 @@ fn tool_ok(
             chunk: h.chunk,
             text: h.text,
             score: h.score,
-        })
-        .collect();
-    let results: Vec<_> = sources
-        .iter()
-        .zip(flags)
-        .map(|(s, flag)| {
-            let mut v = serde_json::json!({
-                "n": s.n, "doc_id": s.doc_id, "title": s.title, "section": s.section,
-                "page": s.page, "chunk": s.chunk,
-                "score": s.score, "snippet": s.text.chars().take(300).collect::<String>(),
-            });
-            if let Some(rule) = flag {
-                v["flagged"] = serde_json::Value::from(rule);
-            }
-            v
-        })
-        .collect();
-    let tool = EventBody::Tool {
-        name: TOOL.into(),
-        input,
-        output: serde_json::json!({
-            "results": results,
-            "dropped_duplicates": found.dropped_duplicates,
-            "screened": screened,
-        }),
-        duration_ms: found.took.as_millis() as u64,
-    };
-    (sources, tool)
+        });
+        g.flags.push(rule);
+    }
+    g.dropped_duplicates = found.dropped_duplicates;
+    g.took = found.took;
+}
+
+/// The `search_documents` event (live, and replayed from the cache).
+pub(super) fn search_event(g: &Grounding) -> EventBody {
+    EventBody::Tool {
+        name: SEARCH_DOCUMENTS.into(),
+        input: ToolInput::SearchDocuments(g.input()),
+        output: ToolOutput::SearchDocuments(g.output()),
+        duration_ms: g.took.as_millis() as u64,
+    }
 }

@@ -4,6 +4,7 @@
 //! [`Config::validate`] names the offending field. This is the only module that reads the
 //! process environment.
 
+mod cache;
 mod models;
 mod retrieval;
 mod secret;
@@ -18,6 +19,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Json, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use cache::CacheConfig;
 pub use models::{
     ChainConfig, EXTRACTIVE, ProviderEntry, ProviderKind, Quality, RouteRule, TurnConfig,
 };
@@ -61,7 +63,7 @@ pub struct Config {
     pub vector: VectorConfig,
     pub ingest: IngestConfig,
     pub openai: OpenAiConfig,
-    pub cache: crate::cache::CacheConfig,
+    pub cache: CacheConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub safety: SafetyConfig,
@@ -222,7 +224,7 @@ impl Default for Config {
             vector: VectorConfig::default(),
             ingest: IngestConfig::default(),
             openai: OpenAiConfig::default(),
-            cache: crate::cache::CacheConfig::default(),
+            cache: CacheConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             safety: SafetyConfig::default(),
@@ -303,110 +305,116 @@ impl Config {
 
     /// Range checks that serde cannot express; errors name the field.
     fn validate(&self) -> Result<(), ConfigError> {
-        fn positive(field: &'static str, v: u64) -> Result<(), ConfigError> {
-            if v == 0 {
-                return Err(ConfigError::Invalid {
-                    field: field.into(),
-                    reason: "must be greater than 0".into(),
-                });
-            }
-            Ok(())
-        }
-        positive("ws.max_frame_bytes", self.ws.max_frame_bytes as u64)?;
-        positive("ws.max_prompt_chars", self.ws.max_prompt_chars as u64)?;
-        positive("ws.outbound_queue", self.ws.outbound_queue as u64)?;
-        positive("ws.heartbeat_ms", self.ws.heartbeat_ms)?;
-        positive("ws.write_timeout_ms", self.ws.write_timeout_ms)?;
-        positive("ws.read_buffer_bytes", self.ws.read_buffer_bytes as u64)?;
-        if self.ws.idle_timeout_ms <= self.ws.heartbeat_ms {
-            return Err(ConfigError::Invalid {
-                field: "ws.idle_timeout_ms".into(),
-                reason: format!(
-                    "must be greater than ws.heartbeat_ms ({})",
-                    self.ws.heartbeat_ms
-                ),
-            });
-        }
-        positive("rooms.max_rooms", self.rooms.max_rooms as u64)?;
-        positive("rooms.max_members", self.rooms.max_members as u64)?;
-        positive("rooms.max_queued_turns", self.rooms.max_queued_turns as u64)?;
-        positive("rooms.replay_events", self.rooms.replay_events as u64)?;
-        positive("rooms.replay_bytes", self.rooms.replay_bytes as u64)?;
-        positive("embedding.dim", self.embedding.dim as u64)?;
-        positive("embedding.workers", self.embedding.workers as u64)?;
-        positive(
-            "embedding.intra_threads",
-            self.embedding.intra_threads as u64,
-        )?;
-        positive("embedding.max_batch", self.embedding.max_batch as u64)?;
-        positive("embedding.max_length", self.embedding.max_length as u64)?;
-        positive(
-            "embedding.queue_capacity",
-            self.embedding.queue_capacity as u64,
-        )?;
-        positive(
-            "embedding.query_queue_capacity",
-            self.embedding.query_queue_capacity as u64,
-        )?;
-        positive("retrieval.top_k", self.retrieval.top_k as u64)?;
-        positive(
-            "ingest.max_upload_bytes",
-            self.ingest.max_upload_bytes as u64,
-        )?;
-        positive("ingest.queue_capacity", self.ingest.queue_capacity as u64)?;
-        positive("ingest.workers", self.ingest.workers as u64)?;
-        positive("ingest.embed_batch", self.ingest.embed_batch as u64)?;
-        positive(
-            "ingest.parallel_batches",
-            self.ingest.parallel_batches as u64,
-        )?;
-        positive("ingest.upsert_batch", self.ingest.upsert_batch as u64)?;
-        if self.ingest.chunk_tokens < 32 || self.ingest.chunk_tokens > self.embedding.max_length {
-            return Err(ConfigError::Invalid {
-                field: "ingest.chunk_tokens".into(),
-                reason: format!(
-                    "must be between 32 and embedding.max_length ({})",
-                    self.embedding.max_length
-                ),
-            });
-        }
-        if self.ingest.overlap_tokens * 2 > self.ingest.chunk_tokens {
-            return Err(ConfigError::Invalid {
-                field: "ingest.overlap_tokens".into(),
-                reason: "must be at most half of ingest.chunk_tokens".into(),
-            });
-        }
-        if !(self.retrieval.rrf_k > 0.0 && self.retrieval.bm25_avg_len > 0.0) {
-            return Err(ConfigError::Invalid {
-                field: "retrieval.rrf_k / retrieval.bm25_avg_len".into(),
-                reason: "must be greater than 0".into(),
-            });
-        }
-        positive("vector.timeout_ms", self.vector.timeout_ms)?;
-        if !(self.cache.semantic_threshold > 0.0 && self.cache.semantic_threshold <= 1.0) {
-            return Err(ConfigError::Invalid {
-                field: "cache.semantic_threshold".into(),
-                reason: "must be in (0, 1]".into(),
-            });
-        }
-        positive(
-            "cache.max_entries_per_scope",
-            self.cache.max_entries_per_scope as u64,
-        )?;
+        self.validate_sessions()?;
+        self.validate_pipeline()?;
+        self.validate_cache()?;
         self.auth.validate(&self.limits)?;
         if self.embedding.gpu && !cfg!(feature = "gpu") {
-            return Err(ConfigError::Invalid {
-                field: "embedding.gpu".into(),
-                reason: "needs a build with the `gpu` cargo feature".into(),
-            });
+            return Err(invalid(
+                "embedding.gpu",
+                "needs a build with the `gpu` cargo feature",
+            ));
         }
         Ok(())
+    }
+
+    /// WebSocket sessions and rooms.
+    fn validate_sessions(&self) -> Result<(), ConfigError> {
+        let (ws, rooms) = (&self.ws, &self.rooms);
+        positive(&[
+            ("ws.max_frame_bytes", ws.max_frame_bytes as u64),
+            ("ws.max_prompt_chars", ws.max_prompt_chars as u64),
+            ("ws.outbound_queue", ws.outbound_queue as u64),
+            ("ws.heartbeat_ms", ws.heartbeat_ms),
+            ("ws.write_timeout_ms", ws.write_timeout_ms),
+            ("ws.read_buffer_bytes", ws.read_buffer_bytes as u64),
+        ])?;
+        if ws.idle_timeout_ms <= ws.heartbeat_ms {
+            let reason = format!("must be greater than ws.heartbeat_ms ({})", ws.heartbeat_ms);
+            return Err(invalid("ws.idle_timeout_ms", reason));
+        }
+        positive(&[
+            ("rooms.max_rooms", rooms.max_rooms as u64),
+            ("rooms.max_members", rooms.max_members as u64),
+            ("rooms.max_queued_turns", rooms.max_queued_turns as u64),
+            ("rooms.replay_events", rooms.replay_events as u64),
+            ("rooms.replay_bytes", rooms.replay_bytes as u64),
+        ])
+    }
+
+    /// Embedding, retrieval, ingestion and the vector store.
+    fn validate_pipeline(&self) -> Result<(), ConfigError> {
+        let (e, i) = (&self.embedding, &self.ingest);
+        positive(&[
+            ("embedding.dim", e.dim as u64),
+            ("embedding.workers", e.workers as u64),
+            ("embedding.intra_threads", e.intra_threads as u64),
+            ("embedding.max_batch", e.max_batch as u64),
+            ("embedding.max_length", e.max_length as u64),
+            ("embedding.queue_capacity", e.queue_capacity as u64),
+            (
+                "embedding.query_queue_capacity",
+                e.query_queue_capacity as u64,
+            ),
+            ("retrieval.top_k", self.retrieval.top_k as u64),
+            ("ingest.max_upload_bytes", i.max_upload_bytes as u64),
+            ("ingest.queue_capacity", i.queue_capacity as u64),
+            ("ingest.workers", i.workers as u64),
+            ("ingest.embed_batch", i.embed_batch as u64),
+            ("ingest.parallel_batches", i.parallel_batches as u64),
+            ("ingest.upsert_batch", i.upsert_batch as u64),
+        ])?;
+        if i.chunk_tokens < 32 || i.chunk_tokens > e.max_length {
+            let reason = format!(
+                "must be between 32 and embedding.max_length ({})",
+                e.max_length
+            );
+            return Err(invalid("ingest.chunk_tokens", reason));
+        }
+        if i.overlap_tokens * 2 > i.chunk_tokens {
+            return Err(invalid(
+                "ingest.overlap_tokens",
+                "must be at most half of ingest.chunk_tokens",
+            ));
+        }
+        if !(self.retrieval.rrf_k > 0.0 && self.retrieval.bm25_avg_len > 0.0) {
+            return Err(invalid(
+                "retrieval.rrf_k / retrieval.bm25_avg_len",
+                "must be greater than 0",
+            ));
+        }
+        positive(&[("vector.timeout_ms", self.vector.timeout_ms)])
+    }
+
+    fn validate_cache(&self) -> Result<(), ConfigError> {
+        if !(self.cache.semantic_threshold > 0.0 && self.cache.semantic_threshold <= 1.0) {
+            return Err(invalid("cache.semantic_threshold", "must be in (0, 1]"));
+        }
+        positive(&[(
+            "cache.max_entries_per_scope",
+            self.cache.max_entries_per_scope as u64,
+        )])
     }
 }
 
 /// Milliseconds from config as a `Duration`.
 pub fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The first of `fields` that is 0, as an error.
+fn positive(fields: &[(&str, u64)]) -> Result<(), ConfigError> {
+    match fields.iter().find(|(_, v)| *v == 0) {
+        Some((field, _)) => Err(invalid(field, "must be greater than 0")),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -194,80 +194,10 @@ pub fn finalize(
         ));
     }
     for (name, p) in providers.iter_mut() {
-        let f = |k: &str| format!("providers.{name}.{k}");
-        if p.base_url.is_empty() {
-            p.base_url = match p.kind {
-                ProviderKind::Openai => "https://api.openai.com/v1".into(),
-                ProviderKind::Anthropic => "https://api.anthropic.com/v1".into(),
-                ProviderKind::Extractive => String::new(),
-            };
-        }
-        if p.kind == ProviderKind::Extractive {
-            return Err(invalid(
-                f("kind"),
-                "extractive is built in; name it `extractive` in a chain instead",
-            ));
-        }
-        if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
-            return Err(invalid(
-                f("base_url"),
-                format!("must start with http:// or https://, got {:?}", p.base_url),
-            ));
-        }
-        if p.model.trim().is_empty() {
-            return Err(invalid(f("model"), "must not be empty"));
-        }
-        if p.kind == ProviderKind::Anthropic && p.max_tokens == 0 {
-            p.max_tokens = 1024;
-        }
-        if let Some(path) = &p.api_key_file {
-            let key = std::fs::read_to_string(path).map_err(|e| {
-                invalid(
-                    f("api_key_file"),
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            p.api_key = Secret::new(key.trim());
-        }
-        for (k, v) in [
-            ("connect_timeout_ms", p.connect_timeout_ms),
-            ("first_token_timeout_ms", p.first_token_timeout_ms),
-            ("idle_timeout_ms", p.idle_timeout_ms),
-            ("total_timeout_ms", p.total_timeout_ms),
-            ("breaker_window_ms", p.breaker_window_ms),
-        ] {
-            if v == 0 {
-                return Err(invalid(f(k), "must be greater than 0"));
-            }
-        }
-        if !(p.breaker_error_ratio > 0.0 && p.breaker_error_ratio <= 1.0) {
-            return Err(invalid(f("breaker_error_ratio"), "must be in (0, 1]"));
-        }
-        if p.price_input_per_mtok < 0.0 || p.price_output_per_mtok < 0.0 {
-            return Err(invalid(
-                f("price_input_per_mtok"),
-                "prices must not be negative",
-            ));
-        }
+        finalize_provider(name, p)?;
     }
     for (name, chain) in chains.iter_mut() {
-        for link in &chain.links {
-            if link != EXTRACTIVE && !providers.contains_key(link) {
-                return Err(invalid(
-                    format!("chains.{name}.links"),
-                    format!("names provider {link:?}, which is not defined under [providers]"),
-                ));
-            }
-        }
-        if chain.links.last().map(String::as_str) != Some(EXTRACTIVE) {
-            chain.links.retain(|l| l != EXTRACTIVE);
-            chain.links.push(EXTRACTIVE.into());
-        }
-        chain.refusal_patterns = chain
-            .refusal_patterns
-            .iter()
-            .map(|p| p.to_lowercase())
-            .collect();
+        finalize_chain(name, chain, providers)?;
     }
     if !chains.contains_key(&turn.chain) {
         return Err(invalid(
@@ -278,6 +208,105 @@ pub fn finalize(
     if turn.deadline_ms == 0 {
         return Err(invalid("turn.deadline_ms".into(), "must be greater than 0"));
     }
+    check_rules(rules, chains, turn)
+}
+
+/// Fills a provider's per-kind defaults, reads its key file and checks its values.
+fn finalize_provider(name: &str, p: &mut ProviderEntry) -> Result<(), ConfigError> {
+    let f = |k: &str| format!("providers.{name}.{k}");
+    if p.base_url.is_empty() {
+        p.base_url = match p.kind {
+            ProviderKind::Openai => "https://api.openai.com/v1".into(),
+            ProviderKind::Anthropic => "https://api.anthropic.com/v1".into(),
+            ProviderKind::Extractive => String::new(),
+        };
+    }
+    if p.kind == ProviderKind::Extractive {
+        return Err(invalid(
+            f("kind"),
+            "extractive is built in; name it `extractive` in a chain instead",
+        ));
+    }
+    if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
+        return Err(invalid(
+            f("base_url"),
+            format!("must start with http:// or https://, got {:?}", p.base_url),
+        ));
+    }
+    if p.model.trim().is_empty() {
+        return Err(invalid(f("model"), "must not be empty"));
+    }
+    if p.kind == ProviderKind::Anthropic && p.max_tokens == 0 {
+        p.max_tokens = 1024;
+    }
+    if let Some(path) = &p.api_key_file {
+        let key = std::fs::read_to_string(path).map_err(|e| {
+            invalid(
+                f("api_key_file"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        p.api_key = Secret::new(key.trim());
+    }
+    check_provider_values(&f, p)
+}
+
+fn check_provider_values(f: &dyn Fn(&str) -> String, p: &ProviderEntry) -> Result<(), ConfigError> {
+    for (k, v) in [
+        ("connect_timeout_ms", p.connect_timeout_ms),
+        ("first_token_timeout_ms", p.first_token_timeout_ms),
+        ("idle_timeout_ms", p.idle_timeout_ms),
+        ("total_timeout_ms", p.total_timeout_ms),
+        ("breaker_window_ms", p.breaker_window_ms),
+    ] {
+        if v == 0 {
+            return Err(invalid(f(k), "must be greater than 0"));
+        }
+    }
+    if !(p.breaker_error_ratio > 0.0 && p.breaker_error_ratio <= 1.0) {
+        return Err(invalid(f("breaker_error_ratio"), "must be in (0, 1]"));
+    }
+    if p.price_input_per_mtok < 0.0 || p.price_output_per_mtok < 0.0 {
+        return Err(invalid(
+            f("price_input_per_mtok"),
+            "prices must not be negative",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a chain's links, appends `extractive` last and lower-cases refusal patterns.
+fn finalize_chain(
+    name: &str,
+    chain: &mut ChainConfig,
+    providers: &BTreeMap<String, ProviderEntry>,
+) -> Result<(), ConfigError> {
+    for link in &chain.links {
+        if link != EXTRACTIVE && !providers.contains_key(link) {
+            return Err(invalid(
+                format!("chains.{name}.links"),
+                format!("names provider {link:?}, which is not defined under [providers]"),
+            ));
+        }
+    }
+    if chain.links.last().map(String::as_str) != Some(EXTRACTIVE) {
+        chain.links.retain(|l| l != EXTRACTIVE);
+        chain.links.push(EXTRACTIVE.into());
+    }
+    chain.refusal_patterns = chain
+        .refusal_patterns
+        .iter()
+        .map(|p| p.to_lowercase())
+        .collect();
+    Ok(())
+}
+
+/// Every routing rule names a chain and one of its links.
+fn check_rules(
+    rules: &[RouteRule],
+    chains: &BTreeMap<String, ChainConfig>,
+    turn: &TurnConfig,
+) -> Result<(), ConfigError> {
     for (i, rule) in rules.iter().enumerate() {
         let chain_name = rule.chain.as_deref().unwrap_or(&turn.chain);
         let Some(chain) = chains.get(chain_name) else {

@@ -14,18 +14,25 @@ use crate::embedding::{EmbedError, Priority};
 use crate::retrieval::RetrievalError;
 use crate::vector::ChunkPoint;
 
+/// A parsed upload, chunked, with each chunk's sparse vector.
+struct Parsed {
+    title: String,
+    chunks: Vec<Chunk>,
+    sparse: Vec<crate::vector::SparseVec>,
+}
+
 /// How long a job keeps retrying an embedding queue that is full before it fails.
 const OVERLOAD_PATIENCE: Duration = Duration::from_secs(120);
 
 impl Ingestor {
     /// Runs a job to its end and records the outcome.
     pub(super) async fn process(&self, job: JobRef, stop: &CancellationToken) {
-        let Some(rec) = self.registry.get(&job.tenant, &job.id) else {
-            self.registry.drop_upload(&job.tenant, &job.id, job.version);
+        let Some(rec) = self.records.get(&job.tenant, &job.id) else {
+            self.uploads.drop(&job.tenant, &job.id, job.version);
             return; // deleted while queued
         };
         if rec.version != job.version {
-            self.registry.drop_upload(&job.tenant, &job.id, job.version);
+            self.uploads.drop(&job.tenant, &job.id, job.version);
             return; // replaced while queued; the newer version has its own job
         }
         let key = (job.tenant.clone(), job.id.clone());
@@ -44,7 +51,7 @@ impl Ingestor {
         match result {
             Ok(chunks) => {
                 crate::metrics::ingested("indexed", chunks);
-                self.registry.drop_upload(&job.tenant, &job.id, job.version);
+                self.uploads.drop(&job.tenant, &job.id, job.version);
             }
             Err(_) if stop.is_cancelled() => {
                 // Shutdown: the record stays unfinished and the upload stays, so the job runs
@@ -64,14 +71,14 @@ impl Ingestor {
                 // Cancelled: replaced by a newer version or deleted; nothing to record.
                 if !matches!(e, IngestError::Cancelled) {
                     tracing::warn!(doc = %job.id, error = %e, "ingestion failed");
-                    let _ = self.registry.update(&job.tenant, &job.id, |r| {
+                    let _ = self.records.update(&job.tenant, &job.id, |r| {
                         if r.version == job.version {
                             r.status = DocStatus::Failed;
                             r.error = Some(e.to_string());
                         }
                     });
                 }
-                self.registry.drop_upload(&job.tenant, &job.id, job.version);
+                self.uploads.drop(&job.tenant, &job.id, job.version);
             }
         }
         self.changed.notify_waiters();
@@ -79,7 +86,7 @@ impl Ingestor {
 
     fn set_status(&self, job: &JobRef, status: DocStatus) -> Result<(), IngestError> {
         match self
-            .registry
+            .records
             .update(&job.tenant, &job.id, |r| r.status = status)?
         {
             Some(r) if r.version == job.version => Ok(()),
@@ -95,11 +102,38 @@ impl Ingestor {
         cancel: &CancellationToken,
     ) -> Result<usize, IngestError> {
         self.set_status(job, DocStatus::Parsing)?;
-        let path = self.registry.upload_path(&job.tenant, &job.id, job.version);
+        let parsed = self.parse_and_chunk(job, name, kind).await?;
+        if parsed.chunks.is_empty() {
+            return Err(IngestError::Parse("the document has no text".into()));
+        }
+        let total = parsed.chunks.len();
+        let title = parsed.title.clone();
+        self.records.update(&job.tenant, &job.id, |r| {
+            r.status = DocStatus::Embedding;
+            r.title = title;
+            r.chunks_total = total as u32;
+            r.chunks_done = 0;
+        })?;
+        self.index(job, parsed, cancel).await?;
+        if cancel.is_cancelled() {
+            return Err(IngestError::Cancelled);
+        }
+        self.publish(job, total).await?;
+        Ok(total)
+    }
+
+    /// Parse and chunk on a blocking thread, with each chunk's sparse vector.
+    async fn parse_and_chunk(
+        &self,
+        job: &JobRef,
+        name: &str,
+        kind: super::DocKind,
+    ) -> Result<Parsed, IngestError> {
+        let path = self.uploads.path(&job.tenant, &job.id, job.version);
         let chunker = self.chunker.clone();
         let name = name.to_string();
         let retrieval = self.retrieval.clone();
-        let (title, chunks, sparse) = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let bytes = std::fs::read(&path)
                 .map_err(|e| IngestError::Internal(format!("cannot read the upload: {e}")))?;
             let parsed = parse(kind, &bytes)?;
@@ -109,25 +143,28 @@ impl Ingestor {
                 .iter()
                 .map(|c| retrieval.sparse_document(&c.indexed))
                 .collect();
-            Ok::<_, IngestError>((title, chunks, sparse))
+            Ok::<_, IngestError>(Parsed {
+                title,
+                chunks,
+                sparse,
+            })
         })
         .await
-        .map_err(|e| IngestError::Internal(format!("parser task failed: {e}")))??;
-        if chunks.is_empty() {
-            return Err(IngestError::Parse("the document has no text".into()));
-        }
-        let total = chunks.len();
-        self.registry.update(&job.tenant, &job.id, |r| {
-            r.status = DocStatus::Embedding;
-            r.title = title.clone();
-            r.chunks_total = total as u32;
-            r.chunks_done = 0;
-        })?;
-        let mut sparse = sparse.into_iter();
+        .map_err(|e| IngestError::Internal(format!("parser task failed: {e}")))?
+    }
+
+    /// Embeds in parallel batches and upserts the chunks as pending (invisible to search).
+    async fn index(
+        &self,
+        job: &JobRef,
+        parsed: Parsed,
+        cancel: &CancellationToken,
+    ) -> Result<(), IngestError> {
+        let mut sparse = parsed.sparse.into_iter();
         let mut pending: Vec<ChunkPoint> = Vec::new();
         let window = self.cfg.embed_batch * self.cfg.parallel_batches;
         let mut done = 0;
-        for group in chunks.chunks(window) {
+        for group in parsed.chunks.chunks(window) {
             if cancel.is_cancelled() {
                 return Err(IngestError::Cancelled);
             }
@@ -138,7 +175,7 @@ impl Ingestor {
                     doc_id: job.id.clone(),
                     version: job.version,
                     chunk: c.index,
-                    title: title.clone(),
+                    title: parsed.title.clone(),
                     section: c.section.clone(),
                     page: c.page,
                     text: c.text.clone(),
@@ -152,13 +189,14 @@ impl Ingestor {
                 self.upsert(std::mem::replace(&mut pending, rest)).await?;
             }
             done += group.len();
-            self.registry
+            self.records
                 .touch(&job.tenant, &job.id, |r| r.chunks_done = done as u32);
         }
-        self.upsert(pending).await?;
-        if cancel.is_cancelled() {
-            return Err(IngestError::Cancelled);
-        }
+        self.upsert(pending).await
+    }
+
+    /// Makes the new version searchable (and the old one not), durably, and says so.
+    async fn publish(&self, job: &JobRef, total: usize) -> Result<(), IngestError> {
         let store = &self.retrieval.store;
         store
             .publish(&job.tenant, &job.id, job.version)
@@ -166,14 +204,14 @@ impl Ingestor {
             .map_err(RetrievalError::from)?;
         store.flush().await.map_err(RetrievalError::from)?;
         self.retrieval.bump_version(&job.tenant);
-        self.registry.update(&job.tenant, &job.id, |r| {
+        self.records.update(&job.tenant, &job.id, |r| {
             r.status = DocStatus::Indexed;
             r.live_version = Some(job.version);
             r.chunks = total as u32;
             r.chunks_done = total as u32;
             r.error = None;
         })?;
-        Ok(total)
+        Ok(())
     }
 
     /// Embeds a window of chunks as `parallel_batches` concurrent requests, waiting politely

@@ -10,6 +10,7 @@ pub mod chunk;
 pub mod detect;
 mod jobs;
 pub mod parse;
+mod records;
 pub mod registry;
 
 use std::collections::HashMap;
@@ -27,7 +28,9 @@ pub use chunk::{Chunk, Chunker};
 pub use detect::DocKind;
 pub use registry::{DocStatus, DocumentRecord};
 
-use registry::{Registry, now_ms};
+use crate::error::ErrorCode;
+pub use records::{Claim, RecordStore};
+use registry::{LocalRecords, Uploads, now_ms};
 
 /// Why an upload or a job failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -58,9 +61,52 @@ struct JobRef {
     version: u64,
 }
 
+/// An upload that passed the size and type checks.
+struct Upload<'a> {
+    tenant: &'a str,
+    name: String,
+    kind: DocKind,
+    bytes: Vec<u8>,
+    sha256: String,
+}
+
+impl Upload<'_> {
+    /// The record of this upload as the next version of `previous` (or the first).
+    fn record(&self, id: &str, previous: Option<&DocumentRecord>) -> DocumentRecord {
+        let now = now_ms();
+        DocumentRecord {
+            id: id.to_string(),
+            tenant: self.tenant.to_string(),
+            name: self.name.clone(),
+            title: self.name.clone(),
+            kind: self.kind,
+            bytes: self.bytes.len() as u64,
+            sha256: self.sha256.clone(),
+            version: previous.map_or(1, |p| p.version + 1),
+            status: DocStatus::Queued,
+            live_version: previous.and_then(|p| p.live_version),
+            chunks: previous.map_or(0, |p| p.chunks),
+            chunks_total: 0,
+            chunks_done: 0,
+            error: None,
+            created_ms: previous.map_or(now, |p| p.created_ms),
+            updated_ms: now,
+        }
+    }
+}
+
+/// Unnamed uploads are named by their content, so they never replace each other.
+fn upload_name(name: &str, sha256: &str) -> String {
+    match name.trim() {
+        "" => format!("untitled-{}", &sha256[..12]),
+        n => n.to_string(),
+    }
+}
+
 /// The ingestion service; cheap to share behind an `Arc`.
 pub struct Ingestor {
-    registry: Registry,
+    records: Box<dyn RecordStore>,
+    uploads: Uploads,
     retrieval: Arc<Retrieval>,
     chunker: Arc<Chunker>,
     cfg: IngestConfig,
@@ -82,16 +128,18 @@ impl Ingestor {
         stop: CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
     ) -> Result<Arc<Self>, IngestError> {
-        let registry = Registry::open(data_dir.join("documents"))?;
+        let root = data_dir.join("documents");
+        let records: Box<dyn RecordStore> = Box::new(LocalRecords::open(root.clone())?);
         let chunker = Chunker::new(tokenizer_json, cfg.chunk_tokens, cfg.overlap_tokens)?;
-        let resume: Vec<DocumentRecord> = registry
+        let resume: Vec<DocumentRecord> = records
             .all()
             .into_iter()
             .filter(|r| !r.status.is_final())
             .collect();
         let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(resume.len()));
         let me = Arc::new(Self {
-            registry,
+            records,
+            uploads: Uploads::new(root),
             retrieval,
             chunker: Arc::new(chunker),
             cfg,
@@ -126,18 +174,15 @@ impl Ingestor {
             id: r.id.clone(),
             version: r.version,
         };
-        let kept = self
-            .registry
-            .upload_path(&r.tenant, &r.id, r.version)
-            .exists();
+        let kept = self.uploads.path(&r.tenant, &r.id, r.version).exists();
         if kept && self.queue.try_send(job).is_ok() {
             tracing::info!(doc = %r.id, version = r.version, "resuming an interrupted ingestion job");
-            let _ = self.registry.update(&r.tenant, &r.id, |r| {
+            let _ = self.records.update(&r.tenant, &r.id, |r| {
                 r.status = DocStatus::Queued;
                 r.chunks_done = 0;
             });
         } else {
-            let _ = self.registry.update(&r.tenant, &r.id, |r| {
+            let _ = self.records.update(&r.tenant, &r.id, |r| {
                 r.status = DocStatus::Failed;
                 r.error = Some("interrupted by a restart, and the upload was not kept".into());
             });
@@ -150,11 +195,11 @@ impl Ingestor {
     }
 
     pub fn get(&self, tenant: &str, id: &str) -> Option<DocumentRecord> {
-        self.registry.get(tenant, id)
+        self.records.get(tenant, id)
     }
 
     pub fn list(&self, tenant: &str) -> Vec<DocumentRecord> {
-        self.registry.list(tenant)
+        self.records.list(tenant)
     }
 
     /// Accepts an upload: checks size and type, then queues a job. The same bytes already
@@ -181,65 +226,48 @@ impl Ingestor {
         })
         .await
         .map_err(|e| IngestError::Internal(format!("hashing task failed: {e}")))?;
-        // Unnamed uploads are named by their content, so they never replace each other.
-        let name = match name.trim() {
-            "" => format!("untitled-{}", &sha256[..12]),
-            n => n.to_string(),
+        let upload = Upload {
+            tenant,
+            name: upload_name(name, &sha256),
+            kind,
+            bytes,
+            sha256,
         };
-        let name = name.as_str();
+        self.accept(upload)
+    }
+
+    /// Decides, atomically: the same bytes, a new version, or a new document; then keeps
+    /// the bytes and queues the job, undoing the record if either fails.
+    fn accept(&self, up: Upload<'_>) -> Result<DocumentRecord, IngestError> {
+        let tenant = up.tenant;
         let id = uuid::Uuid::new_v5(
             &uuid::Uuid::NAMESPACE_OID,
-            format!("{tenant}\u{1f}{name}").as_bytes(),
+            format!("{tenant}\u{1f}{}", up.name).as_bytes(),
         )
         .to_string();
-        let key = (tenant.to_string(), id.clone());
-        let now = now_ms();
-        // Decide under the lock: the same bytes, a new version, or a new document.
-        let (record, previous) = self.registry.with(|records| {
-            if let Some(same) = records
-                .values()
-                .find(|r| r.tenant == tenant && r.sha256 == sha256 && r.status != DocStatus::Failed)
-            {
-                return (same.clone(), None);
+        let claim = self
+            .records
+            .claim(tenant, &id, &up.sha256, &mut |prev| up.record(&id, prev));
+        let (record, previous) = match claim {
+            Claim::Same(same) => {
+                crate::metrics::ingested("unchanged", 0);
+                return Ok(same);
             }
-            let previous = records.get(&key).cloned();
-            let record = DocumentRecord {
-                id: id.clone(),
-                tenant: tenant.to_string(),
-                name: name.to_string(),
-                title: name.to_string(),
-                kind,
-                bytes: bytes.len() as u64,
-                sha256: sha256.clone(),
-                version: previous.as_ref().map_or(1, |p| p.version + 1),
-                status: DocStatus::Queued,
-                live_version: previous.as_ref().and_then(|p| p.live_version),
-                chunks: previous.as_ref().map_or(0, |p| p.chunks),
-                chunks_total: 0,
-                chunks_done: 0,
-                error: None,
-                created_ms: previous.as_ref().map_or(now, |p| p.created_ms),
-                updated_ms: now,
-            };
-            records.insert(key.clone(), record.clone());
-            (record, Some(previous))
-        });
-        let Some(previous) = previous else {
-            crate::metrics::ingested("unchanged", 0);
-            return Ok(record);
+            Claim::New { record, previous } => (record, previous),
         };
         let undo = |e: IngestError| {
-            self.registry.restore(tenant, &id, previous.clone());
-            self.registry.drop_upload(tenant, &id, record.version);
+            self.records
+                .restore(tenant, &id, previous.clone().map(|p| *p));
+            self.uploads.drop(tenant, &id, record.version);
             e
         };
         if let Some(old) = self.running_token(tenant, &id) {
             old.cancel();
         }
-        self.registry
-            .save_upload(tenant, &id, record.version, &bytes)
+        self.uploads
+            .save(tenant, &id, record.version, &up.bytes)
             .map_err(undo)?;
-        self.registry.persist(&record).map_err(undo)?;
+        self.records.persist(&record).map_err(undo)?;
         let job = JobRef {
             tenant: tenant.to_string(),
             id: id.clone(),
@@ -261,9 +289,10 @@ impl Ingestor {
     /// Deletes a document: cancels its job, removes every chunk and the record.
     pub async fn delete(&self, tenant: &str, id: &str) -> Result<DocumentRecord, IngestError> {
         let record = self
-            .registry
+            .records
             .remove(tenant, id)
             .ok_or(IngestError::NotFound)?;
+        self.uploads.drop(tenant, id, record.version);
         if let Some(t) = self.running_token(tenant, id) {
             t.cancel();
         }
@@ -285,13 +314,28 @@ impl Ingestor {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let r = self.registry.get(tenant, id)?;
+            let r = self.records.get(tenant, id)?;
             if r.status.is_final() {
                 return Some(r);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.registry.get(tenant, id);
+                return self.records.get(tenant, id);
             }
+        }
+    }
+}
+
+impl From<&IngestError> for ErrorCode {
+    fn from(e: &IngestError) -> Self {
+        use IngestError as I;
+        match e {
+            I::TooLarge { .. } => ErrorCode::DocumentTooLarge,
+            I::Unsupported(_) => ErrorCode::UnsupportedDocument,
+            I::Parse(_) => ErrorCode::DocumentUnreadable,
+            I::NotFound => ErrorCode::NotFound,
+            I::Overloaded(_) => ErrorCode::Overloaded,
+            I::Retrieval(r) => ErrorCode::from(r),
+            I::Cancelled | I::Internal(_) => ErrorCode::Internal,
         }
     }
 }

@@ -1,13 +1,15 @@
-//! Document records: what was uploaded, its state and progress. Each record is a small JSON
-//! file (rewritten atomically on every state change) next to the upload's bytes, which are
-//! kept until the job ends so a restart can run it again.
+//! Document records on this machine: in memory, one concurrent map entry per tenant, and
+//! mirrored to disk as one small JSON file per document (rewritten atomically on every state
+//! change) next to the upload's bytes, which are kept until the job ends so a restart can
+//! run it again.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
+use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
+use super::records::{Claim, RecordStore};
 use super::{DocKind, IngestError};
 
 /// Where a document is in the pipeline.
@@ -75,23 +77,21 @@ fn tenant_dir(root: &Path, tenant: &str) -> PathBuf {
     root.join(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, tenant.as_bytes()).to_string())
 }
 
-type Key = (String, String);
-
-/// Records in memory, mirrored to disk.
-pub struct Registry {
-    root: PathBuf,
-    records: Mutex<HashMap<Key, DocumentRecord>>,
-}
-
 fn io(what: &str, path: &Path, e: std::io::Error) -> IngestError {
     IngestError::Internal(format!("cannot {what} {}: {e}", path.display()))
 }
 
-impl Registry {
+/// Records in memory (by tenant, then id), mirrored to disk.
+pub struct LocalRecords {
+    root: PathBuf,
+    tenants: DashMap<String, HashMap<String, DocumentRecord>>,
+}
+
+impl LocalRecords {
     /// Opens `root`, reading every record found there.
     pub fn open(root: PathBuf) -> Result<Self, IngestError> {
         std::fs::create_dir_all(&root).map_err(|e| io("create", &root, e))?;
-        let mut records = HashMap::new();
+        let tenants: DashMap<String, HashMap<String, DocumentRecord>> = DashMap::new();
         for dir in std::fs::read_dir(&root)
             .map_err(|e| io("read", &root, e))?
             .flatten()
@@ -99,91 +99,82 @@ impl Registry {
             let Ok(files) = std::fs::read_dir(dir.path()) else {
                 continue;
             };
-            for f in files.flatten() {
-                let path = f.path();
-                if path.extension().is_some_and(|e| e == "json") {
-                    match std::fs::read(&path)
-                        .map_err(|e| e.to_string())
-                        .and_then(|b| {
-                            serde_json::from_slice::<DocumentRecord>(&b).map_err(|e| e.to_string())
-                        }) {
-                        Ok(r) => {
-                            records.insert((r.tenant.clone(), r.id.clone()), r);
-                        }
-                        Err(e) => {
-                            tracing::warn!(path = %path.display(), error = %e, "skipping unreadable document record")
-                        }
-                    }
+            for path in files.flatten().map(|f| f.path()) {
+                if path.extension().is_some_and(|e| e == "json")
+                    && let Some(r) = read_record(&path)
+                {
+                    tenants
+                        .entry(r.tenant.clone())
+                        .or_default()
+                        .insert(r.id.clone(), r);
                 }
             }
         }
-        Ok(Self {
-            root,
-            records: Mutex::new(records),
-        })
+        Ok(Self { root, tenants })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, DocumentRecord>> {
-        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    fn record_path(&self, tenant: &str, id: &str) -> PathBuf {
+        tenant_dir(&self.root, tenant).join(format!("{id}.json"))
+    }
+}
+
+/// One record file; a file that cannot be read is skipped with a warning.
+fn read_record(path: &Path) -> Option<DocumentRecord> {
+    let parsed = std::fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice::<DocumentRecord>(&b).map_err(|e| e.to_string()));
+    match parsed {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "skipping unreadable document record");
+            None
+        }
+    }
+}
+
+impl RecordStore for LocalRecords {
+    fn get(&self, tenant: &str, id: &str) -> Option<DocumentRecord> {
+        self.tenants.get(tenant)?.get(id).cloned()
     }
 
-    pub fn get(&self, tenant: &str, id: &str) -> Option<DocumentRecord> {
-        self.lock()
-            .get(&(tenant.to_string(), id.to_string()))
-            .cloned()
-    }
-
-    /// The tenant's documents, newest first.
-    pub fn list(&self, tenant: &str) -> Vec<DocumentRecord> {
+    fn list(&self, tenant: &str) -> Vec<DocumentRecord> {
         let mut v: Vec<_> = self
-            .lock()
-            .values()
-            .filter(|r| r.tenant == tenant)
-            .cloned()
-            .collect();
+            .tenants
+            .get(tenant)
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default();
         v.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(a.name.cmp(&b.name)));
         v
     }
 
-    /// Every record (recovery at start).
-    pub fn all(&self) -> Vec<DocumentRecord> {
-        self.lock().values().cloned().collect()
+    fn all(&self) -> Vec<DocumentRecord> {
+        self.tenants
+            .iter()
+            .flat_map(|t| t.values().cloned().collect::<Vec<_>>())
+            .collect()
     }
 
-    /// Runs `f` on the records under the lock (check-then-insert without a race).
-    pub fn with<T>(&self, f: impl FnOnce(&mut HashMap<Key, DocumentRecord>) -> T) -> T {
-        f(&mut self.lock())
-    }
-
-    /// Changes a record in memory only (progress counters).
-    pub fn touch(&self, tenant: &str, id: &str, f: impl FnOnce(&mut DocumentRecord)) {
-        if let Some(r) = self.lock().get_mut(&(tenant.to_string(), id.to_string())) {
-            f(r);
-        }
-    }
-
-    /// Changes a record and writes it to disk; `None` if it no longer exists (deleted).
-    pub fn update(
+    fn claim(
         &self,
         tenant: &str,
         id: &str,
-        f: impl FnOnce(&mut DocumentRecord),
-    ) -> Result<Option<DocumentRecord>, IngestError> {
-        let rec = {
-            let mut g = self.lock();
-            let Some(r) = g.get_mut(&(tenant.to_string(), id.to_string())) else {
-                return Ok(None);
-            };
-            f(r);
-            r.updated_ms = now_ms();
-            r.clone()
-        };
-        self.persist(&rec)?;
-        Ok(Some(rec))
+        sha256: &str,
+        make: &mut dyn FnMut(Option<&DocumentRecord>) -> DocumentRecord,
+    ) -> Claim {
+        let mut records = self.tenants.entry(tenant.to_string()).or_default();
+        if let Some(same) = records
+            .values()
+            .find(|r| r.sha256 == sha256 && r.status != DocStatus::Failed)
+        {
+            return Claim::Same(same.clone());
+        }
+        let previous = records.get(id).cloned().map(Box::new);
+        let record = make(previous.as_deref());
+        records.insert(id.to_string(), record.clone());
+        Claim::New { record, previous }
     }
 
-    /// Writes a record (temp file, then rename: a crash leaves the old or the new one).
-    pub fn persist(&self, r: &DocumentRecord) -> Result<(), IngestError> {
+    fn persist(&self, r: &DocumentRecord) -> Result<(), IngestError> {
         let dir = tenant_dir(&self.root, &r.tenant);
         std::fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
         let path = dir.join(format!("{}.json", r.id));
@@ -194,53 +185,88 @@ impl Registry {
         std::fs::rename(&tmp, &path).map_err(|e| io("write", &path, e))
     }
 
-    /// Removes a record and its files.
-    pub fn remove(&self, tenant: &str, id: &str) -> Option<DocumentRecord> {
-        let r = self.lock().remove(&(tenant.to_string(), id.to_string()))?;
-        let dir = tenant_dir(&self.root, tenant);
-        let _ = std::fs::remove_file(dir.join(format!("{id}.json")));
-        self.drop_upload(tenant, id, r.version);
+    fn change(
+        &self,
+        tenant: &str,
+        id: &str,
+        persist: bool,
+        f: &mut dyn FnMut(&mut DocumentRecord),
+    ) -> Result<Option<DocumentRecord>, IngestError> {
+        let rec = {
+            let Some(mut records) = self.tenants.get_mut(tenant) else {
+                return Ok(None);
+            };
+            let Some(r) = records.get_mut(id) else {
+                return Ok(None);
+            };
+            f(r);
+            if !persist {
+                return Ok(Some(r.clone()));
+            }
+            r.updated_ms = now_ms();
+            r.clone()
+        };
+        self.persist(&rec)?;
+        Ok(Some(rec))
+    }
+
+    fn remove(&self, tenant: &str, id: &str) -> Option<DocumentRecord> {
+        let r = self.tenants.get_mut(tenant)?.remove(id)?;
+        let _ = std::fs::remove_file(self.record_path(tenant, id));
         Some(r)
     }
 
-    /// Puts back what a refused upload replaced: the previous record, or nothing.
-    pub fn restore(&self, tenant: &str, id: &str, previous: Option<DocumentRecord>) {
+    fn restore(&self, tenant: &str, id: &str, previous: Option<DocumentRecord>) {
         match previous {
             Some(p) => {
-                self.lock()
-                    .insert((tenant.to_string(), id.to_string()), p.clone());
+                self.tenants
+                    .entry(tenant.to_string())
+                    .or_default()
+                    .insert(id.to_string(), p.clone());
                 if let Err(e) = self.persist(&p) {
                     tracing::warn!(error = %e, "cannot restore a document record");
                 }
             }
             None => {
-                self.lock().remove(&(tenant.to_string(), id.to_string()));
-                let _ =
-                    std::fs::remove_file(tenant_dir(&self.root, tenant).join(format!("{id}.json")));
+                if let Some(mut records) = self.tenants.get_mut(tenant) {
+                    records.remove(id);
+                }
+                let _ = std::fs::remove_file(self.record_path(tenant, id));
             }
         }
     }
+}
+
+/// The bytes of uploads whose jobs have not ended, on this machine's disk.
+pub struct Uploads {
+    root: PathBuf,
+}
+
+impl Uploads {
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
 
     /// Where the bytes of `version` are kept while its job runs.
-    pub fn upload_path(&self, tenant: &str, id: &str, version: u64) -> PathBuf {
+    pub fn path(&self, tenant: &str, id: &str, version: u64) -> PathBuf {
         tenant_dir(&self.root, tenant).join(format!("{id}.v{version}.upload"))
     }
 
-    pub fn save_upload(
+    pub fn save(
         &self,
         tenant: &str,
         id: &str,
         version: u64,
         bytes: &[u8],
     ) -> Result<(), IngestError> {
-        let path = self.upload_path(tenant, id, version);
+        let path = self.path(tenant, id, version);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
         }
         std::fs::write(&path, bytes).map_err(|e| io("write", &path, e))
     }
 
-    pub fn drop_upload(&self, tenant: &str, id: &str, version: u64) {
-        let _ = std::fs::remove_file(self.upload_path(tenant, id, version));
+    pub fn drop(&self, tenant: &str, id: &str, version: u64) {
+        let _ = std::fs::remove_file(self.path(tenant, id, version));
     }
 }

@@ -6,16 +6,18 @@
 //! the upstream call, under the same lock that checks the budget, and *settles* with the real
 //! usage afterwards. Concurrent turns therefore see each other's reservations: the sum of
 //! what they may spend never passes the budget, however many start at once.
+//!
+//! The accounts sit behind [`LimitStore`]; this process's store is [`LocalLimits`].
 
 mod bucket;
+mod store;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use self::bucket::{Bucket, DayBudget, utc_day};
+pub use self::store::{Give, LimitStore, LocalLimits, Take};
 use crate::auth::Principal;
-use crate::config::{AuthConfig, LimitSet, LimitsConfig};
+use crate::config::{AuthConfig, LimitsConfig};
 
 /// Which limit refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,41 +76,6 @@ fn hint(d: Option<Duration>) -> String {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Key {
-    Tenant(Arc<str>),
-    User(Arc<str>, Arc<str>),
-}
-
-/// The live state of one tenant or user.
-#[derive(Debug)]
-struct Account {
-    limits: LimitSet,
-    requests: Option<Bucket>,
-    tokens: Option<Bucket>,
-    turns: u32,
-    connections: u32,
-    day: DayBudget,
-    tokens_total: u64,
-}
-
-impl Account {
-    fn new(limits: LimitSet, now: Instant) -> Self {
-        Self {
-            limits,
-            requests: limits.requests_per_min.map(|n| Bucket::new(n.into(), now)),
-            tokens: limits.tokens_per_min.map(|n| Bucket::new(n, now)),
-            turns: 0,
-            connections: 0,
-            day: DayBudget {
-                day: utc_day(),
-                ..DayBudget::default()
-            },
-            tokens_total: 0,
-        }
-    }
-}
-
 /// What a turn may cost at most, reserved before the upstream call.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Estimate {
@@ -134,147 +101,59 @@ pub struct Usage {
     pub ws_connections: u32,
 }
 
-/// All accounts, behind one lock: every check-and-take spans the tenant and the user
-/// atomically, and each operation is a handful of arithmetic steps.
+/// Checks and books every limit; refusals are counted in the metrics.
 pub struct Limiter {
-    defaults: LimitsConfig,
-    tenants: HashMap<String, (LimitSet, LimitSet)>,
-    accounts: Mutex<HashMap<Key, Account>>,
+    default_output_tokens: u64,
+    store: Box<dyn LimitStore>,
 }
 
-type Guarded<'a> = std::sync::MutexGuard<'a, HashMap<Key, Account>>;
-
 impl Limiter {
+    /// With this process's own accounts.
     pub fn new(auth: &AuthConfig, defaults: &LimitsConfig) -> Arc<Self> {
-        let tenants = auth
-            .tenants
-            .iter()
-            .map(|(name, t)| {
-                (
-                    name.clone(),
-                    (
-                        t.limits.over(defaults.tenant),
-                        t.user_limits.over(defaults.user),
-                    ),
-                )
-            })
-            .collect();
+        Self::with_store(defaults, Box::new(LocalLimits::new(auth, defaults)))
+    }
+
+    pub fn with_store(defaults: &LimitsConfig, store: Box<dyn LimitStore>) -> Arc<Self> {
         Arc::new(Self {
-            defaults: defaults.clone(),
-            tenants,
-            accounts: Mutex::new(HashMap::new()),
+            default_output_tokens: defaults.default_output_tokens.into(),
+            store,
         })
     }
 
     /// Completion tokens reserved for a provider that sets no `max_tokens`.
     pub fn default_output_tokens(&self) -> u64 {
-        self.defaults.default_output_tokens.into()
+        self.default_output_tokens
     }
 
-    fn limits_of(&self, key: &Key) -> LimitSet {
-        let (tenant, user) = match key {
-            Key::Tenant(t) => (t, false),
-            Key::User(t, _) => (t, true),
-        };
-        match (self.tenants.get(&**tenant), user) {
-            (Some((t, _)), false) => *t,
-            (Some((_, u)), true) => *u,
-            (None, false) => self.defaults.tenant,
-            (None, true) => self.defaults.user,
-        }
-    }
-
-    fn lock(&self) -> Guarded<'_> {
-        self.accounts.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn keys(p: &Principal) -> [(Key, &'static str); 2] {
-        [
-            (Key::Tenant(p.tenant.clone()), "tenant"),
-            (Key::User(p.tenant.clone(), p.user.clone()), "user"),
-        ]
-    }
-
-    /// Runs `check` on the tenant and the user; if both pass, `take` on both.
-    fn both(
-        &self,
-        p: &Principal,
-        check: impl Fn(&mut Account, Instant) -> Result<(), (Limit, Option<Duration>)>,
-        take: impl Fn(&mut Account),
-    ) -> Result<(), LimitError> {
-        let now = Instant::now();
-        let mut m = self.lock();
-        for (key, scope) in Self::keys(p) {
-            let acct = m
-                .entry(key.clone())
-                .or_insert_with(|| Account::new(self.limits_of(&key), now));
-            if let Err((limit, retry_after)) = check(acct, now) {
-                crate::metrics::rate_limited(&p.tenant, limit.as_str(), scope);
-                return Err(LimitError {
-                    limit,
-                    scope,
-                    retry_after,
-                });
-            }
-        }
-        for (key, _) in Self::keys(p) {
-            if let Some(acct) = m.get_mut(&key) {
-                take(acct);
-            }
-        }
-        Ok(())
+    fn take(&self, p: &Principal, take: Take) -> Result<(), LimitError> {
+        self.store.take(p, take).inspect_err(|e| {
+            crate::metrics::rate_limited(&p.tenant, e.limit.as_str(), e.scope);
+        })
     }
 
     /// One request (HTTP call, WebSocket upgrade or prompt).
     pub fn request(&self, p: &Principal) -> Result<(), LimitError> {
-        self.both(
-            p,
-            |a, now| match a.requests.as_mut().map(|b| b.check(1.0, now)) {
-                Some(Err(wait)) => Err((Limit::Requests, wait)),
-                _ => Ok(()),
-            },
-            |a| {
-                if let Some(b) = a.requests.as_mut() {
-                    b.take(1.0);
-                }
-            },
-        )
+        self.take(p, Take::Request)
     }
 
     /// A WebSocket connection, counted until the permit drops.
     pub fn connect(self: &Arc<Self>, p: &Principal) -> Result<Permit, LimitError> {
-        self.both(
-            p,
-            |a, _| match a.limits.ws_connections {
-                Some(max) if a.connections >= max => {
-                    Err((Limit::Connections, Some(Duration::from_secs(5))))
-                }
-                _ => Ok(()),
-            },
-            |a| a.connections += 1,
-        )?;
-        Ok(Permit {
-            limiter: self.clone(),
-            principal: p.clone(),
-            kind: Limit::Connections,
-        })
+        self.take(p, Take::Connection)?;
+        Ok(self.permit(p, Give::Connection))
     }
 
     /// A turn, counted (queued or running) until the permit drops.
     pub fn turn(self: &Arc<Self>, p: &Principal) -> Result<Permit, LimitError> {
-        self.both(
-            p,
-            |a, _| match a.limits.concurrent_turns {
-                Some(max) if a.turns >= max => Err((Limit::Turns, Some(Duration::from_secs(1)))),
-                _ => Ok(()),
-            },
-            |a| a.turns += 1,
-        )?;
-        Ok(Permit {
+        self.take(p, Take::Turn)?;
+        Ok(self.permit(p, Give::Turn))
+    }
+
+    fn permit(self: &Arc<Self>, p: &Principal, give: Give) -> Permit {
+        Permit {
             limiter: self.clone(),
             principal: p.clone(),
-            kind: Limit::Turns,
-        })
+            give,
+        }
     }
 
     /// Reserves a turn's worst case against tokens/min and USD/day.
@@ -283,28 +162,7 @@ impl Limiter {
         p: &Principal,
         est: Estimate,
     ) -> Result<Reservation, LimitError> {
-        let today = utc_day();
-        self.both(
-            p,
-            |a, now| {
-                if let Some(b) = a.tokens.as_mut() {
-                    b.check(est.tokens as f64, now)
-                        .map_err(|w| (Limit::Tokens, w))?;
-                }
-                if let Some(limit) = a.limits.usd_per_day {
-                    a.day
-                        .check(est.usd, limit, today)
-                        .map_err(|w| (Limit::Spend, w))?;
-                }
-                Ok(())
-            },
-            |a| {
-                if let Some(b) = a.tokens.as_mut() {
-                    b.take(est.tokens as f64);
-                }
-                a.day.reserve(est.usd);
-            },
-        )?;
+        self.take(p, Take::Reserve(est))?;
         Ok(Reservation {
             limiter: self.clone(),
             principal: p.clone(),
@@ -313,68 +171,19 @@ impl Limiter {
         })
     }
 
-    fn settle(&self, p: &Principal, est: Estimate, tokens: u64, usd: f64) {
-        let today = utc_day();
-        let mut m = self.lock();
-        for (key, _) in Self::keys(p) {
-            if let Some(a) = m.get_mut(&key) {
-                if let Some(b) = a.tokens.as_mut() {
-                    if tokens <= est.tokens {
-                        b.give((est.tokens - tokens) as f64);
-                    } else {
-                        b.take((tokens - est.tokens) as f64);
-                    }
-                }
-                a.day.settle(est.usd, usd, today);
-                a.tokens_total += tokens;
-            }
-        }
-        drop(m);
+    fn settle(&self, p: &Principal, reserved: Estimate, tokens: u64, usd: f64) {
+        let give = Give::Settle {
+            reserved,
+            tokens,
+            usd,
+        };
+        self.store.give(p, give);
         crate::metrics::tenant_usage(&p.tenant, tokens, usd);
-    }
-
-    fn release(&self, p: &Principal, kind: Limit) {
-        let mut m = self.lock();
-        for (key, _) in Self::keys(p) {
-            if let Some(a) = m.get_mut(&key) {
-                match kind {
-                    Limit::Turns => a.turns = a.turns.saturating_sub(1),
-                    Limit::Connections => a.connections = a.connections.saturating_sub(1),
-                    _ => {}
-                }
-            }
-        }
     }
 
     /// The tenant's usage as it may see it.
     pub fn usage(&self, tenant: &str) -> Usage {
-        let key = Key::Tenant(Arc::from(tenant));
-        let limits = self.limits_of(&key);
-        let mut m = self.lock();
-        let today = utc_day();
-        let (usd_today, usd_reserved, tokens_total, turns, conns) = match m.get_mut(&key) {
-            Some(a) => {
-                a.day.roll(today);
-                (
-                    a.day.spent,
-                    a.day.reserved,
-                    a.tokens_total,
-                    a.turns,
-                    a.connections,
-                )
-            }
-            None => (0.0, 0.0, 0, 0, 0),
-        };
-        Usage {
-            tenant: tenant.to_string(),
-            usd_today,
-            usd_reserved,
-            usd_per_day: limits.usd_per_day,
-            tokens_total,
-            tokens_per_min: limits.tokens_per_min,
-            concurrent_turns: turns,
-            ws_connections: conns,
-        }
+        self.store.usage(tenant)
     }
 }
 
@@ -382,23 +191,18 @@ impl Limiter {
 pub struct Permit {
     limiter: Arc<Limiter>,
     principal: Principal,
-    kind: Limit,
+    give: Give,
 }
 
 impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Permit({}, {})",
-            self.kind.as_str(),
-            self.principal.tenant
-        )
+        write!(f, "Permit({:?}, {})", self.give, self.principal.tenant)
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.limiter.release(&self.principal, self.kind);
+        self.limiter.store.give(&self.principal, self.give);
     }
 }
 
@@ -430,7 +234,7 @@ impl Drop for Reservation {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::config::TenantConfig;
+    use crate::config::{LimitSet, TenantConfig};
 
     fn limiter(tenant: LimitSet, user: LimitSet) -> Arc<Limiter> {
         let mut auth = AuthConfig::default();

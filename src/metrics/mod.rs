@@ -111,146 +111,222 @@ pub fn install() -> Option<PrometheusHandle> {
         .clone()
 }
 
-fn describe() {
-    describe_counter!(WS_CONNECTIONS_TOTAL, "WebSocket connections accepted.");
-    describe_gauge!(WS_SESSIONS, "WebSocket sessions open now.");
-    describe_counter!(
+/// What a metric is; histograms carry their unit.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram(Unit),
+}
+
+/// Every metric with its kind and help text: the one catalogue `describe` and the naming
+/// test read.
+const CATALOGUE: &[(&str, Kind, &str)] = &[
+    (
+        WS_CONNECTIONS_TOTAL,
+        Kind::Counter,
+        "WebSocket connections accepted.",
+    ),
+    (WS_SESSIONS, Kind::Gauge, "WebSocket sessions open now."),
+    (
         WS_EVENTS_SENT_TOTAL,
-        "Server events written to WebSockets, by event type."
-    );
-    describe_counter!(
+        Kind::Counter,
+        "Server events written to WebSockets, by event type.",
+    ),
+    (
         WS_ERRORS_TOTAL,
-        "`error` events sent to a session, by error code."
-    );
-    describe_counter!(
+        Kind::Counter,
+        "`error` events sent to a session, by error code.",
+    ),
+    (
         WS_CLOSES_TOTAL,
-        "WebSocket sessions closed by the server, by reason."
-    );
-    describe_counter!(
+        Kind::Counter,
+        "WebSocket sessions closed by the server, by reason.",
+    ),
+    (
         WS_OUTBOUND_DROPPED_TOTAL,
-        "Frames not queued for a session because its outbound queue was full."
-    );
-    describe_counter!(
+        Kind::Counter,
+        "Frames not queued for a session because its outbound queue was full.",
+    ),
+    (
         WS_SLOW_CONSUMER_DISCONNECTS_TOTAL,
-        "Sessions dropped from a room for not keeping up."
-    );
-    describe_counter!(
+        Kind::Counter,
+        "Sessions dropped from a room for not keeping up.",
+    ),
+    (
         WS_RESUMES_TOTAL,
-        "Joins with last_seq, by result (replay or resync)."
-    );
-    describe_gauge!(ROOMS, "Rooms held in memory.");
-    describe_counter!(TURNS_TOTAL, "Finished turns, by finish reason.");
-    describe_histogram!(
+        Kind::Counter,
+        "Joins with last_seq, by result (replay or resync).",
+    ),
+    (ROOMS, Kind::Gauge, "Rooms held in memory."),
+    (
+        TURNS_TOTAL,
+        Kind::Counter,
+        "Finished turns, by finish reason.",
+    ),
+    (
         TURN_DURATION_SECONDS,
-        Unit::Seconds,
-        "Turn duration from start to end."
-    );
-    describe_histogram!(
+        Kind::Histogram(Unit::Seconds),
+        "Turn duration from start to end.",
+    ),
+    (
         TTFT_SECONDS,
-        Unit::Seconds,
-        "Time from a turn's start to its first delta."
-    );
-    describe_histogram!(
+        Kind::Histogram(Unit::Seconds),
+        "Time from a turn's start to its first delta.",
+    ),
+    (
         INTER_TOKEN_SECONDS,
-        Unit::Seconds,
-        "Gap between consecutive deltas of a turn."
-    );
-    describe_counter!(
+        Kind::Histogram(Unit::Seconds),
+        "Gap between consecutive deltas of a turn.",
+    ),
+    (
         TOKENS_TOTAL,
-        "Tokens by model and direction (in = prompt, out = completion)."
-    );
-    describe_counter!(
+        Kind::Counter,
+        "Tokens by model and direction (in = prompt, out = completion).",
+    ),
+    (
         PROVIDER_ATTEMPTS_TOTAL,
-        "Upstream attempts by provider and outcome."
-    );
-    describe_counter!(
+        Kind::Counter,
+        "Upstream attempts by provider and outcome.",
+    ),
+    (
         PROVIDER_RETRIES_TOTAL,
-        "Retries of the same provider before the first token."
-    );
-    describe_counter!(
+        Kind::Counter,
+        "Retries of the same provider before the first token.",
+    ),
+    (
         PROVIDER_FALLBACKS_TOTAL,
-        "Moves to the next link of a chain, by chain."
-    );
-    describe_gauge!(
+        Kind::Counter,
+        "Moves to the next link of a chain, by chain.",
+    ),
+    (
         PROVIDER_CIRCUIT_STATE,
-        "Circuit breaker state by provider: 0 closed, 1 open, 2 half-open."
-    );
-    describe_gauge!(
+        Kind::Gauge,
+        "Circuit breaker state by provider: 0 closed, 1 open, 2 half-open.",
+    ),
+    (
         EMBED_QUEUE_DEPTH,
-        "Texts waiting for the embedding workers, by priority."
-    );
-    describe_histogram!(
+        Kind::Gauge,
+        "Texts waiting for the embedding workers, by priority.",
+    ),
+    (
         EMBED_BATCH_SIZE,
-        Unit::Count,
-        "Texts per embedding model call."
-    );
-    describe_histogram!(
+        Kind::Histogram(Unit::Count),
+        "Texts per embedding model call.",
+    ),
+    (
         EMBED_DURATION_SECONDS,
-        Unit::Seconds,
-        "Embedding model call duration."
-    );
-    describe_histogram!(
+        Kind::Histogram(Unit::Seconds),
+        "Embedding model call duration.",
+    ),
+    (
         VECTOR_SEARCH_DURATION_SECONDS,
-        Unit::Seconds,
-        "Vector search duration, by backend."
-    );
-    describe_counter!(
+        Kind::Histogram(Unit::Seconds),
+        "Vector search duration, by backend.",
+    ),
+    (
         INGEST_DOCUMENTS_TOTAL,
-        "Uploads by outcome: indexed, failed, or unchanged (the same bytes were already indexed)."
-    );
-    describe_gauge!(
+        Kind::Counter,
+        "Uploads by outcome: indexed, failed, or unchanged (the same bytes were already indexed).",
+    ),
+    (
         INGEST_QUEUE_JOBS,
-        "Ingestion jobs waiting, seen at the last upload."
-    );
-    describe_histogram!(
+        Kind::Gauge,
+        "Ingestion jobs waiting, seen at the last upload.",
+    ),
+    (
         INGEST_JOB_DURATION_SECONDS,
-        Unit::Seconds,
-        "Ingestion job duration, parse to publish."
-    );
-    describe_counter!(INGEST_CHUNKS_TOTAL, "Chunks indexed.");
-    describe_counter!(
+        Kind::Histogram(Unit::Seconds),
+        "Ingestion job duration, parse to publish.",
+    ),
+    (INGEST_CHUNKS_TOTAL, Kind::Counter, "Chunks indexed."),
+    (
         CACHE_LOOKUPS_TOTAL,
-        "Cache lookups by layer (exact, semantic, retrieval) and result."
-    );
-    describe_gauge!(
+        Kind::Counter,
+        "Cache lookups by layer (exact, semantic, retrieval) and result.",
+    ),
+    (
         CACHE_ENTRIES,
-        "Answer-cache entries (answer lists per tenant, corpus version, conversation and chain)."
-    );
-    describe_counter!(
+        Kind::Gauge,
+        "Answer-cache entries (answer lists per tenant, corpus version, conversation and chain).",
+    ),
+    (
         CACHE_EVICTIONS_TOTAL,
-        "Answer-cache scopes evicted for space."
-    );
-    describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests by route and status.");
-    describe_counter!(
+        Kind::Counter,
+        "Answer-cache scopes evicted for space.",
+    ),
+    (
+        HTTP_REQUESTS_TOTAL,
+        Kind::Counter,
+        "HTTP requests by route and status.",
+    ),
+    (
         AUTH_FAILURES_TOTAL,
-        "Requests and upgrades refused before a route: missing or invalid key, disallowed origin."
-    );
-    describe_counter!(
+        Kind::Counter,
+        "Requests and upgrades refused before a route: missing or invalid key, disallowed origin.",
+    ),
+    (
         RATE_LIMITED_TOTAL,
-        "Refusals by a tenant or user limit, by tenant, limit and scope (tenant or user)."
-    );
-    describe_counter!(
+        Kind::Counter,
+        "Refusals by a tenant or user limit, by tenant, limit and scope (tenant or user).",
+    ),
+    (
         TENANT_TOKENS_TOTAL,
-        "Upstream tokens settled against a tenant's budgets."
-    );
-    describe_counter!(
+        Kind::Counter,
+        "Upstream tokens settled against a tenant's budgets.",
+    ),
+    (
         SAFETY_SCREENED_TOTAL,
-        "Prompts and retrieved chunks tripping the injection screen, by source, rule and action."
-    );
-    describe_counter!(
+        Kind::Counter,
+        "Prompts and retrieved chunks tripping the injection screen, by source, rule and action.",
+    ),
+    (
         SAFETY_REDACTIONS_TOTAL,
-        "Secrets and e-mail addresses replaced in answers, by kind."
-    );
-    describe_histogram!(
+        Kind::Counter,
+        "Secrets and e-mail addresses replaced in answers, by kind.",
+    ),
+    (
         HTTP_REQUEST_DURATION_SECONDS,
-        Unit::Seconds,
-        "HTTP request duration by route."
-    );
+        Kind::Histogram(Unit::Seconds),
+        "HTTP request duration by route.",
+    ),
+];
+
+fn describe() {
+    for &(name, kind, help) in CATALOGUE {
+        match kind {
+            Kind::Counter => describe_counter!(name, help),
+            Kind::Gauge => describe_gauge!(name, help),
+            Kind::Histogram(unit) => describe_histogram!(name, unit, help),
+        }
+    }
+}
+
+/// The label values known at boot. The layers that own them pass them in (this module
+/// imports nothing above the bottom layer).
+#[derive(Debug, Default)]
+pub struct BootLabels<'a> {
+    /// Every chain link, the extractive one included.
+    pub providers: &'a [&'a str],
+    /// Links whose circuit breaker can trip (the extractive link's never does).
+    pub breakers: &'a [&'a str],
+    pub chains: &'a [&'a str],
+    /// Tenants from config (bounded by it).
+    pub tenants: &'a [String],
+    /// The limits a tenant or user can hit.
+    pub limits: &'a [&'static str],
 }
 
 /// Creates every series whose labels are known at boot, at zero, so `rate()` and the
 /// dashboards work before the first event (a series that does not exist reads as "no data").
-pub fn init_series(providers: &[&str], chains: &[&str], tenants: &[String]) {
+pub fn init_series(labels: &BootLabels<'_>) {
+    init_fixed_series();
+    init_model_series(labels);
+    init_tenant_series(labels);
+}
+
+/// Series whose label values are fixed by the code.
+fn init_fixed_series() {
     for c in [
         WS_CONNECTIONS_TOTAL,
         WS_SLOW_CONSUMER_DISCONNECTS_TOTAL,
@@ -287,23 +363,31 @@ pub fn init_series(providers: &[&str], chains: &[&str], tenants: &[String]) {
     gauge!(WS_SESSIONS).increment(0.0);
     gauge!(ROOMS).increment(0.0);
     embed_queue(0, 0);
-    for p in providers {
-        counter!(PROVIDER_RETRIES_TOTAL, "provider" => p.to_string()).absolute(0);
-        if *p != "extractive" {
-            gauge!(PROVIDER_CIRCUIT_STATE, "provider" => p.to_string()).increment(0.0);
-        }
-    }
-    for c in chains {
-        counter!(PROVIDER_FALLBACKS_TOTAL, "chain" => c.to_string()).absolute(0);
-    }
     for reason in ["missing", "invalid", "origin"] {
         counter!(AUTH_FAILURES_TOTAL, "reason" => reason).absolute(0);
     }
     for kind in ["secret", "email"] {
         counter!(SAFETY_REDACTIONS_TOTAL, "kind" => kind).absolute(0);
     }
-    for t in tenants {
-        for limit in crate::limits::Limit::ALL.map(crate::limits::Limit::as_str) {
+}
+
+/// Series labelled by configured providers and chains.
+fn init_model_series(labels: &BootLabels<'_>) {
+    for p in labels.providers {
+        counter!(PROVIDER_RETRIES_TOTAL, "provider" => p.to_string()).absolute(0);
+    }
+    for p in labels.breakers {
+        gauge!(PROVIDER_CIRCUIT_STATE, "provider" => p.to_string()).increment(0.0);
+    }
+    for c in labels.chains {
+        counter!(PROVIDER_FALLBACKS_TOTAL, "chain" => c.to_string()).absolute(0);
+    }
+}
+
+/// Series labelled by configured tenants.
+fn init_tenant_series(labels: &BootLabels<'_>) {
+    for t in labels.tenants {
+        for &limit in labels.limits {
             for scope in ["tenant", "user"] {
                 counter!(RATE_LIMITED_TOTAL, "tenant" => t.clone(), "limit" => limit, "scope" => scope)
                     .absolute(0);
@@ -320,27 +404,6 @@ pub fn init_series(providers: &[&str], chains: &[&str], tenants: &[String]) {
 }
 
 // --- bounded label values ----------------------------------------------------------------
-
-/// Routes known to the server; anything else is `other` (no raw paths as labels).
-pub fn route_label(path: &str) -> &'static str {
-    match path {
-        "/v1/ws" => "/v1/ws",
-        "/v1/search" => "/v1/search",
-        "/v1/documents" => "/v1/documents",
-        "/v1/chat/completions" => "/v1/chat/completions",
-        "/v1/models" => "/v1/models",
-        "/" => "/",
-        p if p.starts_with("/v1/rooms/") => "/v1/rooms/{room}/events",
-        p if p.starts_with("/static/") => "/static",
-        p if p.starts_with("/v1/documents/") => "/v1/documents/{id}",
-        "/healthz" => "/healthz",
-        "/readyz" => "/readyz",
-        "/metrics" => "/metrics",
-        "/openapi.json" => "/openapi.json",
-        p if p.starts_with("/docs") => "/docs",
-        _ => "other",
-    }
-}
 
 /// Status classes keep the label set small.
 fn status_class(status: u16) -> &'static str {
@@ -487,8 +550,8 @@ pub fn cache_eviction() {
     counter!(CACHE_EVICTIONS_TOTAL).increment(1);
 }
 
-pub fn http_request(path: &str, status: u16, took: Duration) {
-    let route = route_label(path);
+/// `route` is the route's bounded label (the API's route table gives it, never a raw path).
+pub fn http_request(route: &'static str, status: u16, took: Duration) {
     counter!(HTTP_REQUESTS_TOTAL, "route" => route, "status" => status_class(status)).increment(1);
     histogram!(HTTP_REQUEST_DURATION_SECONDS, "route" => route).record(took.as_secs_f64());
 }
@@ -522,4 +585,79 @@ pub fn screened(source: &'static str, rule: &'static str, action: &'static str) 
 
 pub fn redacted(kind: &'static str, n: u64) {
     counter!(SAFETY_REDACTIONS_TOTAL, "kind" => kind).increment(n);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catalogue_follows_prometheus_naming() {
+        let mut names = std::collections::HashSet::new();
+        for &(name, kind, help) in CATALOGUE {
+            assert!(name.starts_with("confab_"), "{name}");
+            assert!(names.insert(name), "{name} described twice");
+            assert!(!help.is_empty(), "{name} has no help");
+            match kind {
+                Kind::Counter => assert!(name.ends_with("_total"), "{name}"),
+                Kind::Gauge => assert!(!name.ends_with("_total"), "{name}"),
+                Kind::Histogram(Unit::Seconds) => assert!(name.ends_with("_seconds"), "{name}"),
+                Kind::Histogram(_) => {}
+            }
+        }
+    }
+
+    #[test]
+    fn every_histogram_has_buckets_set_at_install() {
+        let bucketed = [
+            TURN_DURATION_SECONDS,
+            TTFT_SECONDS,
+            INTER_TOKEN_SECONDS,
+            EMBED_DURATION_SECONDS,
+            VECTOR_SEARCH_DURATION_SECONDS,
+            HTTP_REQUEST_DURATION_SECONDS,
+            EMBED_BATCH_SIZE,
+            INGEST_JOB_DURATION_SECONDS,
+        ];
+        for &(name, kind, _) in CATALOGUE {
+            if matches!(kind, Kind::Histogram(_)) {
+                assert!(bucketed.contains(&name), "{name} has no buckets");
+            }
+        }
+    }
+
+    #[test]
+    fn status_classes_are_five() {
+        let classes: std::collections::HashSet<_> = [100, 204, 302, 404, 429, 500, 503, 999]
+            .map(status_class)
+            .into();
+        assert_eq!(classes.len(), 5);
+        assert_eq!(status_class(429), "4xx");
+    }
+
+    /// The series made at boot come from the labels passed in, and render.
+    #[test]
+    fn boot_series_come_from_the_labels_given() {
+        let Some(handle) = install() else {
+            return; // another recorder owns this test process
+        };
+        init_series(&BootLabels {
+            providers: &["p-one", "extractive"],
+            breakers: &["p-one"],
+            chains: &["c-one"],
+            tenants: &["t-one".to_string()],
+            limits: &["requests_per_min"],
+        });
+        let out = render(&handle);
+        assert!(out.contains("confab_provider_circuit_state{provider=\"p-one\"}"));
+        assert!(!out.contains("confab_provider_circuit_state{provider=\"extractive\"}"));
+        assert!(out.contains("confab_provider_fallbacks_total{chain=\"c-one\"}"));
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("confab_rate_limited_total{")
+                    && l.contains("tenant=\"t-one\"")
+                    && l.contains("limit=\"requests_per_min\"")
+                    && l.contains("scope=\"user\""))
+        );
+    }
 }

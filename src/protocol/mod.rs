@@ -4,6 +4,7 @@
 //! (`confab schema`) and a test fails when the checked-in files drift.
 
 mod decode;
+mod tool;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,10 @@ use crate::config::Quality;
 use crate::error::ErrorCode;
 
 pub use decode::{DecodeError, decode_client_message};
+pub use tool::{
+    SCREEN_PROMPT, SEARCH_DOCUMENTS, ScreenFlag, ScreenInput, ScreenOutput, ScreenedChunk,
+    SearchInput, SearchOutput, SourceResult, ToolError, ToolInput, ToolOutput,
+};
 
 /// Protocol version announced in `welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -77,6 +82,29 @@ pub struct ServerEvent {
     pub body: EventBody,
 }
 
+impl ServerEvent {
+    /// Serialises the event once; every member gets the same bytes.
+    pub fn encode(&self) -> std::sync::Arc<str> {
+        match serde_json::to_string(self) {
+            Ok(s) => std::sync::Arc::from(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialise server event");
+                std::sync::Arc::from(
+                    "{\"type\":\"error\",\"code\":\"internal\",\"message\":\"encoding failed\",\"retryable\":false,\"ts\":0}",
+                )
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch: the `ts` of every event.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The typed part of a server event, tagged by `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -114,8 +142,8 @@ pub enum EventBody {
     /// A tool call made during the turn (retrieval and others), with its result.
     Tool {
         name: String,
-        input: serde_json::Value,
-        output: serde_json::Value,
+        input: ToolInput,
+        output: ToolOutput,
         duration_ms: u64,
     },
     /// Measurements of the finished turn.
@@ -253,10 +281,27 @@ pub struct TurnMetrics {
     pub attempts: Vec<AttemptRecord>,
 }
 
+/// Which layer answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheLayer {
+    Exact,
+    Semantic,
+}
+
+impl CacheLayer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheLayer::Exact => "exact",
+            CacheLayer::Semantic => "semantic",
+        }
+    }
+}
+
 /// How a cached answer matched.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CacheInfo {
-    pub layer: crate::cache::CacheLayer,
+    pub layer: CacheLayer,
     /// Cosine similarity of the prompts (1 for an exact hit).
     pub similarity: f32,
 }

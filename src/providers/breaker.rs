@@ -44,6 +44,8 @@ pub struct CircuitBreaker {
     min_requests: usize,
     error_ratio: f64,
     cooldown: Duration,
+    /// False for a breaker that never opens (the local extractive link's).
+    trips: bool,
     inner: Mutex<Inner>,
 }
 
@@ -54,12 +56,27 @@ impl CircuitBreaker {
             min_requests: entry.breaker_min_requests.max(1) as usize,
             error_ratio: entry.breaker_error_ratio,
             cooldown: Duration::from_millis(entry.breaker_cooldown_ms),
+            trips: true,
             inner: Mutex::new(Inner {
                 outcomes: VecDeque::new(),
                 open_until: None,
                 probing: false,
             }),
         }
+    }
+
+    /// A breaker that stays closed whatever happens: the link behind it is local and cannot
+    /// be overloaded by retries, so the fallback loop needs no special case for it.
+    pub fn never() -> Self {
+        Self {
+            trips: false,
+            ..Self::new(&ProviderEntry::default())
+        }
+    }
+
+    /// The state worth exporting as a metric; `None` for a breaker that never trips.
+    pub fn exported_state(&self) -> Option<BreakerState> {
+        self.trips.then(|| self.state())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -93,6 +110,9 @@ impl CircuitBreaker {
 
     /// Records an attempt's outcome; a failed probe reopens, a successful one closes.
     pub fn record(&self, success: bool) {
+        if !self.trips {
+            return;
+        }
         let now = Instant::now();
         let mut inner = self.lock();
         if inner.open_until.is_some() {
@@ -168,6 +188,18 @@ mod tests {
         b.record(true);
         assert_eq!(b.state(), BreakerState::Closed, "successful probe closes");
         assert!(b.try_acquire());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_never_breaker_stays_closed() {
+        let b = CircuitBreaker::never();
+        for _ in 0..100 {
+            assert!(b.try_acquire());
+            b.record(false);
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.exported_state().is_none());
+        assert_eq!(breaker().exported_state(), Some(BreakerState::Closed));
     }
 
     #[tokio::test(start_paused = true)]

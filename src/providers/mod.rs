@@ -19,6 +19,7 @@ pub use extractive::ExtractiveStream;
 pub use openai::{OpenAiProvider, OpenAiStream};
 
 use crate::config::{ProviderEntry, ProviderKind};
+use crate::error::ErrorCode;
 
 /// Who said a message in the conversation sent upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -146,6 +147,19 @@ impl ProviderStream {
             ProviderStream::OpenAi(s) => s.next().await,
             ProviderStream::Anthropic(s) => s.next().await,
             ProviderStream::Extractive(s) => s.next().await,
+        }
+    }
+}
+
+impl From<&ProviderError> for ErrorCode {
+    fn from(e: &ProviderError) -> Self {
+        use ProviderError as P;
+        match e {
+            P::Connect(_) | P::Transport(_) => ErrorCode::UpstreamUnavailable,
+            P::Status { status: 429, .. } => ErrorCode::UpstreamRateLimited,
+            P::Status { .. } => ErrorCode::UpstreamError,
+            P::Malformed(_) => ErrorCode::UpstreamProtocol,
+            P::Cut => ErrorCode::UpstreamCut,
         }
     }
 }

@@ -63,7 +63,7 @@ async fn probe(client: &reqwest::Client, entry: &ProviderEntry) -> Probe {
         _ if !key.is_empty() => req = req.bearer_auth(key),
         _ => {}
     }
-    let checked_ms = crate::rooms::room_now_ms();
+    let checked_ms = crate::protocol::unix_ms();
     match req.send().await {
         Ok(resp) if resp.status().is_success() => Probe {
             ok: true,

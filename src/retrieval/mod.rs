@@ -2,9 +2,11 @@
 //! vectors, IDF applied by the store) or both fused by reciprocal rank; drop duplicates.
 
 mod fusion;
+mod grounding;
+mod versions;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
@@ -13,7 +15,11 @@ use qdrant_edge::bm25_embed::{EdgeBm25, EdgeBm25Config};
 
 use crate::config::{Config, RetrievalConfig, SearchMode};
 use crate::embedding::{EmbedError, Embedder};
+use crate::error::ErrorCode;
 use crate::vector::{Hit, SparseVec, VectorError, VectorStore};
+
+pub use grounding::{Grounding, Screened};
+pub use versions::{CorpusVersions, LocalVersions};
 
 /// Why retrieval failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -63,9 +69,8 @@ pub struct Retrieval {
     pub embedder: Embedder,
     pub store: VectorStore,
     pub cfg: RetrievalConfig,
-    /// Per-tenant corpus version: every upload or delete bumps it, so caches keyed on it
-    /// stop matching at once.
-    versions: Mutex<HashMap<String, u64>>,
+    /// Per-tenant corpus versions (the caches key on them).
+    versions: Box<dyn CorpusVersions>,
     /// Search results by query, scoped like the answer cache; `None` when caching is off.
     searches: Option<Cache<SearchKey, CachedSearch>>,
     /// Qdrant's own BM25 text pipeline (tokenizer, stop words, stemmer), so sparse vectors
@@ -97,7 +102,7 @@ impl Retrieval {
             embedder,
             store,
             cfg: config.retrieval.clone(),
-            versions: Mutex::new(HashMap::new()),
+            versions: Box::new(LocalVersions::default()),
             searches,
             bm25: bm25(config.retrieval.bm25_avg_len)?,
         })
@@ -123,14 +128,12 @@ impl Retrieval {
 
     /// The tenant's corpus version.
     pub fn corpus_version(&self, tenant: &str) -> u64 {
-        let v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
-        v.get(tenant).copied().unwrap_or(0)
+        self.versions.current(tenant)
     }
 
     /// Every upload or delete calls this: caches keyed on the version stop matching.
     pub fn bump_version(&self, tenant: &str) {
-        let mut v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
-        *v.entry(tenant.to_string()).or_insert(0) += 1;
+        self.versions.bump(tenant);
     }
 
     fn cached_search(&self, key: &SearchKey) -> Option<SearchOutcome> {
@@ -255,6 +258,17 @@ fn dedupe(hits: Vec<Hit>, k: usize) -> (Vec<Hit>, usize) {
         }
     }
     (out, dropped)
+}
+
+impl From<&RetrievalError> for ErrorCode {
+    fn from(e: &RetrievalError) -> Self {
+        use RetrievalError as R;
+        match e {
+            R::Embed(EmbedError::Overloaded(_)) => ErrorCode::Overloaded,
+            R::Invalid(_) => ErrorCode::InvalidMessage,
+            R::Embed(_) | R::Vector(_) => ErrorCode::RetrievalUnavailable,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,24 +1,27 @@
 //! Rooms: who is in a conversation, its ordered event log, its history and its turn queue.
 //!
-//! A room's mutable state sits behind one short-held mutex: assigning a `seq`, appending to
-//! the replay buffer and handing the frame to every member's bounded queue happen together, so
-//! every member sees the same events in the same order. Turns run one at a time on a worker
-//! task per room, fed by a bounded queue.
+//! A room's mutable state sits behind one short-held mutex: assigning a `seq` and appending
+//! to the room's log ([`RoomLog`], opened by a [`Backplane`]) and handing the frame to every
+//! member's bounded queue happen together, so every member sees the same events in the same
+//! order. Turns run one at a time on a worker task per room, fed by a bounded queue; a room
+//! is the [`crate::chat::TurnSink`] of its turns.
 
+mod log;
 mod registry;
 mod replay;
 mod room;
+#[cfg(test)]
+mod tests;
+mod turns;
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
+pub use log::{Backplane, Frame, LocalBackplane, RoomLog};
 pub use registry::{RoomKey, Rooms};
-pub use room::{Room, encode as room_encode, now_ms as room_now_ms};
-
-use crate::protocol::Member;
+pub use room::{Prompt, Room};
 
 /// One frame for a session's writer; `seq` is set for room events so the writer knows where a
 /// disconnected client should resume.
@@ -37,30 +40,6 @@ pub struct MemberHandle {
     /// Cancelled by the room when the member's queue overflows; the session then closes with
     /// "slow consumer" and the seq to resume from.
     pub slow: CancellationToken,
-}
-
-/// A prompt waiting for its turn.
-#[derive(Debug, Clone)]
-pub struct QueuedTurn {
-    pub turn_id: Uuid,
-    pub from: Member,
-    pub prompt: String,
-    pub quality: Option<crate::config::Quality>,
-    /// False when the client opted out of the answer cache.
-    pub use_cache: bool,
-    /// The chain to use; `None`: `turn.chain` from config (rooms).
-    pub chain: Option<String>,
-    /// Search the tenant's documents first (rooms: yes; the OpenAI endpoint: per model).
-    pub retrieval: bool,
-    pub owner: TurnOwner,
-}
-
-/// Who asked: the tenant and user whose budgets the turn spends, and their concurrent-turn
-/// slot, held until the turn is dropped (ended or cancelled).
-#[derive(Debug, Clone)]
-pub struct TurnOwner {
-    pub principal: crate::auth::Principal,
-    pub permit: Option<std::sync::Arc<crate::limits::Permit>>,
 }
 
 /// Longest room name, in characters.

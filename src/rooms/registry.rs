@@ -1,14 +1,18 @@
-//! All rooms of the server, created on first join and dropped when idle.
+//! All rooms of the server, created on first join and dropped when idle. A concurrent map:
+//! joins to different rooms never wait for each other.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::{QueuedTurn, Room};
-use crate::chat::TurnEngine;
+use super::Room;
+use super::log::Backplane;
+use crate::chat::{TurnEngine, TurnRequest};
 use crate::config::{RoomsConfig, ms};
 use crate::error::ErrorCode;
 use crate::lifecycle::Lifecycle;
@@ -22,17 +26,27 @@ pub struct RoomKey {
 
 /// The room registry.
 pub struct Rooms {
-    map: Mutex<HashMap<RoomKey, Arc<Room>>>,
+    map: DashMap<RoomKey, Arc<Room>>,
+    /// Rooms held; counted apart from the map so the cap is checked without locking it all.
+    count: AtomicUsize,
     cfg: Arc<RoomsConfig>,
+    backplane: Arc<dyn Backplane>,
     engine: Arc<TurnEngine>,
     life: Arc<Lifecycle>,
 }
 
 impl Rooms {
-    pub fn new(cfg: RoomsConfig, engine: Arc<TurnEngine>, life: Arc<Lifecycle>) -> Arc<Self> {
+    pub fn new(
+        cfg: RoomsConfig,
+        backplane: Arc<dyn Backplane>,
+        engine: Arc<TurnEngine>,
+        life: Arc<Lifecycle>,
+    ) -> Arc<Self> {
         let rooms = Arc::new(Self {
-            map: Mutex::new(HashMap::new()),
+            map: DashMap::new(),
+            count: AtomicUsize::new(0),
             cfg: Arc::new(cfg),
+            backplane,
             engine,
             life,
         });
@@ -42,29 +56,39 @@ impl Rooms {
 
     /// The room for `key`, created (with its turn worker) if needed.
     pub fn get_or_create(&self, key: RoomKey) -> Result<Arc<Room>, ErrorCode> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(room) = map.get(&key) {
+        if let Some(room) = self.map.get(&key) {
             return Ok(room.clone());
         }
-        if map.len() >= self.cfg.max_rooms {
+        let slot = match self.map.entry(key) {
+            Entry::Occupied(e) => return Ok(e.get().clone()),
+            Entry::Vacant(slot) => slot,
+        };
+        let max = self.cfg.max_rooms;
+        let taken = self
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        let Ok(before) = taken else {
             return Err(ErrorCode::TooManyRooms);
-        }
+        };
         let (tx, rx) = mpsc::channel(self.cfg.max_queued_turns);
-        let room = Arc::new(Room::new(key.clone(), self.cfg.clone(), tx));
+        let log = self.backplane.open(slot.key());
+        let room = Arc::new(Room::new(slot.key().clone(), self.cfg.clone(), tx, log));
         tokio::spawn(turn_worker(
             Arc::downgrade(&room),
             rx,
             self.engine.clone(),
             self.life.clone(),
         ));
-        map.insert(key, room.clone());
-        crate::metrics::rooms(map.len());
+        slot.insert(room.clone());
+        crate::metrics::rooms(before + 1);
         Ok(room)
     }
 
     /// Number of rooms held.
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.count.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -73,9 +97,14 @@ impl Rooms {
 
     fn sweep(&self) {
         let ttl = ms(self.cfg.idle_ttl_ms);
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, room| !room.is_idle(ttl));
-        crate::metrics::rooms(map.len());
+        self.map.retain(|_, room| {
+            let idle = room.is_idle(ttl);
+            if idle {
+                self.count.fetch_sub(1, Ordering::AcqRel);
+            }
+            !idle
+        });
+        crate::metrics::rooms(self.len());
     }
 }
 
@@ -83,7 +112,7 @@ impl Rooms {
 /// room (and its queue sender) can drop, which ends this task.
 async fn turn_worker(
     room: Weak<Room>,
-    mut rx: mpsc::Receiver<QueuedTurn>,
+    mut rx: mpsc::Receiver<TurnRequest>,
     engine: Arc<TurnEngine>,
     life: Arc<Lifecycle>,
 ) {

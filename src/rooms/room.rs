@@ -2,17 +2,18 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::replay::ReplayBuffer;
-use super::{MemberHandle, Outbound, QueuedTurn, RoomKey, TurnOwner};
+use super::log::RoomLog;
+use super::{MemberHandle, Outbound, RoomKey};
+use crate::chat::{TurnOwner, TurnRequest};
 use crate::config::RoomsConfig;
 use crate::error::ErrorCode;
-use crate::protocol::{EventBody, FinishReason, Member, RoomSnapshot, ServerEvent, TurnSnapshot};
+use crate::protocol::{EventBody, Member, RoomSnapshot, ServerEvent, TurnSnapshot, unix_ms};
 
 /// Remembered `client_msg_id`s per room, for idempotent prompts.
 const RECENT_IDS: usize = 512;
@@ -22,9 +23,9 @@ const TYPING_INTERVAL: Duration = Duration::from_millis(500);
 /// A conversation shared by its members.
 pub struct Room {
     pub key: RoomKey,
-    cfg: Arc<RoomsConfig>,
+    pub(super) cfg: Arc<RoomsConfig>,
     state: Mutex<RoomState>,
-    turns_tx: mpsc::Sender<QueuedTurn>,
+    turns_tx: mpsc::Sender<TurnRequest>,
 }
 
 struct MemberEntry {
@@ -33,59 +34,54 @@ struct MemberEntry {
     last_typing: Option<Instant>,
 }
 
-struct ActiveTurn {
-    snapshot: TurnSnapshot,
-    cancel: CancellationToken,
+pub(super) struct ActiveTurn {
+    pub snapshot: TurnSnapshot,
+    pub cancel: CancellationToken,
 }
 
-struct RoomState {
-    seq: u64,
-    replay: ReplayBuffer,
+impl RoomState {
+    /// The seq of the last room event.
+    pub fn head(&self) -> u64 {
+        self.log.head()
+    }
+}
+
+pub(super) struct RoomState {
+    /// Assigns seqs and keeps the tail for replay.
+    log: Box<dyn RoomLog>,
     members: Vec<MemberEntry>,
     /// Read-only followers (SSE): every room event, no presence.
     viewers: Vec<MemberHandle>,
-    history: VecDeque<TurnSnapshot>,
-    active: Option<ActiveTurn>,
+    pub history: VecDeque<TurnSnapshot>,
+    pub active: Option<ActiveTurn>,
     /// Queued turns with the seq of the `message` event that announced them.
-    queued: VecDeque<(Uuid, u64)>,
-    cancelled: HashSet<Uuid>,
+    pub queued: VecDeque<(Uuid, u64)>,
+    pub cancelled: HashSet<Uuid>,
     recent_ids: VecDeque<String>,
-    last_activity: Instant,
+    pub last_activity: Instant,
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Serialises a server event once; every member gets the same bytes.
-pub fn encode(event: &ServerEvent) -> Arc<str> {
-    match serde_json::to_string(event) {
-        Ok(s) => Arc::from(s),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot serialise server event");
-            Arc::from(
-                "{\"type\":\"error\",\"code\":\"internal\",\"message\":\"encoding failed\",\"retryable\":false,\"ts\":0}",
-            )
-        }
-    }
+/// A prompt as a member sent it.
+pub struct Prompt {
+    pub from: Member,
+    pub text: String,
+    pub client_msg_id: Option<String>,
+    pub quality: Option<crate::config::Quality>,
+    pub use_cache: bool,
 }
 
 impl Room {
     pub(super) fn new(
         key: RoomKey,
         cfg: Arc<RoomsConfig>,
-        turns_tx: mpsc::Sender<QueuedTurn>,
+        turns_tx: mpsc::Sender<TurnRequest>,
+        log: Box<dyn RoomLog>,
     ) -> Self {
-        let replay = ReplayBuffer::new(cfg.replay_events, cfg.replay_bytes);
         Self {
             key,
             cfg,
             state: Mutex::new(RoomState {
-                seq: 0,
-                replay,
+                log,
                 members: Vec::new(),
                 viewers: Vec::new(),
                 history: VecDeque::new(),
@@ -99,7 +95,7 @@ impl Room {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, RoomState> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, RoomState> {
         // A panic while holding the lock cannot leave the state half-updated in a way that
         // matters more than losing the room, so recover the guard instead of propagating.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -153,7 +149,7 @@ impl Room {
     /// or a `resync` snapshot when the buffer no longer holds them. False if its queue is
     /// already full.
     fn catch_up(&self, st: &RoomState, handle: &MemberHandle, last_seq: Option<u64>) -> bool {
-        let replay = last_seq.and_then(|n| st.replay.since(n, st.seq));
+        let replay = last_seq.and_then(|n| st.log.since(n));
         match replay {
             Some(frames) if frames.len() < handle.tx.max_capacity() => {
                 if last_seq.is_some() {
@@ -174,10 +170,11 @@ impl Room {
                 if last_seq.is_some() {
                     crate::metrics::ws_resume(false);
                 }
+                let head = st.log.head();
                 let ev = ServerEvent {
                     room: Some(self.key.name.clone()),
-                    seq: Some(st.seq),
-                    ts: now_ms(),
+                    seq: Some(head),
+                    ts: unix_ms(),
                     turn_id: None,
                     body: EventBody::Resync {
                         snapshot: snapshot(st),
@@ -186,9 +183,9 @@ impl Room {
                 handle
                     .tx
                     .try_send(Outbound {
-                        seq: Some(st.seq),
+                        seq: Some(head),
                         kind: "resync",
-                        text: encode(&ev),
+                        text: ev.encode(),
                     })
                     .is_ok()
             }
@@ -228,14 +225,14 @@ impl Room {
         let ev = ServerEvent {
             room: Some(self.key.name.clone()),
             seq: None,
-            ts: now_ms(),
+            ts: unix_ms(),
             turn_id: None,
             body: EventBody::Typing {
                 member: entry.member.clone(),
                 active,
             },
         };
-        let text = encode(&ev);
+        let text = ev.encode();
         for m in st
             .members
             .iter()
@@ -252,28 +249,20 @@ impl Room {
 
     /// Queues a prompt as a new turn and shows it to everyone. Errors: duplicate
     /// `client_msg_id` (with the original turn unknown), or a full queue.
-    pub fn submit_prompt(
-        &self,
-        from: Member,
-        text: String,
-        client_msg_id: Option<String>,
-        quality: Option<crate::config::Quality>,
-        use_cache: bool,
-        owner: TurnOwner,
-    ) -> Result<Uuid, ErrorCode> {
+    pub fn submit_prompt(&self, prompt: Prompt, owner: TurnOwner) -> Result<Uuid, ErrorCode> {
         let mut st = self.lock();
-        if let Some(id) = &client_msg_id
+        if let Some(id) = &prompt.client_msg_id
             && st.recent_ids.iter().any(|r| r == id)
         {
             return Err(ErrorCode::DuplicatePrompt);
         }
         let turn_id = Uuid::new_v4();
-        let queued = QueuedTurn {
+        let queued = TurnRequest {
             turn_id,
-            from: from.clone(),
-            prompt: text.clone(),
-            quality,
-            use_cache,
+            from: prompt.from.clone(),
+            prompt: prompt.text.clone(),
+            quality: prompt.quality,
+            use_cache: prompt.use_cache,
             chain: None,
             retrieval: true,
             owner,
@@ -283,22 +272,19 @@ impl Room {
             Err(TrySendError::Full(_)) => return Err(ErrorCode::RoomBusy),
             Err(TrySendError::Closed(_)) => return Err(ErrorCode::ShuttingDown),
         }
-        if let Some(id) = &client_msg_id {
+        if let Some(id) = &prompt.client_msg_id {
             if st.recent_ids.len() >= RECENT_IDS {
                 st.recent_ids.pop_front();
             }
             st.recent_ids.push_back(id.clone());
         }
         st.last_activity = Instant::now();
-        let message_seq = self.publish(
-            &mut st,
-            Some(turn_id),
-            EventBody::Message {
-                from,
-                text,
-                client_msg_id,
-            },
-        );
+        let message = EventBody::Message {
+            from: prompt.from,
+            text: prompt.text,
+            client_msg_id: prompt.client_msg_id,
+        };
+        let message_seq = self.publish(&mut st, Some(turn_id), message);
         st.queued.push_back((turn_id, message_seq));
         Ok(turn_id)
     }
@@ -319,133 +305,6 @@ impl Room {
         Err(ErrorCode::UnknownTurn)
     }
 
-    /// Completed turns, oldest first: the context of the next turn.
-    pub fn history(&self) -> Vec<TurnSnapshot> {
-        self.lock().history.iter().cloned().collect()
-    }
-
-    /// Marks the turn as running and announces `start`. False when it was cancelled while
-    /// queued (its `end` is sent here).
-    pub fn begin_turn(
-        &self,
-        turn: &QueuedTurn,
-        model: &str,
-        chain: &str,
-        cached: Option<crate::protocol::CacheInfo>,
-        cancel: CancellationToken,
-    ) -> bool {
-        let mut st = self.lock();
-        let message_seq = st
-            .queued
-            .iter()
-            .find(|(id, _)| *id == turn.turn_id)
-            .map(|(_, seq)| *seq);
-        st.queued.retain(|(id, _)| *id != turn.turn_id);
-        if st.cancelled.remove(&turn.turn_id) {
-            self.publish(
-                &mut st,
-                Some(turn.turn_id),
-                EventBody::End {
-                    finish_reason: FinishReason::Cancelled,
-                    partial: false,
-                },
-            );
-            return false;
-        }
-        let prompt_seq = message_seq.unwrap_or(st.seq);
-        st.active = Some(ActiveTurn {
-            snapshot: TurnSnapshot {
-                turn_id: turn.turn_id,
-                from: turn.from.clone(),
-                prompt: turn.prompt.clone(),
-                answer: String::new(),
-                finish_reason: None,
-                partial: false,
-            },
-            cancel,
-        });
-        self.publish(
-            &mut st,
-            Some(turn.turn_id),
-            EventBody::Start {
-                model: model.to_string(),
-                chain: chain.to_string(),
-                prompt_seq,
-                cached,
-            },
-        );
-        true
-    }
-
-    /// Appends a piece of the answer and streams it to everyone.
-    pub fn delta(&self, turn_id: Uuid, text: String) {
-        let mut st = self.lock();
-        if let Some(active) = st.active.as_mut()
-            && active.snapshot.turn_id == turn_id
-        {
-            active.snapshot.answer.push_str(&text);
-        }
-        self.publish(&mut st, Some(turn_id), EventBody::Delta { text });
-    }
-
-    /// Sends a turn-scoped event (`tool`, `metrics`, `error`) to everyone.
-    pub fn turn_event(&self, turn_id: Uuid, body: EventBody) {
-        let mut st = self.lock();
-        self.publish(&mut st, Some(turn_id), body);
-    }
-
-    /// Ends the turn: its prompt and answer (marked partial when cut short) join the history
-    /// that later turns see, and everyone gets `end`.
-    pub fn finish_turn(&self, turn_id: Uuid, finish_reason: FinishReason, partial: bool) {
-        let mut st = self.lock();
-        if let Some(active) = st.active.take_if(|a| a.snapshot.turn_id == turn_id) {
-            let mut snap = active.snapshot;
-            snap.finish_reason = Some(finish_reason);
-            snap.partial = partial;
-            if !(snap.answer.is_empty() && finish_reason != FinishReason::Stop) {
-                st.history.push_back(snap);
-            }
-            while st.history.len() > self.cfg.history_turns {
-                st.history.pop_front();
-            }
-        }
-        st.last_activity = Instant::now();
-        self.publish(
-            &mut st,
-            Some(turn_id),
-            EventBody::End {
-                finish_reason,
-                partial,
-            },
-        );
-    }
-
-    /// Ends a turn that never started (e.g. rejected while draining) with an error.
-    pub fn reject_turn(
-        &self,
-        turn_id: Uuid,
-        code: ErrorCode,
-        message: String,
-        retry_after: Option<Duration>,
-    ) {
-        let mut st = self.lock();
-        st.queued.retain(|(id, _)| *id != turn_id);
-        st.cancelled.remove(&turn_id);
-        self.publish(
-            &mut st,
-            Some(turn_id),
-            EventBody::error(code, message, retry_after),
-        );
-        self.publish(
-            &mut st,
-            Some(turn_id),
-            EventBody::End {
-                finish_reason: FinishReason::Error,
-                partial: false,
-            },
-        );
-    }
-
     /// True when nobody is in the room, nothing runs, and it has been quiet for `ttl`.
     pub fn is_idle(&self, ttl: Duration) -> bool {
         let st = self.lock();
@@ -456,7 +315,7 @@ impl Room {
             && st.last_activity.elapsed() >= ttl
     }
 
-    fn publish_presence(&self, st: &mut RoomState) {
+    pub(super) fn publish_presence(&self, st: &mut RoomState) {
         let members = st.members.iter().map(|m| m.member.clone()).collect();
         self.publish(st, None, EventBody::Presence { members });
     }
@@ -464,19 +323,24 @@ impl Room {
     /// Assigns the next seq, records the frame for replay and hands it to every member.
     /// Members whose queue is full are dropped as slow consumers (their session closes with
     /// the seq to resume from) and the others are told who left.
-    fn publish(&self, st: &mut RoomState, turn_id: Option<Uuid>, body: EventBody) -> u64 {
-        st.seq += 1;
-        let seq = st.seq;
+    pub(super) fn publish(
+        &self,
+        st: &mut RoomState,
+        turn_id: Option<Uuid>,
+        body: EventBody,
+    ) -> u64 {
         let kind = body.kind();
-        let ev = ServerEvent {
+        let mut ev = ServerEvent {
             room: Some(self.key.name.clone()),
-            seq: Some(seq),
-            ts: now_ms(),
+            seq: None,
+            ts: unix_ms(),
             turn_id,
             body,
         };
-        let text = encode(&ev);
-        st.replay.push(seq, kind, text.clone());
+        let (seq, _, text) = st.log.append(kind, &mut |seq| {
+            ev.seq = Some(seq);
+            ev.encode()
+        });
         let mut dropped = false;
         st.members.retain(|m| {
             match m.handle.tx.try_send(Outbound {

@@ -5,21 +5,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::stream::SplitStream;
 use poem::web::websocket::{Message, WebSocketStream};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::writer::{CloseRequest, write_loop};
 use crate::app::AppState;
+use crate::chat::TurnOwner;
 use crate::config::ms;
 use crate::error::{CloseReason, ErrorCode};
 use crate::protocol::{
-    ClientMessage, EventBody, Member, PROTOCOL_VERSION, ServerEvent, decode_client_message,
+    ClientMessage, EventBody, Member, PROTOCOL_VERSION, ServerEvent, decode_client_message, unix_ms,
 };
 use crate::rooms::{MAX_ROOM_CHARS, check_label};
-use crate::rooms::{MemberHandle, Outbound, Room, RoomKey, TurnOwner, room_encode, room_now_ms};
+use crate::rooms::{MemberHandle, Outbound, Prompt, Room, RoomKey};
 
 /// How long to keep reading after our Close frame, waiting for the client's Close reply.
 /// Closing the socket with unread input would send a TCP reset and the client could lose
@@ -63,11 +66,8 @@ pub async fn serve_session(
     let mut session = Session {
         id: Uuid::new_v4(),
         caller,
-        state: state.clone(),
-        handle: MemberHandle {
-            tx,
-            slow: slow.clone(),
-        },
+        state,
+        handle: MemberHandle { tx, slow },
         joined: None,
         pinned,
     };
@@ -81,54 +81,7 @@ pub async fn serve_session(
             max_prompt_chars: cfg.max_prompt_chars,
         },
     );
-
-    let idle = ms(cfg.idle_timeout_ms);
-    let exit = loop {
-        tokio::select! {
-            biased;
-            // The writer closes with 4008 and the seq to resume from.
-            _ = slow.cancelled() => break Exit::Close(None),
-            _ = &mut writer => break Exit::WriterDone,
-            _ = state.life.sessions_close.cancelled() => break Exit::Close(Some(CloseRequest {
-                reason: CloseReason::Restart,
-                detail: format!("server restarting; reconnect_after_ms={}", state.config.server.reconnect_hint_ms),
-            })),
-            frame = timeout(idle, stream.next()) => match frame {
-                Err(_) => break Exit::Close(Some(CloseRequest {
-                    reason: CloseReason::IdleTimeout,
-                    detail: format!("no frame for {} ms", cfg.idle_timeout_ms),
-                })),
-                Ok(None) | Ok(Some(Ok(Message::Close(_)))) => break Exit::Gone,
-                Ok(Some(Err(e))) => {
-                    if is_capacity_error(&e) {
-                        break Exit::Close(Some(CloseRequest {
-                            reason: CloseReason::FrameTooLarge,
-                            detail: format!("frame far exceeds {} bytes", cfg.max_frame_bytes),
-                        }));
-                    }
-                    tracing::debug!(session = %session.id, error = %e, "websocket read failed");
-                    break Exit::Gone;
-                }
-                Ok(Some(Ok(Message::Text(text)))) => {
-                    if text.len() > cfg.max_frame_bytes {
-                        session.send_error(
-                            None,
-                            ErrorCode::FrameTooLarge,
-                            format!("frame of {} bytes exceeds the limit of {} bytes; it was discarded", text.len(), cfg.max_frame_bytes),
-                        );
-                    } else if let Some(close) = session.handle_text(&text) {
-                        break Exit::Close(Some(close));
-                    }
-                }
-                Ok(Some(Ok(Message::Binary(_)))) => session.send_error(
-                    None,
-                    ErrorCode::BinaryNotSupported,
-                    "protocol v1 uses JSON text frames only".into(),
-                ),
-                Ok(Some(Ok(_))) => {} // ping/pong: answered by the socket layer, counts as activity
-            }
-        }
-    };
+    let exit = session.read_loop(&mut stream, &mut writer).await;
     session.leave_room();
     drop(session);
     match exit {
@@ -138,22 +91,27 @@ pub async fn serve_session(
             if let Some(req) = request {
                 let _ = close_tx.send(req);
             }
-            let linger = async {
-                loop {
-                    match stream.next().await {
-                        Some(Ok(Message::Close(_))) | None => break,
-                        Some(Ok(_)) => {}
-                        // The read side is unusable (e.g. a frame over the hard limit is still
-                        // unread): keep the socket open for the rest of the linger so the client
-                        // can read our close frame before the reset.
-                        Some(Err(_)) => std::future::pending::<()>().await,
-                    }
-                }
-            };
-            let _ = timeout(CLOSE_LINGER, linger).await;
+            linger(&mut stream).await;
         }
     }
     let _ = writer.await;
+}
+
+/// After our Close frame, reads until the client's Close reply (or the linger runs out).
+async fn linger(stream: &mut SplitStream<WebSocketStream>) {
+    let wait = async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(_)) => {}
+                // The read side is unusable (e.g. a frame over the hard limit is still
+                // unread): keep the socket open for the rest of the linger so the client
+                // can read our close frame before the reset.
+                Some(Err(_)) => std::future::pending::<()>().await,
+            }
+        }
+    };
+    let _ = timeout(CLOSE_LINGER, wait).await;
 }
 
 /// Decrements the open-sessions gauge however the session ends.
@@ -183,6 +141,81 @@ fn is_capacity_error(e: &std::io::Error) -> bool {
 }
 
 impl Session {
+    /// Reads frames until the client leaves, misbehaves, goes idle, is too slow, or the
+    /// server drains.
+    async fn read_loop(
+        &mut self,
+        stream: &mut SplitStream<WebSocketStream>,
+        writer: &mut JoinHandle<()>,
+    ) -> Exit {
+        let cfg = self.state.config.ws.clone();
+        let idle = ms(cfg.idle_timeout_ms);
+        let (slow, closing) = (
+            self.handle.slow.clone(),
+            self.state.life.sessions_close.clone(),
+        );
+        loop {
+            tokio::select! {
+                biased;
+                // The writer closes with 4008 and the seq to resume from.
+                _ = slow.cancelled() => return Exit::Close(None),
+                _ = &mut *writer => return Exit::WriterDone,
+                _ = closing.cancelled() => return Exit::Close(Some(CloseRequest {
+                    reason: CloseReason::Restart,
+                    detail: format!("server restarting; reconnect_after_ms={}", self.state.config.server.reconnect_hint_ms),
+                })),
+                frame = timeout(idle, stream.next()) => {
+                    let Ok(frame) = frame else {
+                        return Exit::Close(Some(CloseRequest {
+                            reason: CloseReason::IdleTimeout,
+                            detail: format!("no frame for {} ms", cfg.idle_timeout_ms),
+                        }));
+                    };
+                    if let Some(exit) = self.on_frame(frame, cfg.max_frame_bytes) {
+                        return exit;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles what the socket gave; `Some` when the session ends.
+    fn on_frame(
+        &mut self,
+        frame: Option<Result<Message, std::io::Error>>,
+        max_frame_bytes: usize,
+    ) -> Option<Exit> {
+        match frame {
+            None | Some(Ok(Message::Close(_))) => Some(Exit::Gone),
+            Some(Err(e)) if is_capacity_error(&e) => Some(Exit::Close(Some(CloseRequest {
+                reason: CloseReason::FrameTooLarge,
+                detail: format!("frame far exceeds {max_frame_bytes} bytes"),
+            }))),
+            Some(Err(e)) => {
+                tracing::debug!(session = %self.id, error = %e, "websocket read failed");
+                Some(Exit::Gone)
+            }
+            Some(Ok(Message::Text(text))) if text.len() > max_frame_bytes => {
+                let message = format!(
+                    "frame of {} bytes exceeds the limit of {max_frame_bytes} bytes; it was discarded",
+                    text.len()
+                );
+                self.send_error(None, ErrorCode::FrameTooLarge, message);
+                None
+            }
+            Some(Ok(Message::Text(text))) => self.handle_text(&text).map(|c| Exit::Close(Some(c))),
+            Some(Ok(Message::Binary(_))) => {
+                self.send_error(
+                    None,
+                    ErrorCode::BinaryNotSupported,
+                    "protocol v1 uses JSON text frames only".into(),
+                );
+                None
+            }
+            Some(Ok(_)) => None, // ping/pong: answered by the socket layer, counts as activity
+        }
+    }
+
     /// Handles one frame; `Some` when the session must close.
     fn handle_text(&mut self, text: &str) -> Option<CloseRequest> {
         let msg = match decode_client_message(text) {
@@ -316,17 +349,18 @@ impl Session {
                 );
             }
         };
-        match room.submit_prompt(
-            member.clone(),
+        let prompt = Prompt {
+            from: member.clone(),
             text,
-            client_msg_id.clone(),
+            client_msg_id: client_msg_id.clone(),
             quality,
             use_cache,
-            TurnOwner {
-                principal: principal.clone(),
-                permit: Some(Arc::new(permit)),
-            },
-        ) {
+        };
+        let owner = TurnOwner {
+            principal: principal.clone(),
+            permit: Some(Arc::new(permit)),
+        };
+        match room.submit_prompt(prompt, owner) {
             Ok(_) => {}
             Err(ErrorCode::DuplicatePrompt) => self.send_error(
                 None,
@@ -368,7 +402,7 @@ impl Session {
         let ev = ServerEvent {
             room: self.joined.as_ref().map(|(r, _)| r.key.name.clone()),
             seq: None,
-            ts: room_now_ms(),
+            ts: unix_ms(),
             turn_id,
             body,
         };
@@ -378,7 +412,7 @@ impl Session {
             .try_send(Outbound {
                 seq: None,
                 kind: ev.body.kind(),
-                text: room_encode(&ev),
+                text: ev.encode(),
             })
             .is_err()
         {

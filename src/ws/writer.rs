@@ -70,14 +70,27 @@ pub async fn write_loop<S>(
         }
     };
 
-    let (reason, detail) = if slow.is_cancelled() {
-        let resume = last_seq.unwrap_or(0);
+    let slow = slow.is_cancelled().then_some(last_seq.unwrap_or(0));
+    close_socket(&mut sink, &mut rx, request, slow, write_timeout).await;
+}
+
+/// Sends the close frame: slow consumer (with the seq to resume from), or the session's
+/// own reason after flushing what is already queued (e.g. the end of a turn).
+async fn close_socket<S>(
+    sink: &mut S,
+    rx: &mut mpsc::Receiver<Outbound>,
+    request: Option<CloseRequest>,
+    slow_resume_from: Option<u64>,
+    write_timeout: std::time::Duration,
+) where
+    S: Sink<Message> + Unpin,
+{
+    let (reason, detail) = if let Some(resume) = slow_resume_from {
         (
             CloseReason::SlowConsumer,
             format!("slow consumer; resume_from={resume}"),
         )
     } else if let Some(req) = request {
-        // Flush what is already queued (e.g. the end of a turn) before closing.
         if req.reason != CloseReason::FrameTooLarge {
             while let Ok(frame) = rx.try_recv() {
                 let sent = timeout(

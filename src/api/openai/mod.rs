@@ -1,0 +1,236 @@
+//! OpenAI-compatible chat: `POST /v1/chat/completions` (streaming and not) and
+//! `GET /v1/models`. Each request runs confab's full turn (answer cache → retrieval → fallback
+//! chain); the RAG model alias adds retrieval, and its sources come back in a `confab`
+//! extension field that standard clients ignore. Errors use OpenAI's error shape.
+//!
+//! The files: `types` (the wire types and error shape), `history` (messages → the turn's
+//! history), `sink` (the turn's receiving end), `summary` (what the events add up to) and
+//! `stream` (events → chunks).
+
+mod history;
+mod sink;
+mod stream;
+mod summary;
+mod types;
+
+use poem::web::Data;
+use poem::web::sse::Event;
+use poem_openapi::OpenApi;
+use poem_openapi::payload::{EventStream, Json};
+use tokio::sync::mpsc::Receiver;
+use uuid::Uuid;
+
+pub use types::*;
+
+use self::sink::ClientSink;
+use self::summary::{Summary, finish_str};
+use super::auth::ApiAuth;
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::chat::{TurnOwner, TurnRequest};
+use crate::error::ErrorCode;
+use crate::protocol::{EventBody, Member, unix_ms};
+
+/// Events buffered between the turn and a slow HTTP reader before the turn is cancelled.
+const SINK_CAPACITY: usize = 4096;
+
+/// The OpenAI-compatible routes.
+pub struct OpenAiApi {
+    pub state: AppState,
+}
+
+#[OpenApi]
+impl OpenAiApi {
+    /// OpenAI-compatible chat completion through confab's turn (cache, retrieval for the RAG
+    /// model, fallback chain). `stream: true` answers with server-sent events.
+    #[oai(path = "/v1/chat/completions", method = "post")]
+    async fn chat_completions(
+        &self,
+        _auth: ApiAuth,
+        principal: Data<&Principal>,
+        req: Json<ChatCompletionRequest>,
+    ) -> CompletionResponse {
+        let req = req.0;
+        let (turn, sink, rx) = match self.turn(&req, principal.0) {
+            Ok(t) => t,
+            Err(resp) => return *resp,
+        };
+        let (engine, life) = (self.state.engine.clone(), self.state.life.clone());
+        self.state
+            .life
+            .turns
+            .spawn(async move { engine.run(&sink, turn, &life).await });
+        respond(req, rx).await
+    }
+
+    /// The models: the RAG alias and every chain.
+    #[oai(path = "/v1/models", method = "get")]
+    async fn models(&self, _auth: ApiAuth) -> Json<ModelList> {
+        let cfg = &self.state.config;
+        let data = std::iter::once(cfg.openai.rag_model.clone())
+            .chain(cfg.chains.keys().cloned())
+            .map(|id| ModelInfo {
+                id,
+                object: "model".into(),
+                created: 0,
+                owned_by: "confab".into(),
+            })
+            .collect();
+        Json(ModelList {
+            object: "list".into(),
+            data,
+        })
+    }
+}
+
+type Prepared = (TurnRequest, ClientSink, Receiver<EventBody>);
+
+impl OpenAiApi {
+    /// Checks the request (model, messages, prompt size, the caller's turn limit) and
+    /// builds its turn with the sink it streams into.
+    fn turn(
+        &self,
+        req: &ChatCompletionRequest,
+        principal: &Principal,
+    ) -> Result<Prepared, Box<CompletionResponse>> {
+        let state = &self.state;
+        let rag = *req.model == state.config.openai.rag_model;
+        let chain = if rag {
+            state.engine.default_chain().to_string()
+        } else {
+            req.model.0.clone()
+        };
+        if !state.engine.has_chain(&chain) {
+            let message = format!(
+                "model {:?} does not exist; GET /v1/models lists them",
+                req.model
+            );
+            return Err(Box::new(fail(ErrorCode::NotFound, message, Some("model"))));
+        }
+        if state.life.is_draining() {
+            let refusal = fail(ErrorCode::ShuttingDown, "server is shutting down", None);
+            return Err(Box::new(refusal));
+        }
+        let speaker = speaker(req);
+        let (history, prompt) = history::history(&req.messages, &speaker)
+            .map_err(|e| Box::new(fail(ErrorCode::InvalidMessage, e, Some("messages"))))?;
+        let limit = state.config.ws.max_prompt_chars;
+        if prompt.chars().count() > limit {
+            let message = format!("the last user message exceeds {limit} characters");
+            return Err(Box::new(fail(
+                ErrorCode::PromptTooLong,
+                message,
+                Some("messages"),
+            )));
+        }
+        let permit = state.limits.turn(principal).map_err(|e| {
+            let retry = e.retry_after_secs();
+            Box::new(fail_retry(
+                ErrorCode::RateLimited,
+                e.to_string(),
+                None,
+                retry,
+            ))
+        })?;
+        let (sink, rx) = ClientSink::new(principal.tenant.to_string(), history, SINK_CAPACITY);
+        let turn = TurnRequest {
+            turn_id: Uuid::new_v4(),
+            from: speaker,
+            prompt,
+            quality: None,
+            use_cache: true,
+            chain: Some(chain),
+            retrieval: rag,
+            owner: TurnOwner {
+                principal: principal.clone(),
+                permit: Some(std::sync::Arc::new(permit)),
+            },
+        };
+        Ok((turn, sink, rx))
+    }
+}
+
+/// The name the conversation sent upstream shows for the asker.
+fn speaker(req: &ChatCompletionRequest) -> Member {
+    Member {
+        session_id: Uuid::new_v4(),
+        name: req
+            .user
+            .as_ref()
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "user".into()),
+    }
+}
+
+/// Reads up to the first text (or the end): a turn that fails before any text is an HTTP
+/// error, as OpenAI clients expect. Then the whole answer, or the stream.
+async fn respond(req: ChatCompletionRequest, mut rx: Receiver<EventBody>) -> CompletionResponse {
+    let mut summary = Summary::default();
+    let mut buffered = Vec::new();
+    while let Some(ev) = rx.recv().await {
+        let is_end = summary.add(&ev);
+        let is_delta = matches!(ev, EventBody::Delta { .. });
+        buffered.push(ev);
+        if is_end || is_delta {
+            break;
+        }
+    }
+    if let Some(resp) = summary.early_failure() {
+        return resp;
+    }
+    let id = format!("chatcmpl-{}", Uuid::new_v4().simple());
+    let created = unix_ms() / 1000;
+    if req.stream != Some(true) {
+        return whole(id, created, summary, rx).await;
+    }
+    let include_usage = req
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    let stream = stream::chunk_stream(id, created, buffered, rx, include_usage);
+    CompletionResponse::Stream(EventStream::new(stream).to_event(|chunk| match chunk {
+        Some(c) => Event::message(poem_openapi::types::ToJSON::to_json_string(&c)),
+        None => Event::message("[DONE]"),
+    }))
+}
+
+/// Waits for the turn's end and answers with the whole completion.
+async fn whole(
+    id: String,
+    created: u64,
+    mut summary: Summary,
+    mut rx: Receiver<EventBody>,
+) -> CompletionResponse {
+    while summary.end.is_none() {
+        match rx.recv().await {
+            Some(ev) => {
+                summary.add(&ev);
+            }
+            None => break,
+        }
+    }
+    if let Some(resp) = summary.early_failure() {
+        return resp;
+    }
+    CompletionResponse::Ok(Json(ChatCompletion {
+        id,
+        object: "chat.completion".into(),
+        created,
+        model: summary.model.clone(),
+        choices: vec![Choice {
+            index: 0,
+            message: ChatMessageOut {
+                role: "assistant".into(),
+                content: summary.text.clone(),
+            },
+            finish_reason: finish_str(summary.end),
+        }],
+        usage: summary.usage(),
+        confab: summary.info(),
+    }))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,177 @@
+//! Streaming: a turn's events become OpenAI chunks — the role at `start`, the text, then
+//! the finish reason with confab's extension, usage if asked, and `[DONE]`.
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc::Receiver;
+
+use super::summary::{Summary, finish_str};
+use super::types::{ChatCompletionChunk, ChunkChoice, ChunkDelta, ChunkStream, body};
+use crate::protocol::EventBody;
+
+/// Turns a turn's events into OpenAI chunks: the role (at `start`), the text, then the finish
+/// reason with confab's extension, usage if asked, and `[DONE]`.
+struct Chunker {
+    id: String,
+    created: u64,
+    summary: Summary,
+    include_usage: bool,
+}
+
+impl Chunker {
+    fn chunk(&self, choices: Vec<ChunkChoice>) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.summary.model.clone(),
+            choices,
+            usage: None,
+            confab: None,
+            error: None,
+        }
+    }
+
+    fn choice(delta: ChunkDelta, finish_reason: Option<String>) -> Vec<ChunkChoice> {
+        vec![ChunkChoice {
+            index: 0,
+            delta,
+            finish_reason,
+        }]
+    }
+
+    fn chunks(&mut self, ev: EventBody) -> Vec<ChatCompletionChunk> {
+        self.summary.add(&ev);
+        match ev {
+            EventBody::Start { .. } => {
+                let delta = ChunkDelta {
+                    role: Some("assistant".into()),
+                    content: Some(String::new()),
+                };
+                vec![self.chunk(Self::choice(delta, None))]
+            }
+            EventBody::Delta { text } => {
+                let delta = ChunkDelta {
+                    role: None,
+                    content: Some(text),
+                };
+                vec![self.chunk(Self::choice(delta, None))]
+            }
+            EventBody::Error { code, message, .. } => {
+                let mut c = self.chunk(Vec::new());
+                c.error = Some(body(code, message, None));
+                vec![c]
+            }
+            EventBody::End { finish_reason, .. } => {
+                let mut last = self.chunk(Self::choice(
+                    ChunkDelta::default(),
+                    Some(finish_str(Some(finish_reason))),
+                ));
+                last.confab = Some(self.summary.info());
+                let mut out = vec![last];
+                if self.include_usage {
+                    let mut u = self.chunk(Vec::new());
+                    u.usage = Some(self.summary.usage());
+                    out.push(u);
+                }
+                out
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+pub(super) fn chunk_stream(
+    id: String,
+    created: u64,
+    buffered: Vec<EventBody>,
+    mut rx: Receiver<EventBody>,
+    include_usage: bool,
+) -> ChunkStream {
+    let (tx, out) = tokio::sync::mpsc::channel::<Option<ChatCompletionChunk>>(64);
+    tokio::spawn(async move {
+        let mut conv = Chunker {
+            id,
+            created,
+            summary: Summary::default(),
+            include_usage,
+        };
+        let mut early = buffered.into_iter();
+        loop {
+            let ev = match early.next() {
+                Some(ev) => ev,
+                None => match rx.recv().await {
+                    Some(ev) => ev,
+                    None => break,
+                },
+            };
+            for c in conv.chunks(ev) {
+                // The client left: dropping `rx` makes the sink cancel the turn.
+                if tx.send(Some(c)).await.is_err() {
+                    return;
+                }
+            }
+            if conv.summary.end.is_some() {
+                break;
+            }
+        }
+        let _ = tx.send(None).await;
+    });
+    futures_util::stream::unfold(
+        out,
+        |mut out| async move { out.recv().await.map(|c| (c, out)) },
+    )
+    .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::openai::tests::events;
+
+    fn chunker(include_usage: bool) -> Chunker {
+        Chunker {
+            id: "chatcmpl-1".into(),
+            created: 7,
+            summary: Summary::default(),
+            include_usage,
+        }
+    }
+
+    #[test]
+    fn events_become_role_text_finish_and_usage_chunks() {
+        let mut c = chunker(true);
+        let chunks: Vec<ChatCompletionChunk> =
+            events().into_iter().flat_map(|ev| c.chunks(ev)).collect();
+        assert_eq!(
+            chunks[0].choices[0].delta.role.as_deref(),
+            Some("assistant")
+        );
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c.choices.first()?.delta.content.clone())
+            .collect();
+        assert_eq!(text, "Paris [1]");
+        let finish = chunks
+            .iter()
+            .find_map(|c| c.choices.first()?.finish_reason.clone());
+        assert_eq!(finish.as_deref(), Some("stop"));
+        let last = chunks
+            .last()
+            .map(|c| (c.choices.len(), c.usage.as_ref().map(|u| u.total_tokens)));
+        assert_eq!(last, Some((0, Some(15))), "a last chunk with usage only");
+        let info = chunks.iter().find_map(|c| c.confab.clone());
+        assert_eq!(info.map(|i| i.sources.len()), Some(1));
+    }
+
+    #[test]
+    fn without_include_usage_the_finish_chunk_is_last() {
+        let mut c = chunker(false);
+        let chunks: Vec<ChatCompletionChunk> =
+            events().into_iter().flat_map(|ev| c.chunks(ev)).collect();
+        let last = chunks
+            .last()
+            .and_then(|c| c.choices.first()?.finish_reason.clone());
+        assert_eq!(last.as_deref(), Some("stop"));
+        assert!(chunks.iter().all(|c| c.usage.is_none()));
+    }
+}

@@ -1,0 +1,154 @@
+//! What the events of one turn add up to: the text, the model that answered, the sources,
+//! the usage and how it ended. Both the whole response and the stream read it.
+
+use super::types::{CompletionResponse, ConfabInfo, SourceRef, Usage, fail_retry};
+use crate::error::ErrorCode;
+use crate::protocol::{EventBody, FinishReason, SourceResult, ToolOutput, TurnMetrics};
+
+/// What the events of a turn add up to.
+#[derive(Default)]
+pub(super) struct Summary {
+    pub model: String,
+    pub chain: String,
+    pub text: String,
+    pub deltas: usize,
+    pub sources: Vec<SourceRef>,
+    pub metrics: Option<TurnMetrics>,
+    pub error: Option<(ErrorCode, String, Option<u64>)>,
+    pub end: Option<FinishReason>,
+}
+
+impl Summary {
+    /// Folds one event in; true when it was the turn's `end`.
+    pub fn add(&mut self, ev: &EventBody) -> bool {
+        match ev {
+            EventBody::Start { model, chain, .. } => {
+                self.model = model.clone();
+                self.chain = chain.clone();
+            }
+            EventBody::Delta { text } => {
+                self.text.push_str(text);
+                self.deltas += 1;
+            }
+            EventBody::Tool {
+                output: ToolOutput::SearchDocuments(out),
+                ..
+            } => self.sources = out.results.iter().map(source_ref).collect(),
+            EventBody::Metrics(m) => {
+                self.model = m.model.clone();
+                self.metrics = Some(m.clone());
+            }
+            EventBody::Error {
+                code,
+                message,
+                retry_after_ms,
+                ..
+            } => {
+                self.error = Some((
+                    *code,
+                    message.clone(),
+                    retry_after_ms.map(|ms| ms.div_ceil(1000)),
+                ))
+            }
+            EventBody::End { finish_reason, .. } => {
+                self.end = Some(*finish_reason);
+                return true;
+            }
+            _ => {}
+        }
+        false
+    }
+
+    pub fn usage(&self) -> Usage {
+        let (i, o) = self
+            .metrics
+            .as_ref()
+            .map_or((0, 0), |m| (m.tokens_in, m.tokens_out));
+        Usage {
+            prompt_tokens: i,
+            completion_tokens: o,
+            total_tokens: i + o,
+        }
+    }
+
+    pub fn info(&self) -> ConfabInfo {
+        let m = self.metrics.as_ref();
+        ConfabInfo {
+            chain: self.chain.clone(),
+            provider: m.map(|m| m.provider.clone()).unwrap_or_default(),
+            cached: m.is_some_and(|m| m.cached),
+            cost_usd: m.map_or(0.0, |m| m.cost_usd),
+            sources: self.sources.clone(),
+            citations: m
+                .map(|m| m.citations.iter().map(|&c| c as u32).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The error to answer with when the turn failed before any text.
+    pub fn early_failure(&self) -> Option<CompletionResponse> {
+        let (code, message, retry_after) = self.error.clone()?;
+        if self.deltas > 0 {
+            return None;
+        }
+        Some(fail_retry(code, message, None, retry_after))
+    }
+}
+
+pub(super) fn finish_str(f: Option<FinishReason>) -> String {
+    match f {
+        Some(FinishReason::Length) => "length",
+        _ => "stop",
+    }
+    .into()
+}
+
+/// A `search_documents` result as the OpenAI extension shows it.
+fn source_ref(r: &SourceResult) -> SourceRef {
+    SourceRef {
+        n: r.n as u32,
+        doc_id: r.doc_id.clone(),
+        title: r.title.clone(),
+        section: r.section.clone(),
+        page: r.page,
+        score: r.score,
+        snippet: r.snippet.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::openai::tests::events;
+
+    #[test]
+    fn the_events_add_up_to_text_sources_and_usage() {
+        let mut s = Summary::default();
+        let ends: Vec<bool> = events().iter().map(|e| s.add(e)).collect();
+        assert_eq!(ends.iter().filter(|e| **e).count(), 1, "only end ends");
+        assert_eq!(s.text, "Paris [1]");
+        assert_eq!(s.deltas, 2);
+        assert_eq!((s.usage().prompt_tokens, s.usage().total_tokens), (10, 15));
+        let info = s.info();
+        assert_eq!(info.sources[0].doc_id, "doc-1");
+        assert_eq!(info.sources[0].page, Some(4));
+        assert_eq!(info.citations, vec![1]);
+        assert_eq!(info.provider, "mock");
+        assert!(s.early_failure().is_none());
+    }
+
+    #[test]
+    fn an_error_before_any_text_is_an_early_failure_after_is_not() {
+        let error = EventBody::error(ErrorCode::UpstreamError, "boom".into(), None);
+        let mut s = Summary::default();
+        s.add(&error);
+        assert!(s.early_failure().is_some());
+        let mut s = Summary::default();
+        s.add(&EventBody::Delta { text: "x".into() });
+        s.add(&error);
+        assert!(
+            s.early_failure().is_none(),
+            "text went out: the stream reports it"
+        );
+    }
+}

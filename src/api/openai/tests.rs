@@ -1,0 +1,139 @@
+//! The response phase of `/v1/chat/completions`: a turn's events into a whole completion or
+//! an OpenAI error (the routes' own checks are covered by the integration suites).
+
+#![allow(clippy::unwrap_used)]
+
+use poem::IntoResponse;
+
+use super::*;
+use crate::api::strict::Str;
+use crate::protocol::{
+    FinishReason, SearchOutput, SourceResult, ToolInput, ToolOutput, TurnMetrics,
+};
+
+/// A whole turn: start, the retrieval event, two deltas, metrics and end.
+pub(super) fn events() -> Vec<EventBody> {
+    let source = SourceResult {
+        n: 1,
+        doc_id: "doc-1".into(),
+        title: "Atlas".into(),
+        section: "Europe".into(),
+        page: Some(4),
+        chunk: 0,
+        score: 0.8,
+        snippet: "Paris is the capital of France.".into(),
+        flagged: None,
+    };
+    vec![
+        EventBody::Start {
+            model: "m".into(),
+            chain: "default".into(),
+            prompt_seq: 0,
+            cached: None,
+        },
+        EventBody::Tool {
+            name: "search_documents".into(),
+            input: ToolInput::Other(serde_json::json!({})),
+            output: ToolOutput::SearchDocuments(SearchOutput {
+                results: vec![source],
+                ..SearchOutput::default()
+            }),
+            duration_ms: 1,
+        },
+        EventBody::Delta {
+            text: "Paris ".into(),
+        },
+        EventBody::Delta { text: "[1]".into() },
+        EventBody::Metrics(TurnMetrics {
+            model: "m".into(),
+            provider: "mock".into(),
+            chain: "default".into(),
+            ttft_ms: Some(1),
+            duration_ms: 2,
+            tokens_in: 10,
+            tokens_out: 5,
+            usage_reported: true,
+            cost_usd: 0.001,
+            citations: vec![1],
+            citation_added: false,
+            cached: false,
+            saved_usd: 0.0,
+            attempts: Vec::new(),
+        }),
+        EventBody::End {
+            finish_reason: FinishReason::Stop,
+            partial: false,
+        },
+    ]
+}
+
+fn request(stream: bool) -> ChatCompletionRequest {
+    ChatCompletionRequest {
+        model: Str("default".into()),
+        messages: Vec::new(),
+        stream: Some(stream),
+        stream_options: None,
+        user: None,
+    }
+}
+
+async fn answer(evs: Vec<EventBody>, stream: bool) -> poem::Response {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    for ev in evs {
+        tx.send(ev).await.unwrap();
+    }
+    drop(tx);
+    respond(request(stream), rx).await.into_response()
+}
+
+#[tokio::test]
+async fn a_whole_completion_carries_text_usage_and_sources() {
+    let resp = answer(events(), false).await;
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().into_bytes().await.unwrap()).unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "Paris [1]");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["usage"]["total_tokens"], 15);
+    assert_eq!(body["confab"]["sources"][0]["doc_id"], "doc-1");
+    assert_eq!(body["model"], "m");
+}
+
+#[tokio::test]
+async fn a_turn_refused_before_text_is_an_openai_error_with_its_status() {
+    let evs = vec![
+        EventBody::error(
+            ErrorCode::RateLimited,
+            "tokens_per_min".into(),
+            Some(std::time::Duration::from_millis(1_500)),
+        ),
+        EventBody::End {
+            finish_reason: FinishReason::Error,
+            partial: false,
+        },
+    ];
+    let resp = answer(evs, true).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers().get("retry-after").unwrap(), "2");
+    let body: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().into_bytes().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+}
+
+#[tokio::test]
+async fn a_stream_answers_with_server_sent_events() {
+    let resp = answer(events(), true).await;
+    assert_eq!(resp.status(), 200);
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(ct.starts_with("text/event-stream"), "{ct}");
+    let body = String::from_utf8(resp.into_body().into_bytes().await.unwrap().to_vec()).unwrap();
+    assert!(body.contains("\"content\":\"Paris \""), "{body}");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+}

@@ -1,0 +1,231 @@
+//! The OpenAI wire types: request, whole and streamed responses, errors, models; and the
+//! one mapping from confab's error codes to OpenAI's error shape.
+
+use futures_util::stream::BoxStream;
+use poem::http::StatusCode;
+use poem_openapi::payload::{EventStream, Json};
+use poem_openapi::{ApiResponse, Object};
+
+use crate::api::strict::Str;
+use crate::error::ErrorCode;
+
+#[derive(Debug, Clone, Object)]
+pub struct ChatMessageIn {
+    /// system, user or assistant.
+    pub role: Str,
+    pub content: Str,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage` (and empty `choices`).
+    #[oai(nullable)]
+    pub include_usage: Option<bool>,
+}
+
+/// The OpenAI request; fields confab does not use (temperature, top_p, n…) are accepted and
+/// ignored.
+#[derive(Debug, Clone, Object)]
+pub struct ChatCompletionRequest {
+    /// A chain name, or the RAG alias (`openai.rag_model`, default `confab-rag`).
+    pub model: Str,
+    pub messages: Vec<ChatMessageIn>,
+    #[oai(nullable)]
+    pub stream: Option<bool>,
+    #[oai(nullable)]
+    pub stream_options: Option<StreamOptions>,
+    /// Shown as the speaker's name in the conversation sent upstream.
+    #[oai(nullable)]
+    pub user: Option<Str>,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct ChatMessageOut {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct Choice {
+    pub index: u32,
+    pub message: ChatMessageOut,
+    /// stop or length.
+    pub finish_reason: String,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+/// A source the answer may cite as `[n]`.
+#[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
+pub struct SourceRef {
+    pub n: u32,
+    pub doc_id: String,
+    pub title: String,
+    pub section: String,
+    pub page: Option<u32>,
+    pub score: f32,
+    pub snippet: String,
+}
+
+/// confab's extension: which chain and model answered, what it cost, and the sources.
+#[derive(Debug, Clone, Default, Object)]
+pub struct ConfabInfo {
+    pub chain: String,
+    pub provider: String,
+    pub cached: bool,
+    pub cost_usd: f64,
+    /// Sources given to the model (RAG alias only).
+    pub sources: Vec<SourceRef>,
+    /// The `[n]` the answer cites.
+    pub citations: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct ChatCompletion {
+    pub id: String,
+    /// Always `chat.completion`.
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<Choice>,
+    pub usage: Usage,
+    pub confab: ConfabInfo,
+}
+
+#[derive(Debug, Clone, Default, Object)]
+#[oai(skip_serializing_if_is_none)]
+pub struct ChunkDelta {
+    pub role: Option<String>,
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
+pub struct ChunkChoice {
+    pub index: u32,
+    pub delta: ChunkDelta,
+    pub finish_reason: Option<String>,
+}
+
+/// One `data:` line of a streamed completion (the stream ends with `data: [DONE]`).
+#[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    /// Always `chat.completion.chunk`.
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChunkChoice>,
+    pub usage: Option<Usage>,
+    /// On the last chunk.
+    pub confab: Option<ConfabInfo>,
+    /// A failure after the answer started streaming.
+    pub error: Option<OpenAiErrorBody>,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
+pub struct OpenAiErrorBody {
+    pub message: String,
+    /// invalid_request_error, rate_limit_error, api_error…
+    #[oai(rename = "type")]
+    pub kind: String,
+    /// confab's error code (the WebSocket vocabulary).
+    pub code: String,
+    pub param: Option<String>,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct OpenAiError {
+    pub error: OpenAiErrorBody,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct ModelInfo {
+    pub id: String,
+    /// Always `model`.
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: String,
+    pub data: Vec<ModelInfo>,
+}
+
+/// `None` is the closing `[DONE]`.
+pub type ChunkStream = BoxStream<'static, Option<ChatCompletionChunk>>;
+
+#[derive(ApiResponse)]
+pub enum CompletionResponse {
+    /// The whole answer (`stream` false or absent).
+    #[oai(status = 200)]
+    Ok(Json<ChatCompletion>),
+    /// Server-sent events: chunks, then `data: [DONE]` (`stream: true`).
+    #[oai(status = 200)]
+    Stream(EventStream<ChunkStream>),
+    /// A bad request, an unknown model, a busy or failing upstream: OpenAI's error shape.
+    Error(
+        StatusCode,
+        Json<OpenAiError>,
+        #[oai(header = "Retry-After")] Option<u64>,
+    ),
+}
+
+fn error_kind(status: u16) -> &'static str {
+    match status {
+        400 | 413 | 415 | 422 => "invalid_request_error",
+        401 | 403 => "authentication_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        _ => "api_error",
+    }
+}
+
+pub(in crate::api) fn body(
+    code: ErrorCode,
+    message: String,
+    param: Option<&str>,
+) -> OpenAiErrorBody {
+    OpenAiErrorBody {
+        message,
+        kind: error_kind(code.http_status()).into(),
+        code: code.as_str().into(),
+        param: param.map(str::to_string),
+    }
+}
+
+pub(super) fn fail(
+    code: ErrorCode,
+    message: impl Into<String>,
+    param: Option<&str>,
+) -> CompletionResponse {
+    fail_retry(code, message, param, None)
+}
+
+/// An error in OpenAI's shape with a `Retry-After` of `retry` seconds.
+pub(super) fn fail_retry(
+    code: ErrorCode,
+    message: impl Into<String>,
+    param: Option<&str>,
+    retry: Option<u64>,
+) -> CompletionResponse {
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    CompletionResponse::Error(
+        status,
+        Json(OpenAiError {
+            error: body(code, message.into(), param),
+        }),
+        retry,
+    )
+}

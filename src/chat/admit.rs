@@ -1,0 +1,78 @@
+//! Admit: the checks that end a turn before it costs anything. A draining server, an unknown
+//! chain or a prompt the screen blocks are refused; a flagged prompt goes on, marked.
+
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::turn::Turn;
+use super::{Rejection, TurnEngine, TurnRequest, TurnSink};
+use crate::cache::{Scope, conversation_state};
+use crate::config::ScreenAction;
+use crate::error::ErrorCode;
+use crate::lifecycle::Lifecycle;
+
+impl TurnEngine {
+    /// The admitted turn, or the rejection to send for `turn_id`.
+    pub(super) fn admit<'a>(
+        &'a self,
+        sink: &'a dyn TurnSink,
+        req: TurnRequest,
+        life: &Lifecycle,
+    ) -> Result<Turn<'a>, (Uuid, Rejection)> {
+        let turn_id = req.turn_id;
+        let refuse = move |r: Rejection| (turn_id, r);
+        if life.is_draining() {
+            return Err(refuse(Rejection::new(
+                ErrorCode::ShuttingDown,
+                "server is shutting down; send the prompt again after reconnecting",
+            )));
+        }
+        let chain_name = req.chain.as_deref().unwrap_or(&self.cfg.chain);
+        let Some(chain) = self.models.chain(chain_name) else {
+            let message = format!("no chain named {chain_name:?} is configured");
+            return Err(refuse(Rejection::new(ErrorCode::Internal, message)));
+        };
+        let flagged = self.screen_prompt(&req.prompt).map_err(refuse)?;
+        let started = Instant::now();
+        let history = sink.history();
+        let tenant = sink.tenant().to_string();
+        let scope = (self.cache.is_some() && req.use_cache).then(|| Scope {
+            corpus_version: self
+                .retrieval
+                .as_ref()
+                .map_or(0, |r| r.corpus_version(&tenant)),
+            conversation: conversation_state(&history),
+            chain: chain.name.clone(),
+        });
+        Ok(Turn {
+            sink,
+            req,
+            chain,
+            tenant,
+            history,
+            started,
+            flagged,
+            scope,
+        })
+    }
+
+    /// The injection screen on the prompt: `Err` when it blocks, the rule when it flags.
+    fn screen_prompt(&self, prompt: &str) -> Result<Option<&'static str>, Rejection> {
+        let action = self.safety.prompts;
+        if action == ScreenAction::Off {
+            return Ok(None);
+        }
+        let Some(rule) = crate::safety::screen(prompt) else {
+            return Ok(None);
+        };
+        let blocked = action == ScreenAction::Block;
+        crate::metrics::screened("prompt", rule, if blocked { "blocked" } else { "flagged" });
+        if blocked {
+            return Err(Rejection::new(
+                ErrorCode::PromptRejected,
+                format!("the prompt looks like an injection attempt ({rule}); rephrase it"),
+            ));
+        }
+        Ok(Some(rule))
+    }
+}

@@ -1,0 +1,35 @@
+//! What a turn needs from whoever asks for it: rooms queue these, the OpenAI-compatible
+//! endpoint builds one per HTTP request.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::config::Quality;
+use crate::limits::Permit;
+use crate::protocol::Member;
+
+/// One prompt to answer.
+#[derive(Debug, Clone)]
+pub struct TurnRequest {
+    pub turn_id: Uuid,
+    pub from: Member,
+    pub prompt: String,
+    pub quality: Option<Quality>,
+    /// False when the client opted out of the answer cache.
+    pub use_cache: bool,
+    /// The chain to use; `None`: `turn.chain` from config (rooms).
+    pub chain: Option<String>,
+    /// Search the tenant's documents first (rooms: yes; the OpenAI endpoint: per model).
+    pub retrieval: bool,
+    pub owner: TurnOwner,
+}
+
+/// Who asked: the tenant and user whose budgets the turn spends, and their concurrent-turn
+/// slot, held until the turn is dropped (ended or cancelled).
+#[derive(Debug, Clone)]
+pub struct TurnOwner {
+    pub principal: Principal,
+    pub permit: Option<Arc<Permit>>,
+}
