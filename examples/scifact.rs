@@ -89,6 +89,9 @@ async fn main() {
     cfg.vector.data_dir = dir.path().to_path_buf();
     cfg.cache.enabled = false;
     cfg.ingest.queue_capacity = 10_000;
+    // Trusted evaluation data, and this example is not the confab binary that parses in a
+    // child process: parse in this process.
+    cfg.ingest.isolate_parsing = false;
     let corpus: Vec<_> = jsonl("corpus.jsonl").into_iter().take(limit).collect();
     let queries = jsonl("queries.jsonl");
     let qrels = qrels();
@@ -113,6 +116,7 @@ async fn main() {
         stop.clone(),
         &tracker,
     )
+    .await
     .unwrap();
 
     // Ingestion: upload everything, then wait for every job.

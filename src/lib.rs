@@ -117,6 +117,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Runn
                 life.background.clone(),
                 &life.workers,
             )
+            .await
             .map_err(StartError::Ingest)?,
         ),
         None => None,

@@ -58,6 +58,46 @@ enum Command {
         #[arg(long, default_value = "schemas")]
         out: PathBuf,
     },
+    /// Parse one document read on stdin and print it as JSON (the server runs this in a
+    /// child process for every upload, with memory and CPU limits).
+    #[command(hide = true)]
+    Parse(ParseArgs),
+}
+
+#[derive(clap::Args)]
+struct ParseArgs {
+    /// Only answer that this binary can parse.
+    #[arg(long)]
+    probe: bool,
+    /// pdf, html, markdown or text.
+    #[arg(long, default_value = "text")]
+    kind: String,
+    #[arg(long, default_value_t = 64 << 20)]
+    max_text_bytes: usize,
+    #[arg(long, default_value_t = 1 << 30)]
+    max_inflated_bytes: u64,
+    #[arg(long, default_value_t = 1 << 30)]
+    memory_bytes: u64,
+    #[arg(long, default_value_t = 60)]
+    cpu_secs: u64,
+}
+
+fn parse(args: ParseArgs) -> ExitCode {
+    use confab::ingest::{DocKind, parse::Bounds, sandbox};
+    if args.probe {
+        println!("{}", sandbox::PROBE_REPLY);
+        return ExitCode::SUCCESS;
+    }
+    let Some(kind) = DocKind::from_name(&args.kind) else {
+        eprintln!("confab parse: --kind must be pdf, html, markdown or text");
+        return ExitCode::from(64);
+    };
+    let bounds = Bounds {
+        max_text_bytes: args.max_text_bytes,
+        max_inflated_bytes: args.max_inflated_bytes,
+    };
+    let code = sandbox::child_main(kind, &bounds, args.memory_bytes, args.cpu_secs);
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 #[derive(Subcommand)]
@@ -127,6 +167,7 @@ fn main() -> ExitCode {
             ingest_cli::run(&server, &paths, key.as_deref())
         }
         Command::Key { action } => key(action),
+        Command::Parse(args) => parse(args),
         Command::Check { config } => match Config::check(&config) {
             Ok(files) => {
                 println!("{}: ok", config.display());

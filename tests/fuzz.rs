@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use confab::error::ErrorCode;
 use confab::ingest::detect::sniff;
-use confab::ingest::parse::parse;
+use confab::ingest::parse::{Bounds, parse};
 use confab::ingest::{Chunker, DocKind, IngestError};
 use confab::protocol::decode_client_message;
 use proptest::prelude::*;
@@ -245,7 +245,7 @@ fn uploads_sniff_parse_and_chunk_without_crashing() {
             }
             Err(e) => return Err(TestCaseError::fail(format!("sniff: unexpected {e:?}"))),
         };
-        match parse(kind, &doc) {
+        match parse(kind, &doc, &Bounds::for_upload(doc.len(), 8, 100)) {
             Ok(parsed) => {
                 stats[1].fetch_add(1, Ordering::Relaxed);
                 let chunks = chunker.chunk("fuzz", &parsed);

@@ -363,7 +363,17 @@ impl Config {
             ("ingest.embed_batch", i.embed_batch as u64),
             ("ingest.parallel_batches", i.parallel_batches as u64),
             ("ingest.upsert_batch", i.upsert_batch as u64),
+            ("ingest.parse_timeout_ms", i.parse_timeout_ms),
+            ("ingest.max_text_ratio", i.max_text_ratio as u64),
+            ("ingest.max_inflate_ratio", i.max_inflate_ratio),
+            ("ingest.max_chunks", i.max_chunks as u64),
         ])?;
+        if i.parse_memory_bytes < 64 << 20 {
+            return Err(invalid(
+                "ingest.parse_memory_bytes",
+                "must be at least 64 MiB",
+            ));
+        }
         if i.chunk_tokens < 32 || i.chunk_tokens > e.max_length {
             let reason = format!(
                 "must be between 32 and embedding.max_length ({})",

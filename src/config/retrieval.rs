@@ -175,6 +175,24 @@ pub struct IngestConfig {
     pub parallel_batches: usize,
     /// Points per store upsert.
     pub upsert_batch: usize,
+    /// Parse each upload in a child process (the `confab parse` subcommand) with memory
+    /// and CPU limits, so a hostile document can only kill that child. Off: parse in the
+    /// server's own process — for trusted documents only.
+    pub isolate_parsing: bool,
+    /// The confab binary that parses (default: the running executable).
+    pub parser_bin: Option<PathBuf>,
+    /// Wall-clock limit of one parse; the child is killed after it (CPU time is capped at
+    /// the same number of seconds).
+    pub parse_timeout_ms: u64,
+    /// Address-space limit of the parsing child.
+    pub parse_memory_bytes: u64,
+    /// A document may yield at most this many times its upload's size in text (every
+    /// block with its heading path), at least 64 KiB's worth.
+    pub max_text_ratio: usize,
+    /// A PDF's compressed streams may inflate to at most this many times the upload.
+    pub max_inflate_ratio: u64,
+    /// Chunks one document may have.
+    pub max_chunks: usize,
 }
 
 impl Default for IngestConfig {
@@ -188,6 +206,13 @@ impl Default for IngestConfig {
             embed_batch: 16,
             parallel_batches: 4,
             upsert_batch: 256,
+            isolate_parsing: true,
+            parser_bin: None,
+            parse_timeout_ms: 60_000,
+            parse_memory_bytes: 1 << 30,
+            max_text_ratio: 8,
+            max_inflate_ratio: 100,
+            max_chunks: 50_000,
         }
     }
 }

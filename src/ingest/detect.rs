@@ -24,6 +24,18 @@ impl DocKind {
             DocKind::Pdf => "pdf",
         }
     }
+
+    /// The kind named `name` (as [`DocKind::as_str`] writes it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            DocKind::Text,
+            DocKind::Markdown,
+            DocKind::Html,
+            DocKind::Pdf,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == name)
+    }
 }
 
 /// Signatures of common binary formats, named in the error so a user knows what was refused.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::try_join_all;
 use tokio_util::sync::CancellationToken;
 
-use super::parse::parse;
+use super::parse::Bounds;
 use super::registry::DocStatus;
 use super::{Chunk, IngestError, Ingestor, JobRef};
 use crate::embedding::{EmbedError, Priority};
@@ -102,7 +102,7 @@ impl Ingestor {
         cancel: &CancellationToken,
     ) -> Result<usize, IngestError> {
         self.set_status(job, DocStatus::Parsing)?;
-        let parsed = self.parse_and_chunk(job, name, kind).await?;
+        let parsed = self.parse_and_chunk(job, name, kind, cancel).await?;
         if parsed.chunks.is_empty() {
             return Err(IngestError::Parse("the document has no text".into()));
         }
@@ -122,23 +122,46 @@ impl Ingestor {
         Ok(total)
     }
 
-    /// Parse and chunk on a blocking thread, with each chunk's sparse vector.
+    /// Parses in the sandbox (the attempt recorded first, for the crash-loop guard), then
+    /// chunks on a blocking thread, with each chunk's sparse vector.
     async fn parse_and_chunk(
         &self,
         job: &JobRef,
         name: &str,
         kind: super::DocKind,
+        cancel: &CancellationToken,
     ) -> Result<Parsed, IngestError> {
         let path = self.uploads.path(&job.tenant, &job.id, job.version);
-        let chunker = self.chunker.clone();
-        let name = name.to_string();
-        let retrieval = self.retrieval.clone();
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(|e| IngestError::Internal(format!("cannot read the upload: {e}")))?;
+        let bounds = Bounds::for_upload(
+            bytes.len(),
+            self.cfg.max_text_ratio,
+            self.cfg.max_inflate_ratio,
+        );
+        self.records
+            .update(&job.tenant, &job.id, |r| r.parse_attempts += 1)?;
+        // Cancelled (deleted, replaced, shutdown): the child is killed as its future drops.
+        let parsed = tokio::select! {
+            p = self.sandbox.parse(kind, bytes, bounds) => p,
+            _ = cancel.cancelled() => Err(IngestError::Cancelled),
+        };
+        self.records.update(&job.tenant, &job.id, |r| {
+            r.parse_attempts = r.parse_attempts.saturating_sub(1)
+        })?;
+        let parsed = parsed?;
+        let (chunker, retrieval) = (self.chunker.clone(), self.retrieval.clone());
+        let (name, max_chunks) = (name.to_string(), self.cfg.max_chunks);
         tokio::task::spawn_blocking(move || {
-            let bytes = std::fs::read(&path)
-                .map_err(|e| IngestError::Internal(format!("cannot read the upload: {e}")))?;
-            let parsed = parse(kind, &bytes)?;
             let title = parsed.title.clone().unwrap_or(name);
             let chunks = chunker.chunk(&title, &parsed);
+            if chunks.len() > max_chunks {
+                return Err(IngestError::Parse(format!(
+                    "the document makes {} chunks; the limit is {max_chunks} (ingest.max_chunks)",
+                    chunks.len()
+                )));
+            }
             let sparse: Vec<_> = chunks
                 .iter()
                 .map(|c| retrieval.sparse_document(&c.indexed))
@@ -150,7 +173,7 @@ impl Ingestor {
             })
         })
         .await
-        .map_err(|e| IngestError::Internal(format!("parser task failed: {e}")))?
+        .map_err(|e| IngestError::Internal(format!("chunking task failed: {e}")))?
     }
 
     /// Embeds in parallel batches and upserts the chunks as pending (invisible to search).

@@ -12,6 +12,7 @@ mod jobs;
 pub mod parse;
 mod records;
 pub mod registry;
+pub mod sandbox;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -89,10 +90,34 @@ impl Upload<'_> {
             chunks_total: 0,
             chunks_done: 0,
             error: None,
+            parse_attempts: 0,
             created_ms: previous.map_or(now, |p| p.created_ms),
             updated_ms: now,
         }
     }
+}
+
+/// Parses interrupted by the server's death after which a job is failed at start.
+const MAX_PARSE_ATTEMPTS: u32 = 2;
+
+/// How uploads are parsed: in a child process (the default), or in this one.
+fn sandbox_of(cfg: &IngestConfig) -> Result<sandbox::Sandbox, IngestError> {
+    let bin = if cfg.isolate_parsing {
+        let bin = match &cfg.parser_bin {
+            Some(b) => b.clone(),
+            None => std::env::current_exe().map_err(|e| {
+                IngestError::Internal(format!("cannot find the confab binary: {e}"))
+            })?,
+        };
+        Some(bin)
+    } else {
+        None
+    };
+    Ok(sandbox::Sandbox {
+        bin,
+        timeout: Duration::from_millis(cfg.parse_timeout_ms),
+        memory_bytes: cfg.parse_memory_bytes,
+    })
 }
 
 /// Unnamed uploads are named by their content, so they never replace each other.
@@ -107,6 +132,7 @@ fn upload_name(name: &str, sha256: &str) -> String {
 pub struct Ingestor {
     records: Box<dyn RecordStore>,
     uploads: Uploads,
+    sandbox: sandbox::Sandbox,
     retrieval: Arc<Retrieval>,
     chunker: Arc<Chunker>,
     cfg: IngestConfig,
@@ -120,7 +146,7 @@ pub struct Ingestor {
 impl Ingestor {
     /// Opens the records under `<data_dir>/documents`, re-queues interrupted jobs and starts
     /// the workers on `tracker`; they stop when `stop` is cancelled.
-    pub fn start(
+    pub async fn start(
         retrieval: Arc<Retrieval>,
         cfg: IngestConfig,
         data_dir: &std::path::Path,
@@ -128,6 +154,8 @@ impl Ingestor {
         stop: CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
     ) -> Result<Arc<Self>, IngestError> {
+        let sandbox = sandbox_of(&cfg)?;
+        sandbox.probe().await?;
         let root = data_dir.join("documents");
         let records: Box<dyn RecordStore> = Box::new(LocalRecords::open(root.clone())?);
         let chunker = Chunker::new(tokenizer_json, cfg.chunk_tokens, cfg.overlap_tokens)?;
@@ -140,6 +168,7 @@ impl Ingestor {
         let me = Arc::new(Self {
             records,
             uploads: Uploads::new(root),
+            sandbox,
             retrieval,
             chunker: Arc::new(chunker),
             cfg,
@@ -167,8 +196,21 @@ impl Ingestor {
         Ok(me)
     }
 
-    /// A job found unfinished at start runs again if its upload was kept.
+    /// A job found unfinished at start runs again if its upload was kept — unless its
+    /// parse was interrupted twice (the server died in it both times): then it is failed
+    /// for good, so a poison document cannot keep the server in a crash loop.
     fn recover(&self, r: DocumentRecord) {
+        if r.parse_attempts >= MAX_PARSE_ATTEMPTS {
+            tracing::warn!(doc = %r.id, attempts = r.parse_attempts, "failing a job that interrupted the server while parsing");
+            let _ = self.records.update(&r.tenant, &r.id, |r| {
+                r.status = DocStatus::Failed;
+                r.error = Some("interrupted the server twice while parsing; not run again".into());
+                r.parse_attempts = 0;
+            });
+            self.uploads.drop(&r.tenant, &r.id, r.version);
+            crate::metrics::ingested("failed", 0);
+            return;
+        }
         let job = JobRef {
             tenant: r.tenant.clone(),
             id: r.id.clone(),

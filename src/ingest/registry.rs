@@ -61,6 +61,10 @@ pub struct DocumentRecord {
     pub chunks_total: u32,
     pub chunks_done: u32,
     pub error: Option<String>,
+    /// Parses of the current version begun and not yet ended: one left over at a start means
+    /// the server died while parsing it (the crash-loop guard reads it).
+    #[serde(default)]
+    pub parse_attempts: u32,
     pub created_ms: u64,
     pub updated_ms: u64,
 }

@@ -50,6 +50,9 @@ pub fn config(mock: &MockUpstream, tweak: impl FnOnce(&mut Config)) -> Config {
 /// folder that `scripts/fetch-models.sh` fills) and one small embedding worker.
 pub fn with_retrieval(cfg: &mut Config, dir: &std::path::Path) {
     cfg.retrieval.enabled = true;
+    // The server under test runs inside the test binary: uploads are parsed by the real
+    // confab binary's `parse` subcommand, as in production.
+    cfg.ingest.parser_bin = Some(env!("CARGO_BIN_EXE_confab").into());
     cfg.vector.data_dir = dir.to_path_buf();
     cfg.embedding.workers = 1;
 }

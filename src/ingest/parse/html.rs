@@ -4,7 +4,8 @@
 
 use scraper::{ElementRef, Html, Node, Selector};
 
-use super::{Outline, Parsed, squash};
+use super::{Bounds, MAX_HEADING_CHARS, Outline, Parsed, cut, squash};
+use crate::ingest::IngestError;
 
 /// Elements whose content is never document text.
 const SKIP: &[&str] = &[
@@ -42,43 +43,59 @@ struct Walker {
 }
 
 impl Walker {
-    fn walk(&mut self, el: ElementRef<'_>) {
-        for child in el.children() {
-            match child.value() {
-                Node::Text(t) => self.out.text(t),
-                Node::Element(e) => {
-                    let name = e.name();
-                    let hidden = e.attr("hidden").is_some()
-                        || e.attr("aria-hidden") == Some("true")
-                        || matches!(
-                            e.attr("role"),
-                            Some("navigation" | "banner" | "contentinfo")
-                        );
-                    if SKIP.contains(&name) || hidden {
-                        continue;
-                    }
-                    let Some(child_el) = ElementRef::wrap(child) else {
-                        continue;
-                    };
-                    if let Some(level) = heading_level(name) {
-                        self.out.end_block();
-                        let text = squash(&child_el.text().collect::<String>());
-                        // An empty heading (an icon, an anchor) adds nothing to the path.
-                        if !text.is_empty() {
-                            self.out.heading(level, text);
-                        }
-                    } else if BLOCK.contains(&name) {
-                        self.out.end_block();
-                        self.walk(child_el);
-                        self.out.end_block();
-                    } else {
-                        self.walk(child_el);
-                    }
+    /// Walks the tree under `root` with a stack of its own, so depth costs heap, never the
+    /// thread's stack. A frame is the next child to visit and whether a block ends once the
+    /// element's children are done.
+    fn walk(&mut self, root: ElementRef<'_>) {
+        let mut stack = vec![(root.first_child(), false)];
+        while let Some(frame) = stack.last_mut() {
+            let Some(node) = frame.0 else {
+                if stack.pop().is_some_and(|(_, ends_block)| ends_block) {
+                    self.out.end_block();
                 }
-                _ => {}
+                continue;
+            };
+            frame.0 = node.next_sibling();
+            let e = match node.value() {
+                Node::Text(t) => {
+                    self.out.text(t);
+                    continue;
+                }
+                Node::Element(e) => e,
+                _ => continue,
+            };
+            let name = e.name();
+            if SKIP.contains(&name) || hidden(e) {
+                continue;
             }
+            let Some(el) = ElementRef::wrap(node) else {
+                continue;
+            };
+            if let Some(level) = heading_level(name) {
+                self.out.end_block();
+                let text = squash(&el.text().collect::<String>());
+                // An empty heading (an icon, an anchor) adds nothing to the path.
+                if !text.is_empty() {
+                    self.out.heading(level, text);
+                }
+                continue;
+            }
+            let block = BLOCK.contains(&name);
+            if block {
+                self.out.end_block();
+            }
+            stack.push((el.first_child(), block));
         }
     }
+}
+
+fn hidden(e: &scraper::node::Element) -> bool {
+    e.attr("hidden").is_some()
+        || e.attr("aria-hidden") == Some("true")
+        || matches!(
+            e.attr("role"),
+            Some("navigation" | "banner" | "contentinfo")
+        )
 }
 
 fn heading_level(name: &str) -> Option<usize> {
@@ -98,7 +115,7 @@ fn first<'a>(doc: &'a Html, css: &str) -> Option<ElementRef<'a>> {
     doc.select(&sel).next()
 }
 
-pub fn parse(src: &str) -> Parsed {
+pub fn parse(src: &str, bounds: &Bounds) -> Result<Parsed, IngestError> {
     let doc = Html::parse_document(src);
     let root = first(&doc, "main")
         .or_else(|| first(&doc, "article"))
@@ -106,16 +123,16 @@ pub fn parse(src: &str) -> Parsed {
         .or_else(|| first(&doc, "body"))
         .unwrap_or_else(|| doc.root_element());
     let mut w = Walker {
-        out: Outline::default(),
+        out: Outline::new(bounds),
     };
     w.walk(root);
-    let mut out = w.out.finish();
+    let mut out = w.out.finish()?;
     if let Some(t) = first(&doc, "title").map(|t| squash(&t.text().collect::<String>()))
         && !t.is_empty()
     {
-        out.title = Some(t);
+        out.title = Some(cut(t, MAX_HEADING_CHARS));
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -131,7 +148,9 @@ mod tests {
             <script>var secret = 1;</script><h2>Snapshots</h2><ul><li>Full</li><li>Partial</li></ul>
             <div aria-hidden="true">decor</div></main>
             <footer>© 2026 Example</footer></body></html>"#,
-        );
+            &crate::ingest::parse::tests::ROOMY,
+        )
+        .unwrap_or_default();
         assert_eq!(p.title.as_deref(), Some("Qdrant notes"));
         let got: Vec<(String, &str)> = p
             .blocks
@@ -146,5 +165,26 @@ mod tests {
                 ("Storage › Snapshots".to_string(), "Partial"),
             ]
         );
+    }
+
+    #[test]
+    fn deep_nesting_costs_heap_not_stack() {
+        // 20,000 nested elements overflow a 512 KiB stack in a recursive walk (html5ever
+        // itself keeps its open elements on the heap).
+        let depth = 20_000;
+        let html = format!(
+            "<html><body>{}deep text{}</body></html>",
+            "<div><span>".repeat(depth / 2),
+            "</span></div>".repeat(depth / 2)
+        );
+        let handle = std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(move || parse(&html, &crate::ingest::parse::tests::ROOMY))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let p = handle
+            .join()
+            .unwrap_or_else(|_| panic!("the walk overflowed"))
+            .unwrap_or_default();
+        assert!(p.blocks.iter().any(|b| b.text == "deep text"));
     }
 }

@@ -3,10 +3,11 @@
 
 use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
 
-use super::{Outline, Parsed, squash};
+use super::{Bounds, Outline, Parsed, squash};
+use crate::ingest::IngestError;
 
-pub fn parse(src: &str) -> Parsed {
-    let mut out = Outline::default();
+pub fn parse(src: &str, bounds: &Bounds) -> Result<Parsed, IngestError> {
+    let mut out = Outline::new(bounds);
     // The heading being read: its level and text so far.
     let mut heading: Option<(usize, String)> = None;
     for ev in Parser::new_ext(src, Options::ENABLE_TABLES) {
@@ -21,7 +22,9 @@ pub fn parse(src: &str) -> Parsed {
                 }
             }
             Event::Text(t) | Event::Code(t) => match &mut heading {
-                Some((_, h)) => h.push_str(&t),
+                // Only what can be kept of a heading is read.
+                Some((_, h)) if h.len() < super::MAX_HEADING_CHARS * 4 => h.push_str(&t),
+                Some(_) => {}
                 None => out.text(&t),
             },
             Event::SoftBreak | Event::HardBreak => out.text(" "),
@@ -47,7 +50,9 @@ mod tests {
     fn headings_become_paths() {
         let p = parse(
             "# Guide\n\nIntro text.\n\n## Install\n\nRun `make`.\n\n- one\n- two\n\n# Next\n\nEnd.",
-        );
+            &crate::ingest::parse::tests::ROOMY,
+        )
+        .unwrap_or_default();
         assert_eq!(p.title.as_deref(), Some("Guide"));
         let got: Vec<(String, &str)> = p
             .blocks
