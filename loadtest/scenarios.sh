@@ -44,6 +44,7 @@ confab() {
 bind = "127.0.0.1:$port"
 [rooms]
 max_rooms = 20000
+max_rooms_per_tenant = 20000
 max_members = 512
 [providers.mock]
 kind = "openai"

@@ -60,10 +60,7 @@ impl AppState {
             limits: limits.clone(),
             safety: config.safety.clone(),
         }));
-        let backplane = Arc::new(LocalBackplane {
-            replay_events: config.rooms.replay_events,
-            replay_bytes: config.rooms.replay_bytes,
-        });
+        let backplane = Arc::new(LocalBackplane::new(&config.rooms));
         let rooms = Rooms::new(
             config.rooms.clone(),
             backplane,

@@ -26,7 +26,8 @@ pub enum ErrorCode {
     RoomBusy,
     /// The room has reached `rooms.max_members`.
     RoomFull,
-    /// The server holds `rooms.max_rooms` rooms already.
+    /// The server holds `rooms.max_rooms` rooms already, or the tenant
+    /// `rooms.max_rooms_per_tenant`.
     TooManyRooms,
     /// The same `client_msg_id` was already accepted in this room.
     DuplicatePrompt,

@@ -66,6 +66,8 @@ async fn a_viewer_sees_what_members_see_and_resumes_by_last_event_id() {
     let mut buf = String::new();
     let first = read_until(&mut viewer, &mut buf, "resync").await;
     assert_eq!(first.len(), 1);
+    let resync: Value = serde_json::from_str(&first[0].2).unwrap();
+    let epoch = resync["snapshot"]["epoch"].as_str().unwrap().to_string();
 
     let mut alice = srv.joined("lobby", "alice").await;
     alice.send(json!({"type": "prompt", "text": "hi"})).await;
@@ -89,10 +91,10 @@ async fn a_viewer_sees_what_members_see_and_resumes_by_last_event_id() {
         .unwrap();
     drop(viewer);
 
-    // Resume after the first delta: exactly the events after it.
+    // Resume after the first delta, in the epoch seen: exactly the events after it.
     let client = reqwest::Client::new();
     let mut again = client
-        .get(srv.http("/v1/rooms/lobby/events"))
+        .get(srv.http(&format!("/v1/rooms/lobby/events?epoch={epoch}")))
         .header("Last-Event-ID", delta_seq.to_string())
         .send()
         .await

@@ -59,6 +59,9 @@ async fn start() -> Fixture {
         // A closed SSE follower is noticed at the room's next event (or keep-alive); this
         // test follows thousands of times in a quiet room.
         c.rooms.max_members = 10_000;
+        // Each tenant's one WebSocket joins thousands of times here (fairness has its own
+        // suite).
+        c.rooms.opens_per_connection_per_min = 1_000_000;
         for t in TENANTS {
             tenant(c, t, &[("u0", &key(t, 0)), ("u1", &key(t, 1))]);
         }

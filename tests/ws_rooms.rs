@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{Client, TestServer, answer, types};
 use confab_loadtest::mock::Behavior;
 use futures_util::SinkExt;
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -152,15 +152,18 @@ async fn resume_replays_exactly_the_missed_events() {
     let mut a = srv.joined("res", "alice").await;
     let b = srv.joined("res", "bob").await;
     a.until_type("presence").await;
-    let b_last = b.last_seq;
+    let (b_last, b_epoch) = (b.last_seq, b.epoch.clone());
+    assert!(b_epoch.is_string(), "the join's resync names the epoch");
     drop(b);
     a.send(json!({"type": "prompt", "text": "count"})).await;
     let mut seen_by_a = a.until_type("presence").await; // bob left
     seen_by_a.extend(a.until_end().await);
 
     let mut b2 = srv.client().await;
-    b2.send(json!({"type": "join", "room": "res", "name": "bob", "last_seq": b_last}))
-        .await;
+    b2.send(
+        json!({"type": "join", "room": "res", "name": "bob", "last_seq": b_last, "epoch": b_epoch}),
+    )
+    .await;
     let mut replayed = Vec::new();
     for _ in 0..seen_by_a.len() {
         replayed.push(b2.recv().await);
@@ -187,7 +190,7 @@ async fn resume_older_than_the_buffer_gets_resync() {
     a.send(json!({"type": "prompt", "text": "q"})).await;
     let events = a.until_end().await;
     let mut b = srv.client().await;
-    b.send(json!({"type": "join", "room": "old", "name": "bob", "last_seq": 1}))
+    b.send(json!({"type": "join", "room": "old", "name": "bob", "last_seq": 1, "epoch": a.epoch}))
         .await;
     let ev = b.recv().await;
     assert_eq!(ev["type"], "resync");
@@ -195,8 +198,10 @@ async fn resume_older_than_the_buffer_gets_resync() {
     assert_eq!(ev["snapshot"]["turns"][0]["answer"], answer(&events));
     // A seq from the future is also answered with a resync, not garbage.
     let mut c = srv.client().await;
-    c.send(json!({"type": "join", "room": "old", "name": "carol", "last_seq": 9999}))
-        .await;
+    c.send(
+        json!({"type": "join", "room": "old", "name": "carol", "last_seq": 9999, "epoch": a.epoch}),
+    )
+    .await;
     assert_eq!(c.recv().await["type"], "resync");
 }
 
@@ -239,7 +244,7 @@ async fn slow_consumer_is_dropped_without_stalling_the_room() {
     assert!(resume <= slow.last_seq.max(resume));
     // It can come back and catch up.
     let mut back = srv.client().await;
-    back.send(json!({"type": "join", "room": "s", "name": "sloth", "last_seq": resume}))
+    back.send(json!({"type": "join", "room": "s", "name": "sloth", "last_seq": resume, "epoch": slow.epoch}))
         .await;
     let first = back.recv().await;
     assert!(
@@ -469,4 +474,44 @@ async fn room_routing_pins_a_connection_to_the_room_in_its_url() {
     let (code, reason) = c.close_frame().await;
     assert_eq!(code, 4009);
     assert!(reason.contains("/v1/ws?room=sales"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_seq_of_another_epoch_gets_a_resync_never_that_epochs_events() {
+    let srv = TestServer::start(Behavior::text(&["one", " two"])).await;
+    let mut a = srv.joined("ep", "alice").await;
+    a.send(json!({"type": "prompt", "text": "q"})).await;
+    a.until_end().await;
+    let (last, epoch) = (a.last_seq, a.epoch.clone());
+    // The right epoch replays; a wrong one, or none, resyncs even though the seq exists.
+    for (sent, replays) in [
+        (epoch.clone(), true),
+        (json!("0123456789abcdef"), false),
+        (Value::Null, false),
+    ] {
+        let mut c = srv.client().await;
+        c.send(
+            json!({"type": "join", "room": "ep", "name": "c", "last_seq": last - 2, "epoch": sent}),
+        )
+        .await;
+        let first = c.recv().await;
+        assert_eq!(first["type"] != "resync", replays, "{sent}: {first}");
+    }
+    // A restart loses the in-memory log: the room comes back with a new epoch, and the old
+    // seq resyncs into it.
+    let mut srv = srv;
+    srv.shutdown.cancel();
+    srv.running.take().unwrap().wait().await.unwrap();
+    let srv = TestServer::start(Behavior::text(&["again"])).await;
+    let mut b = srv.joined("ep", "bob").await;
+    b.send(json!({"type": "prompt", "text": "q2"})).await;
+    b.until_end().await;
+    let mut back = srv.client().await;
+    back.send(
+        json!({"type": "join", "room": "ep", "name": "alice", "last_seq": 1, "epoch": epoch}),
+    )
+    .await;
+    let first = back.recv().await;
+    assert_eq!(first["type"], "resync", "{first}");
+    assert_ne!(first["snapshot"]["epoch"], epoch);
 }

@@ -3,7 +3,7 @@
 "use strict";
 (() => {
   const $ = (id) => document.getElementById(id);
-  const st = { ws: null, room: "", name: "", lastSeq: 0, me: null, turns: new Map(), active: null, retry: 0, leaving: false, typingAt: 0 };
+  const st = { ws: null, room: "", name: "", lastSeq: 0, epoch: undefined, me: null, turns: new Map(), active: null, retry: 0, leaving: false, typingAt: 0 };
 
   function status(text) { $("status").textContent = text; }
 
@@ -101,12 +101,14 @@
     switch (ev.type) {
       case "welcome":
         st.me = ev.session_id;
-        send({ type: "join", room: st.room, name: st.name, last_seq: st.lastSeq || undefined });
+        // Resume where this page was: its last seq, in the log epoch it was seen in.
+        send({ type: "join", room: st.room, name: st.name, last_seq: st.lastSeq || undefined, epoch: st.epoch });
         break;
       case "resync": {
         $("log").replaceChildren();
         st.turns.clear();
         const snap = ev.snapshot;
+        st.epoch = snap.epoch;
         for (const t of snap.turns.concat(snap.active ? [snap.active] : [])) {
           const v = turn(t.turn_id);
           showPrompt(v, t.from.name, t.prompt);
@@ -206,7 +208,7 @@
     const room = $("room").value.trim(), name = $("name").value.trim();
     if (!room || !name) return;
     if (st.ws) { st.leaving = true; st.ws.close(1000); }
-    Object.assign(st, { room, name, lastSeq: 0, turns: new Map(), leaving: false });
+    Object.assign(st, { room, name, lastSeq: 0, epoch: undefined, turns: new Map(), leaving: false });
     $("log").replaceChildren();
     connect();
   });

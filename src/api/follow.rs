@@ -1,6 +1,8 @@
 //! Follow a room over server-sent events: read-only viewers and proxies that dislike
 //! WebSockets get the same room events as members (`id:` = seq, `event:` = type), and
-//! `Last-Event-ID` (or `?last_seq=`) resumes where they left off.
+//! `Last-Event-ID` (or `?last_seq=`) with `?epoch=` (the room log's epoch, from the first
+//! `resync`) resumes where they left off; without the epoch, or with another one, the
+//! stream starts with a `resync`.
 
 use std::time::Duration;
 
@@ -19,7 +21,7 @@ use super::rest::{ApiError, fails, failure};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::ErrorCode;
-use crate::rooms::{MAX_ROOM_CHARS, MemberHandle, Outbound, RoomKey, check_label};
+use crate::rooms::{MAX_ROOM_CHARS, MemberHandle, Outbound, Resume, RoomKey, check_label};
 
 type Frames = BoxStream<'static, RoomFrame>;
 
@@ -80,26 +82,35 @@ impl FollowApi {
         last_event_id: Header<Option<String>>,
         /// Same as Last-Event-ID, for clients that cannot set headers.
         last_seq: Query<Option<u64>>,
+        /// The room log's epoch that `Last-Event-ID` / `last_seq` belongs to.
+        epoch: Query<Option<String>>,
     ) -> FollowResponse {
         let state = &self.state;
         let name = room.0.trim().to_string();
         if let Some(problem) = check_label("room", &name, MAX_ROOM_CHARS) {
             return failure(ErrorCode::InvalidMessage, problem);
         }
-        let last = match resume_point(last_event_id.0.as_deref(), last_seq.0) {
-            Ok(last) => last,
+        let resume = match resume_point(last_event_id.0.as_deref(), last_seq.0) {
+            Ok(last) => last.map(|last_seq| Resume {
+                last_seq,
+                epoch: epoch.0,
+            }),
             Err(resp) => return resp,
         };
         if state.life.is_draining() {
             return failure(ErrorCode::ShuttingDown, "server is shutting down");
         }
+        // A follower holds a connection slot (`ws_connections`) like a WebSocket session.
+        let permit = match state.limits.connect(principal.0) {
+            Ok(p) => p,
+            Err(e) => {
+                let body = ApiError::new(ErrorCode::RateLimited, e.to_string());
+                return FollowResponse::RateLimited(body, e.retry_after_secs());
+            }
+        };
         let key = RoomKey {
             tenant: principal.0.tenant.to_string(),
             name,
-        };
-        let room = match state.rooms.get_or_create(key) {
-            Ok(r) => r,
-            Err(code) => return failure(code, "cannot open the room"),
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<Outbound>(state.config.ws.outbound_queue);
         let slow = CancellationToken::new();
@@ -107,10 +118,10 @@ impl FollowApi {
             tx,
             slow: slow.clone(),
         };
-        if let Err(code) = room.watch(handle, last) {
+        if let Err(code) = state.rooms.watch(key, &handle, resume.as_ref()) {
             return failure(code, "cannot follow the room");
         }
-        let frames = frames(rx, slow, state.life.sessions_close.clone());
+        let frames = frames(rx, (slow, state.life.sessions_close.clone()), permit);
         FollowResponse::Stream(
             EventStream::new(frames)
                 .keep_alive(Duration::from_secs(15))
@@ -143,17 +154,19 @@ fn resume_point(
 
 /// The viewer's frames, until it falls behind (reconnect with Last-Event-ID) or the server
 /// drains; dropping the stream unregisters the viewer at the next event.
+/// The stream holds the follower's connection `permit` until it ends.
 fn frames(
     rx: tokio::sync::mpsc::Receiver<Outbound>,
-    slow: CancellationToken,
-    closing: CancellationToken,
+    (slow, closing): (CancellationToken, CancellationToken),
+    permit: crate::limits::Permit,
 ) -> Frames {
-    futures_util::stream::unfold((rx, slow, closing), |(mut rx, slow, closing)| async move {
+    let state = (rx, slow, closing, permit);
+    futures_util::stream::unfold(state, |(mut rx, slow, closing, permit)| async move {
         tokio::select! {
             biased;
             _ = slow.cancelled() => None,
             _ = closing.cancelled() => None,
-            frame = rx.recv() => frame.map(|f| (f, (rx, slow, closing))),
+            frame = rx.recv() => frame.map(|f| (f, (rx, slow, closing, permit))),
         }
     })
     .map(|f: Outbound| RoomFrame {

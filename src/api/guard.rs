@@ -85,31 +85,10 @@ pub async fn guard<E: Endpoint>(
         return Ok(limited(&path, &e));
     }
     req.extensions_mut().insert(principal);
-    if req.method() == Method::POST {
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        match declared {
-            Some(n) if n > limit => {
-                return Ok(error(
-                    &path,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    ErrorCode::DocumentTooLarge,
-                    format!("the request body has {n} bytes; the limit is {limit}"),
-                ));
-            }
-            None if req.headers().contains_key(header::TRANSFER_ENCODING) => {
-                return Ok(error(
-                    &path,
-                    StatusCode::LENGTH_REQUIRED,
-                    ErrorCode::InvalidMessage,
-                    "send a Content-Length: bodies of unknown length are refused".into(),
-                ));
-            }
-            _ => {}
-        }
+    if req.method() == Method::POST
+        && let Err(refused) = bound_body(&mut req, &path, limit).await
+    {
+        return Ok(refused);
     }
     match ep.call(req).await {
         Ok(resp) => Ok(resp.into_response()),
@@ -128,5 +107,57 @@ pub async fn guard<E: Endpoint>(
             e.to_string(),
         )),
         Err(e) => Err(e),
+    }
+}
+
+/// Bodies are bounded on every protocol. A declared length over `limit` is refused before a
+/// byte is read; HTTP/1.1 chunked bodies of unknown length are refused; a body without a
+/// declared length (HTTP/2 needs none) is read up to `limit` and refused past it.
+async fn bound_body(req: &mut Request, path: &str, limit: usize) -> Result<(), Response> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = |n: String| {
+        error(
+            path,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::DocumentTooLarge,
+            format!("the request body has {n} bytes; the limit is {limit}"),
+        )
+    };
+    match declared {
+        Some(n) if n > limit => Err(too_large(n.to_string())),
+        Some(_) => Ok(()),
+        None if req.headers().contains_key(header::TRANSFER_ENCODING) => Err(error(
+            path,
+            StatusCode::LENGTH_REQUIRED,
+            ErrorCode::InvalidMessage,
+            "send a Content-Length: bodies of unknown length are refused".into(),
+        )),
+        None => {
+            use tokio::io::AsyncReadExt;
+            let mut buf = Vec::new();
+            let read = req
+                .take_body()
+                .into_async_read()
+                .take(limit as u64 + 1)
+                .read_to_end(&mut buf)
+                .await;
+            if let Err(e) = read {
+                return Err(error(
+                    path,
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::InvalidMessage,
+                    format!("cannot read the request body: {e}"),
+                ));
+            }
+            if buf.len() > limit {
+                return Err(too_large(format!("more than {limit}")));
+            }
+            req.set_body(buf);
+            Ok(())
+        }
     }
 }

@@ -172,8 +172,18 @@ pub struct RoomsConfig {
     pub replay_events: usize,
     /// Bytes of serialised events kept per room for resume.
     pub replay_bytes: usize,
-    /// An empty room with no activity for this long is dropped.
+    /// Most rooms one tenant may hold at once (its share of `max_rooms`).
+    pub max_rooms_per_tenant: usize,
+    /// Joins one WebSocket connection may make per minute.
+    pub opens_per_connection_per_min: u32,
+    /// A room nobody is in (and that is not answering) gives its slot back after this long;
+    /// its log and history are kept for resume, bounded by `idle_ttl_ms` and `parked_bytes`.
+    pub empty_ttl_ms: u64,
+    /// How long an empty room's log and history are kept for a member to come back.
     pub idle_ttl_ms: u64,
+    /// Bytes of logs and histories kept for empty rooms, all rooms together (least recently
+    /// used go first; a room whose log went comes back with a new epoch).
+    pub parked_bytes: u64,
 }
 
 impl Default for RoomsConfig {
@@ -185,7 +195,11 @@ impl Default for RoomsConfig {
             history_turns: 20,
             replay_events: 4_096,
             replay_bytes: 4 * 1024 * 1024,
+            max_rooms_per_tenant: 1_000,
+            opens_per_connection_per_min: 60,
+            empty_ttl_ms: 10_000,
             idle_ttl_ms: 30 * 60 * 1_000,
+            parked_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -339,6 +353,15 @@ impl Config {
             ("rooms.max_queued_turns", rooms.max_queued_turns as u64),
             ("rooms.replay_events", rooms.replay_events as u64),
             ("rooms.replay_bytes", rooms.replay_bytes as u64),
+            (
+                "rooms.max_rooms_per_tenant",
+                rooms.max_rooms_per_tenant as u64,
+            ),
+            (
+                "rooms.opens_per_connection_per_min",
+                rooms.opens_per_connection_per_min.into(),
+            ),
+            ("rooms.empty_ttl_ms", rooms.empty_ttl_ms),
         ])
     }
 

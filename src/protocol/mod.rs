@@ -26,12 +26,16 @@ pub const PROTOCOL_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
-    /// Enter a room (leaving any other). With `last_seq`, resume after a reconnect.
+    /// Enter a room (leaving any other). With `last_seq` and `epoch` (from the room's last
+    /// `resync`), resume after a reconnect; a `last_seq` of another epoch (or none) gets a
+    /// `resync`, never another epoch's events.
     Join {
         room: String,
         name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         last_seq: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
     },
     /// Ask the assistant; everyone in the room sees the prompt and the streamed answer.
     Prompt {
@@ -343,6 +347,9 @@ pub enum AttemptOutcome {
 /// The room's state for a client that cannot replay.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RoomSnapshot {
+    /// The room log's epoch: a new one after a restart or when the log was lost, so seqs of
+    /// an old epoch never resume into a new one. Send it back with `last_seq` in `join`.
+    pub epoch: String,
     pub members: Vec<Member>,
     /// Completed turns, oldest first.
     pub turns: Vec<TurnSnapshot>,

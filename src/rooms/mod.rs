@@ -19,9 +19,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use log::{Backplane, Frame, LocalBackplane, RoomLog};
+pub use log::{Backplane, Frame, LocalBackplane, RoomLog, RoomMemory};
 pub use registry::{RoomKey, Rooms};
-pub use room::{Prompt, Room};
+pub use room::{Prompt, Refusal, Resume, Room};
 
 /// One frame for a session's writer; `seq` is set for room events so the writer knows where a
 /// disconnected client should resume.

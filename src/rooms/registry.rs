@@ -1,5 +1,8 @@
-//! All rooms of the server, created on first join and dropped when idle. A concurrent map:
-//! joins to different rooms never wait for each other.
+//! All rooms of the server, created on first join and retired soon after the last member
+//! leaves (their log and history parked with the backplane for a return). A concurrent map:
+//! joins to different rooms never wait for each other. Each tenant may hold at most
+//! `rooms.max_rooms_per_tenant` of the server's `rooms.max_rooms`, so no tenant can take
+//! the others' rooms.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -10,12 +13,13 @@ use dashmap::mapref::entry::Entry;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::Room;
 use super::log::Backplane;
+use super::{MemberHandle, Refusal, Resume, Room};
 use crate::chat::{TurnEngine, TurnRequest};
 use crate::config::{RoomsConfig, ms};
 use crate::error::ErrorCode;
 use crate::lifecycle::Lifecycle;
+use crate::protocol::Member;
 
 /// Rooms are scoped by tenant so that two tenants' "general" rooms never meet.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -29,6 +33,8 @@ pub struct Rooms {
     map: DashMap<RoomKey, Arc<Room>>,
     /// Rooms held; counted apart from the map so the cap is checked without locking it all.
     count: AtomicUsize,
+    /// Rooms held per tenant.
+    per_tenant: DashMap<String, usize>,
     cfg: Arc<RoomsConfig>,
     backplane: Arc<dyn Backplane>,
     engine: Arc<TurnEngine>,
@@ -45,6 +51,7 @@ impl Rooms {
         let rooms = Arc::new(Self {
             map: DashMap::new(),
             count: AtomicUsize::new(0),
+            per_tenant: DashMap::new(),
             cfg: Arc::new(cfg),
             backplane,
             engine,
@@ -63,6 +70,23 @@ impl Rooms {
             Entry::Occupied(e) => return Ok(e.get().clone()),
             Entry::Vacant(slot) => slot,
         };
+        let held = self.take_slot(&slot.key().tenant)?;
+        let (tx, rx) = mpsc::channel(self.cfg.max_queued_turns);
+        let memory = self.backplane.open(slot.key());
+        let room = Arc::new(Room::new(slot.key().clone(), self.cfg.clone(), tx, memory));
+        tokio::spawn(turn_worker(
+            Arc::downgrade(&room),
+            rx,
+            self.engine.clone(),
+            self.life.clone(),
+        ));
+        slot.insert(room.clone());
+        crate::metrics::rooms(held);
+        Ok(room)
+    }
+
+    /// Counts a new room against the server's and the tenant's caps; the rooms now held.
+    fn take_slot(&self, tenant: &str) -> Result<usize, ErrorCode> {
         let max = self.cfg.max_rooms;
         let taken = self
             .count
@@ -72,18 +96,63 @@ impl Rooms {
         let Ok(before) = taken else {
             return Err(ErrorCode::TooManyRooms);
         };
-        let (tx, rx) = mpsc::channel(self.cfg.max_queued_turns);
-        let log = self.backplane.open(slot.key());
-        let room = Arc::new(Room::new(slot.key().clone(), self.cfg.clone(), tx, log));
-        tokio::spawn(turn_worker(
-            Arc::downgrade(&room),
-            rx,
-            self.engine.clone(),
-            self.life.clone(),
-        ));
-        slot.insert(room.clone());
-        crate::metrics::rooms(before + 1);
-        Ok(room)
+        let mut mine = self.per_tenant.entry(tenant.to_string()).or_insert(0);
+        if *mine >= self.cfg.max_rooms_per_tenant {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            return Err(ErrorCode::TooManyRooms);
+        }
+        *mine += 1;
+        Ok(before + 1)
+    }
+
+    fn give_slot(&self, tenant: &str) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        if let Some(mut mine) = self.per_tenant.get_mut(tenant) {
+            *mine = mine.saturating_sub(1);
+        }
+        self.per_tenant.remove_if(tenant, |_, n| *n == 0);
+    }
+
+    /// Joins `member` to the room `key` (opened if needed), retrying when the room retired
+    /// between the lookup and the join.
+    pub fn join(
+        &self,
+        key: RoomKey,
+        member: &Member,
+        handle: &MemberHandle,
+        resume: Option<&Resume>,
+    ) -> Result<Arc<Room>, ErrorCode> {
+        self.enter(key, |room| {
+            room.join(member.clone(), handle.clone(), resume)
+        })
+    }
+
+    /// Adds a read-only viewer to the room `key` (opened if needed).
+    pub fn watch(
+        &self,
+        key: RoomKey,
+        handle: &MemberHandle,
+        resume: Option<&Resume>,
+    ) -> Result<Arc<Room>, ErrorCode> {
+        self.enter(key, |room| room.watch(handle.clone(), resume))
+    }
+
+    fn enter(
+        &self,
+        key: RoomKey,
+        step: impl Fn(&Room) -> Result<(), Refusal>,
+    ) -> Result<Arc<Room>, ErrorCode> {
+        // A retired room is gone from the map, so the next lookup opens a fresh one; a few
+        // tries cover a sweep racing with the join.
+        for _ in 0..4 {
+            let room = self.get_or_create(key.clone())?;
+            match step(&room) {
+                Ok(()) => return Ok(room),
+                Err(Refusal::Retired) => continue,
+                Err(Refusal::Code(code)) => return Err(code),
+            }
+        }
+        Err(ErrorCode::Overloaded)
     }
 
     /// Number of rooms held.
@@ -95,16 +164,28 @@ impl Rooms {
         self.len() == 0
     }
 
+    /// Retires the rooms that have been empty and quiet for `rooms.empty_ttl_ms`, and parks
+    /// their memory.
     fn sweep(&self) {
-        let ttl = ms(self.cfg.idle_ttl_ms);
-        self.map.retain(|_, room| {
-            let idle = room.is_idle(ttl);
-            if idle {
-                self.count.fetch_sub(1, Ordering::AcqRel);
+        let ttl = ms(self.cfg.empty_ttl_ms);
+        let mut retired = Vec::new();
+        self.map.retain(|key, room| match room.retire(ttl) {
+            Some(memory) => {
+                retired.push((key.clone(), memory));
+                false
             }
-            !idle
+            None => true,
         });
+        for (key, memory) in retired {
+            self.give_slot(&key.tenant);
+            self.backplane.park(&key, memory);
+        }
         crate::metrics::rooms(self.len());
+    }
+
+    /// How often the janitor sweeps: often enough to reclaim empty rooms promptly.
+    fn sweep_every(&self) -> Duration {
+        ms((self.cfg.empty_ttl_ms / 2).clamp(50, 10_000))
     }
 }
 
@@ -126,7 +207,11 @@ async fn turn_worker(
 }
 
 async fn janitor(rooms: Weak<Rooms>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    let every = match rooms.upgrade() {
+        Some(r) => r.sweep_every(),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
         let Some(rooms) = rooms.upgrade() else { return };

@@ -22,6 +22,11 @@ impl ReplayBuffer {
         }
     }
 
+    /// Bytes of the frames held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Appends the event with sequence number `seq` (callers pass strictly increasing seqs).
     pub fn push(&mut self, seq: u64, kind: &'static str, frame: Arc<str>) {
         self.bytes += frame.len();

@@ -8,7 +8,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::log::RoomLog;
+use super::log::{Retired, RoomLog, RoomMemory};
 use super::{MemberHandle, Outbound, RoomKey};
 use crate::chat::{TurnOwner, TurnRequest};
 use crate::config::RoomsConfig;
@@ -59,6 +59,24 @@ pub(super) struct RoomState {
     pub cancelled: HashSet<Uuid>,
     recent_ids: VecDeque<String>,
     pub last_activity: Instant,
+    /// Gave its slot back: its memory is parked, nobody can join it any more.
+    retired: bool,
+}
+
+/// Why a join or watch did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The room gave its slot back in the meantime: open it again.
+    Retired,
+    Code(ErrorCode),
+}
+
+/// Where a returning client was: its last seq, in the epoch it saw it in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub last_seq: u64,
+    /// `None`: the client does not know (it resyncs).
+    pub epoch: Option<String>,
 }
 
 /// A prompt as a member sent it.
@@ -75,21 +93,22 @@ impl Room {
         key: RoomKey,
         cfg: Arc<RoomsConfig>,
         turns_tx: mpsc::Sender<TurnRequest>,
-        log: Box<dyn RoomLog>,
+        memory: RoomMemory,
     ) -> Self {
         Self {
             key,
             cfg,
             state: Mutex::new(RoomState {
-                log,
+                log: memory.log,
                 members: Vec::new(),
                 viewers: Vec::new(),
-                history: VecDeque::new(),
+                history: memory.history,
                 active: None,
                 queued: VecDeque::new(),
                 cancelled: HashSet::new(),
                 recent_ids: VecDeque::new(),
                 last_activity: Instant::now(),
+                retired: false,
             }),
             turns_tx,
         }
@@ -107,14 +126,17 @@ impl Room {
         &self,
         member: Member,
         handle: MemberHandle,
-        last_seq: Option<u64>,
-    ) -> Result<(), ErrorCode> {
+        resume: Option<&Resume>,
+    ) -> Result<(), Refusal> {
         let mut st = self.lock();
+        if st.retired {
+            return Err(Refusal::Retired);
+        }
         if st.members.len() >= self.cfg.max_members {
-            return Err(ErrorCode::RoomFull);
+            return Err(Refusal::Code(ErrorCode::RoomFull));
         }
         st.last_activity = Instant::now();
-        let delivered = self.catch_up(&st, &handle, last_seq);
+        let delivered = self.catch_up(&st, &handle, resume);
         if !delivered {
             handle.slow.cancel();
             return Ok(());
@@ -130,14 +152,17 @@ impl Room {
 
     /// Adds a read-only viewer (the SSE endpoint): it gets every room event, with the same
     /// catch-up as a member, but is not a member (no presence, cannot prompt).
-    pub fn watch(&self, handle: MemberHandle, last_seq: Option<u64>) -> Result<(), ErrorCode> {
+    pub fn watch(&self, handle: MemberHandle, resume: Option<&Resume>) -> Result<(), Refusal> {
         let mut st = self.lock();
+        if st.retired {
+            return Err(Refusal::Retired);
+        }
         // Viewers that went away are otherwise noticed only at the next event.
         st.viewers.retain(|v| !v.tx.is_closed());
         if st.members.len() + st.viewers.len() >= self.cfg.max_members {
-            return Err(ErrorCode::RoomFull);
+            return Err(Refusal::Code(ErrorCode::RoomFull));
         }
-        if self.catch_up(&st, &handle, last_seq) {
+        if self.catch_up(&st, &handle, resume) {
             st.viewers.push(handle);
         } else {
             handle.slow.cancel();
@@ -145,11 +170,14 @@ impl Room {
         Ok(())
     }
 
-    /// Sends a newcomer what it missed: the events after `last_seq` from the replay buffer,
-    /// or a `resync` snapshot when the buffer no longer holds them. False if its queue is
-    /// already full.
-    fn catch_up(&self, st: &RoomState, handle: &MemberHandle, last_seq: Option<u64>) -> bool {
-        let replay = last_seq.and_then(|n| st.log.since(n));
+    /// Sends a newcomer what it missed: the events after its `last_seq` from the log, when
+    /// that seq is of the log's epoch and the log still holds them; else a `resync` snapshot.
+    /// False if its queue is already full.
+    fn catch_up(&self, st: &RoomState, handle: &MemberHandle, resume: Option<&Resume>) -> bool {
+        let last_seq = resume.map(|r| r.last_seq);
+        let replay = resume
+            .filter(|r| r.epoch.as_deref() == Some(st.log.epoch()))
+            .and_then(|r| st.log.since(r.last_seq));
         match replay {
             Some(frames) if frames.len() < handle.tx.max_capacity() => {
                 if last_seq.is_some() {
@@ -307,12 +335,21 @@ impl Room {
 
     /// True when nobody is in the room, nothing runs, and it has been quiet for `ttl`.
     pub fn is_idle(&self, ttl: Duration) -> bool {
-        let st = self.lock();
-        st.members.is_empty()
-            && st.viewers.iter().all(|v| v.tx.is_closed())
-            && st.active.is_none()
-            && st.queued.is_empty()
-            && st.last_activity.elapsed() >= ttl
+        idle(&self.lock(), ttl)
+    }
+
+    /// Gives the room's slot back if it has been idle for `ttl`: from now on nobody can join
+    /// it, and its log and history are returned to be parked.
+    pub(super) fn retire(&self, ttl: Duration) -> Option<RoomMemory> {
+        let mut st = self.lock();
+        if st.retired || !idle(&st, ttl) {
+            return None;
+        }
+        st.retired = true;
+        Some(RoomMemory {
+            log: std::mem::replace(&mut st.log, Box::new(Retired)),
+            history: std::mem::take(&mut st.history),
+        })
     }
 
     pub(super) fn publish_presence(&self, st: &mut RoomState) {
@@ -384,8 +421,17 @@ impl Room {
     }
 }
 
+fn idle(st: &RoomState, ttl: Duration) -> bool {
+    st.members.is_empty()
+        && st.viewers.iter().all(|v| v.tx.is_closed())
+        && st.active.is_none()
+        && st.queued.is_empty()
+        && st.last_activity.elapsed() >= ttl
+}
+
 fn snapshot(st: &RoomState) -> RoomSnapshot {
     RoomSnapshot {
+        epoch: st.log.epoch().to_string(),
         members: st.members.iter().map(|m| m.member.clone()).collect(),
         turns: st.history.iter().cloned().collect(),
         active: st.active.as_ref().map(|a| a.snapshot.clone()),

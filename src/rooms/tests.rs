@@ -27,13 +27,9 @@ fn room(cfg: RoomsConfig) -> Fixture {
         tenant: "acme".into(),
         name: "general".into(),
     };
-    let backplane = LocalBackplane {
-        replay_events: cfg.replay_events,
-        replay_bytes: cfg.replay_bytes,
-    };
-    let log = backplane.open(&key);
+    let memory = LocalBackplane::new(&cfg).open(&key);
     Fixture {
-        room: Room::new(key, Arc::new(cfg), tx, log),
+        room: Room::new(key, Arc::new(cfg), tx, memory),
         turns,
     }
 }
@@ -131,14 +127,23 @@ fn a_reconnect_replays_what_was_missed_or_resyncs() {
     f.room
         .join(a.member.clone(), a.handle.clone(), None)
         .unwrap();
-    let last = drain(&mut a).last().and_then(|e| e.seq).unwrap();
+    let seen = drain(&mut a);
+    let last = seen.last().and_then(|e| e.seq).unwrap();
+    let epoch = seen.iter().find_map(|e| match &e.body {
+        EventBody::Resync { snapshot } => Some(snapshot.epoch.clone()),
+        _ => None,
+    });
+    let resume = Resume {
+        last_seq: last,
+        epoch,
+    };
     f.room.leave(a.member.session_id);
     f.room
         .submit_prompt(prompt(&a.member, "one", None), owner())
         .unwrap();
     let mut back = client("a", 64);
     f.room
-        .join(back.member.clone(), back.handle.clone(), Some(last))
+        .join(back.member.clone(), back.handle.clone(), Some(&resume))
         .unwrap();
     let got = drain(&mut back);
     let seqs: Vec<u64> = got.iter().filter_map(|e| e.seq).collect();
@@ -156,7 +161,7 @@ fn a_reconnect_replays_what_was_missed_or_resyncs() {
     }
     let mut late = client("a", 64);
     f.room
-        .join(late.member.clone(), late.handle.clone(), Some(last))
+        .join(late.member.clone(), late.handle.clone(), Some(&resume))
         .unwrap();
     let got = drain(&mut late);
     assert!(

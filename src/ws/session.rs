@@ -22,7 +22,7 @@ use crate::protocol::{
     ClientMessage, EventBody, Member, PROTOCOL_VERSION, ServerEvent, decode_client_message, unix_ms,
 };
 use crate::rooms::{MAX_ROOM_CHARS, check_label};
-use crate::rooms::{MemberHandle, Outbound, Prompt, Room, RoomKey};
+use crate::rooms::{MemberHandle, Outbound, Prompt, Resume, Room, RoomKey};
 
 /// How long to keep reading after our Close frame, waiting for the client's Close reply.
 /// Closing the socket with unread input would send a TCP reset and the client could lose
@@ -43,6 +43,8 @@ struct Session {
     state: AppState,
     handle: MemberHandle,
     joined: Option<(Arc<Room>, Member)>,
+    /// Rooms this connection opened in the last minute.
+    opens: super::rate::PerMinute,
     /// With room routing, the only room this connection may join (from `?room=`).
     pinned: Option<String>,
 }
@@ -63,12 +65,14 @@ pub async fn serve_session(
     let slow = CancellationToken::new();
     let mut writer = tokio::spawn(write_loop(sink, rx, close_rx, slow.clone(), cfg.clone()));
 
+    let opens = super::rate::PerMinute::new(state.config.rooms.opens_per_connection_per_min);
     let mut session = Session {
         id: Uuid::new_v4(),
         caller,
         state,
         handle: MemberHandle { tx, slow },
         joined: None,
+        opens,
         pinned,
     };
     session.send_event(
@@ -230,7 +234,11 @@ impl Session {
                 room,
                 name,
                 last_seq,
-            } => return self.join(room, name, last_seq),
+                epoch,
+            } => {
+                let resume = last_seq.map(|last_seq| Resume { last_seq, epoch });
+                return self.join(room, name, resume);
+            }
             ClientMessage::Prompt {
                 text,
                 client_msg_id,
@@ -261,7 +269,7 @@ impl Session {
         None
     }
 
-    fn join(&mut self, room: String, name: String, last_seq: Option<u64>) -> Option<CloseRequest> {
+    fn join(&mut self, room: String, name: String, resume: Option<Resume>) -> Option<CloseRequest> {
         let room = room.trim().to_string();
         let name = name.trim().to_string();
         if let Some(problem) = check_label("room", &room, MAX_ROOM_CHARS)
@@ -278,27 +286,47 @@ impl Session {
                 ),
             });
         }
+        if let Err((message, retry_after)) = self.may_join() {
+            crate::metrics::ws_error(ErrorCode::RateLimited.as_str());
+            let error = EventBody::error(ErrorCode::RateLimited, message, retry_after);
+            self.send_event(None, error);
+            return None;
+        }
         self.leave_room();
         let key = RoomKey {
             tenant: self.caller.principal.tenant.to_string(),
             name: room.clone(),
         };
-        let room_ref = match self.state.rooms.get_or_create(key) {
-            Ok(r) => r,
-            Err(code) => {
-                self.send_error(None, code, format!("cannot open room {room:?}"));
-                return None;
-            }
-        };
         let member = Member {
             session_id: self.id,
             name,
         };
-        match room_ref.join(member.clone(), self.handle.clone(), last_seq) {
-            Ok(()) => self.joined = Some((room_ref, member)),
+        match self
+            .state
+            .rooms
+            .join(key, &member, &self.handle, resume.as_ref())
+        {
+            Ok(room_ref) => self.joined = Some((room_ref, member)),
             Err(code) => self.send_error(None, code, format!("cannot join room {room:?}")),
         }
         None
+    }
+
+    /// A join is a request (`requests_per_min`), and one connection may open only
+    /// `rooms.opens_per_connection_per_min` rooms a minute.
+    fn may_join(&mut self) -> Result<(), (String, Option<Duration>)> {
+        if let Err(wait) = self.opens.take(std::time::Instant::now()) {
+            let max = self.state.config.rooms.opens_per_connection_per_min;
+            let message = format!(
+                "this connection joined {max} rooms in the last minute \
+                 (rooms.opens_per_connection_per_min)"
+            );
+            return Err((message, Some(wait)));
+        }
+        let limits = &self.state.limits;
+        limits
+            .request(&self.caller.principal)
+            .map_err(|e| (e.to_string(), e.retry_after))
     }
 
     fn prompt(

@@ -128,6 +128,8 @@ pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub welcome: Value,
     pub last_seq: u64,
+    /// The room log's epoch from the last `resync` (what a resume sends with `last_seq`).
+    pub epoch: Value,
 }
 
 /// Adds tenant `name` with one key per `(user, key)`, and turns dev mode off.
@@ -177,6 +179,7 @@ impl Client {
             ws,
             welcome: Value::Null,
             last_seq: 0,
+            epoch: Value::Null,
         };
         c.welcome = c.recv().await;
         assert_eq!(c.welcome["type"], "welcome", "{}", c.welcome);
@@ -228,6 +231,9 @@ impl Client {
                     let v: Value = serde_json::from_str(&t).expect("server sent JSON");
                     if let Some(s) = v["seq"].as_u64() {
                         self.last_seq = s;
+                    }
+                    if v["type"] == "resync" {
+                        self.epoch = v["snapshot"]["epoch"].clone();
                     }
                     return v;
                 }
