@@ -212,6 +212,8 @@ pub enum CloseReason {
     /// The session is pinned to another room by room routing; reconnect with `?room=` of the
     /// room wanted, so the ingress sends it to the replica that serves it (4009).
     WrongRoom,
+    /// The API key the session authenticated with was revoked (4003).
+    KeyRevoked,
 }
 
 impl CloseReason {
@@ -223,6 +225,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => 4001,
             CloseReason::SlowConsumer => 4008,
             CloseReason::WrongRoom => 4009,
+            CloseReason::KeyRevoked => 4003,
         }
     }
 
@@ -234,6 +237,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::WrongRoom => "wrong_room",
+            CloseReason::KeyRevoked => "key_revoked",
         }
     }
 }

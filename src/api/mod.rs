@@ -179,8 +179,8 @@ fn ws_upgrade(
     // Authenticated before the upgrade: a refused client gets an HTTP status it can read,
     // not a socket that opens and closes.
     let path = req.uri().path();
-    let principal = match state.auth.websocket(req.headers()) {
-        Ok(p) => p,
+    let (principal, key) = match state.auth.websocket(req.headers()) {
+        Ok(c) => (c.principal, c.key),
         Err(e) => return guard::refused(path, &e),
     };
     if let Err(e) = state.limits.request(&principal) {
@@ -218,7 +218,11 @@ fn ws_upgrade(
         .protocols([crate::auth::WS_PROTOCOL])
         .on_upgrade(move |socket| {
             let tracker = state.life.sessions.clone();
-            let who = Caller { principal, permit };
+            let who = Caller {
+                principal,
+                permit,
+                key,
+            };
             tracker.track_future(serve_session(socket, state, pinned, who))
         })
         .into_response()

@@ -43,6 +43,20 @@ pub enum KeyFileError {
     },
     #[error("{path} line {line}: expected `USER sha256:HEX`")]
     Line { path: String, line: usize },
+    /// One key for two holders would make every request of one of them the other's.
+    #[error(
+        "the same key hash is listed for {first} and for {second}; give each holder its own key"
+    )]
+    Duplicate { first: String, second: String },
+}
+
+/// What a key file that is gone means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// At start: the configuration is wrong.
+    Fails,
+    /// On reload: the secret was removed, so its keys are revoked (fail closed).
+    Revokes,
 }
 
 /// Parses a key file: one `USER sha256:HEX` per line, blank lines and `#` comments allowed.
@@ -77,34 +91,58 @@ pub fn parse_file(path: &Path) -> Result<Vec<(String, [u8; 32])>, KeyFileError> 
     Ok(out)
 }
 
-/// Builds the index of every tenant's keys (inline and from files).
+/// Builds the index of every tenant's keys (inline and from files). A hash listed for two
+/// holders is refused with both names; a key file that is gone fails or revokes its keys,
+/// as `missing` says.
 pub fn index<'a>(
     tenants: impl Iterator<Item = (&'a String, &'a TenantConfig)>,
+    missing: Missing,
 ) -> Result<KeyIndex, KeyFileError> {
     let mut idx = KeyIndex::new();
     for (tenant, t) in tenants {
         let tenant: Arc<str> = Arc::from(tenant.as_str());
-        let mut add = |user: &str, h: [u8; 32]| {
-            idx.insert(
-                h,
-                Principal {
-                    tenant: tenant.clone(),
-                    user: Arc::from(user),
-                },
-            );
+        let inline = t
+            .keys
+            .iter()
+            .filter_map(|k| Some((k.user.clone(), parse_key_hash(&k.sha256)?)));
+        let from_file = match &t.keys_file {
+            Some(path) => file_keys(path, missing)?,
+            None => Vec::new(),
         };
-        for k in &t.keys {
-            if let Some(h) = parse_key_hash(&k.sha256) {
-                add(&k.user, h);
-            }
-        }
-        if let Some(path) = &t.keys_file {
-            for (user, h) in parse_file(path)? {
-                add(&user, h);
-            }
+        for (user, h) in inline.chain(from_file) {
+            let holder = Principal {
+                tenant: tenant.clone(),
+                user: Arc::from(user.as_str()),
+            };
+            add(&mut idx, h, holder)?;
         }
     }
     Ok(idx)
+}
+
+fn file_keys(path: &Path, missing: Missing) -> Result<Vec<(String, [u8; 32])>, KeyFileError> {
+    match parse_file(path) {
+        Err(KeyFileError::Read { source, .. })
+            if missing == Missing::Revokes && source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            tracing::error!(path = %path.display(), "key file is gone: its keys are revoked");
+            Ok(Vec::new())
+        }
+        other => other,
+    }
+}
+
+fn add(idx: &mut KeyIndex, h: [u8; 32], holder: Principal) -> Result<(), KeyFileError> {
+    match idx.get(&h) {
+        Some(first) if *first != holder => Err(KeyFileError::Duplicate {
+            first: format!("{}/{}", first.tenant, first.user),
+            second: format!("{}/{}", holder.tenant, holder.user),
+        }),
+        _ => {
+            idx.insert(h, holder);
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +156,50 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with(KEY_PREFIX) && a.len() == KEY_PREFIX.len() + 48);
         assert_eq!(parse_key_hash(&hash_text(&a)), Some(hash(&a)));
+    }
+
+    fn tenant(keys: &[(&str, &str)], file: Option<std::path::PathBuf>) -> TenantConfig {
+        TenantConfig {
+            keys: keys
+                .iter()
+                .map(|(user, key)| crate::config::KeyEntry {
+                    user: user.to_string(),
+                    sha256: hash_text(key),
+                })
+                .collect(),
+            keys_file: file,
+            ..TenantConfig::default()
+        }
+    }
+
+    #[test]
+    fn one_key_for_two_holders_is_refused_with_both_names() {
+        let tenants = std::collections::BTreeMap::from([
+            ("acme".to_string(), tenant(&[("ann", "k1")], None)),
+            ("beta".to_string(), tenant(&[("bob", "k1")], None)),
+        ]);
+        let e = index(tenants.iter(), Missing::Fails)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("acme/ann") && e.contains("beta/bob"), "{e}");
+        let same_user = std::collections::BTreeMap::from([(
+            "acme".to_string(),
+            tenant(&[("ann", "k1"), ("ann", "k1"), ("amy", "k2")], None),
+        )]);
+        assert_eq!(index(same_user.iter(), Missing::Fails).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_missing_key_file_fails_at_start_and_revokes_on_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        let tenants = std::collections::BTreeMap::from([(
+            "acme".to_string(),
+            tenant(&[("ann", "k1")], Some(gone)),
+        )]);
+        assert!(index(tenants.iter(), Missing::Fails).is_err());
+        let idx = index(tenants.iter(), Missing::Revokes).unwrap();
+        assert_eq!(idx.len(), 1, "the inline key stays, the file's are gone");
     }
 
     #[test]

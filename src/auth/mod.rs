@@ -76,16 +76,38 @@ impl AuthError {
 pub struct Authenticator {
     cfg: AuthConfig,
     keys: RwLock<Arc<KeyIndex>>,
+    /// Bumped whenever a reload took keys away: open sessions check that theirs still holds.
+    revoked: tokio::sync::watch::Sender<u64>,
+}
+
+/// Who a WebSocket is, and by which key (none in dev mode).
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub principal: Principal,
+    pub key: Option<[u8; 32]>,
 }
 
 impl Authenticator {
-    /// Reads every tenant's keys; a missing or malformed key file fails the boot.
+    /// Reads every tenant's keys; a missing or malformed key file, or one key listed for two
+    /// holders, fails the boot.
     pub fn new(cfg: &AuthConfig) -> Result<Self, KeyFileError> {
-        let keys = keys::index(cfg.tenants.iter())?;
+        let keys = keys::index(cfg.tenants.iter(), keys::Missing::Fails)?;
         Ok(Self {
             cfg: cfg.clone(),
             keys: RwLock::new(Arc::new(keys)),
+            revoked: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Changes whenever keys were revoked.
+    pub fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revoked.subscribe()
+    }
+
+    /// Whether `key` still belongs to `principal`.
+    pub fn holds(&self, key: &[u8; 32], principal: &Principal) -> bool {
+        let idx = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
+        idx.get(key) == Some(principal)
     }
 
     /// Tenant names (the bounded set of `tenant` metric labels).
@@ -97,12 +119,21 @@ impl Authenticator {
         }
     }
 
-    /// Reads key files again. On error the previous keys stay in force (a half-written
-    /// secret must not lock everyone out).
+    /// Reads key files again. A file that is gone revokes its keys (fail closed); a
+    /// malformed one keeps the previous keys in force (a half-written secret must not lock
+    /// everyone out). Sessions of revoked keys are told.
     pub fn reload(&self) -> Result<usize, KeyFileError> {
-        let idx = keys::index(self.cfg.tenants.iter())?;
+        let idx = keys::index(self.cfg.tenants.iter(), keys::Missing::Revokes)?;
         let n = idx.len();
-        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(idx);
+        let old = std::mem::replace(
+            &mut *self.keys.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(idx.clone()),
+        );
+        let lost = old.iter().filter(|(k, p)| idx.get(*k) != Some(*p)).count();
+        if lost > 0 {
+            tracing::warn!(revoked = lost, "API keys revoked by a key file change");
+            self.revoked.send_modify(|n| *n += 1);
+        }
         Ok(n)
     }
 
@@ -133,11 +164,22 @@ impl Authenticator {
     }
 
     fn resolve(&self, key: Option<&str>) -> Result<Principal, AuthError> {
+        self.credential(key).map(|c| c.principal)
+    }
+
+    fn credential(&self, key: Option<&str>) -> Result<Credential, AuthError> {
         if self.cfg.dev_mode {
-            return Ok(Principal::dev());
+            return Ok(Credential {
+                principal: Principal::dev(),
+                key: None,
+            });
         }
         let key = key.ok_or(AuthError::Missing)?;
-        self.lookup(key).ok_or(AuthError::Invalid)
+        let principal = self.lookup(key).ok_or(AuthError::Invalid)?;
+        Ok(Credential {
+            principal,
+            key: Some(keys::hash(key)),
+        })
     }
 
     /// An HTTP request: `Authorization: Bearer KEY`.
@@ -147,7 +189,7 @@ impl Authenticator {
 
     /// A WebSocket upgrade: the Origin check, then the key from `Authorization` or from a
     /// `confab.bearer.KEY` subprotocol (browsers).
-    pub fn websocket(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
+    pub fn websocket(&self, headers: &HeaderMap) -> Result<Credential, AuthError> {
         self.check_origin(headers)?;
         let from_protocol = headers
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -155,7 +197,7 @@ impl Authenticator {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .find_map(|p| p.trim().strip_prefix(WS_BEARER_PREFIX));
-        self.resolve(bearer(headers).or(from_protocol))
+        self.credential(bearer(headers).or(from_protocol))
     }
 
     /// Cross-site WebSocket hijacking defence: a browser always sends `Origin`; it must be
@@ -264,7 +306,7 @@ mod tests {
             ("origin", "https://app.example.com"),
             ("sec-websocket-protocol", "confab.v1, confab.bearer.k-acme"),
         ]);
-        assert_eq!(&*a.websocket(&ok).unwrap().tenant, "acme");
+        assert_eq!(&*a.websocket(&ok).unwrap().principal.tenant, "acme");
         let same = headers(&[
             ("host", "confab.local:8787"),
             ("origin", "http://confab.local:8787"),

@@ -340,6 +340,7 @@ fn init_fixed_series() {
         "restart",
         "idle_timeout",
         "slow_consumer",
+        "key_revoked",
     ] {
         counter!(WS_CLOSES_TOTAL, "reason" => reason).absolute(0);
     }

@@ -35,6 +35,8 @@ pub struct Caller {
     pub principal: crate::auth::Principal,
     /// Counts against `ws_connections` until the session ends.
     pub permit: crate::limits::Permit,
+    /// The key it authenticated with (none in dev mode): revoking it closes the session.
+    pub key: Option<[u8; 32]>,
 }
 
 struct Session {
@@ -158,12 +160,22 @@ impl Session {
             self.handle.slow.clone(),
             self.state.life.sessions_close.clone(),
         );
+        let mut revocations = self.state.auth.revocations();
+        let mut watch_key = self.caller.key.is_some();
         loop {
             tokio::select! {
                 biased;
                 // The writer closes with 4008 and the seq to resume from.
                 _ = slow.cancelled() => return Exit::Close(None),
                 _ = &mut *writer => return Exit::WriterDone,
+                changed = revocations.changed(), if watch_key => match changed {
+                    Ok(()) if !self.key_holds() => return Exit::Close(Some(CloseRequest {
+                        reason: CloseReason::KeyRevoked,
+                        detail: "the API key of this session was revoked".into(),
+                    })),
+                    Ok(()) => {}
+                    Err(_) => watch_key = false,
+                },
                 _ = closing.cancelled() => return Exit::Close(Some(CloseRequest {
                     reason: CloseReason::Restart,
                     detail: format!("server restarting; reconnect_after_ms={}", self.state.config.server.reconnect_hint_ms),
@@ -181,6 +193,13 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Whether the session's key still belongs to its principal.
+    fn key_holds(&self) -> bool {
+        self.caller
+            .key
+            .is_none_or(|k| self.state.auth.holds(&k, &self.caller.principal))
     }
 
     /// Handles what the socket gave; `Some` when the session ends.
