@@ -29,6 +29,48 @@ pub struct Progress {
     pub answer: String,
     /// Holds each unfinished word back until it can be checked for secrets.
     pub redactor: Option<Redactor>,
+    /// What each attempt that consumed upstream tokens cost, escalations and retries
+    /// included: every one of them is billed, not just the last link.
+    pub charges: Vec<Charge>,
+}
+
+/// The cost of one attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Charge {
+    /// Tokens booked against the tenant's token budget (0 for the local extractive link).
+    pub tokens: u64,
+    pub usd: f64,
+}
+
+/// What one attempt consumed upstream.
+#[derive(Debug, Default)]
+struct Meter {
+    usage: Option<(u64, u64)>,
+    /// Text pieces the upstream generated, shown or held back.
+    generated: u64,
+}
+
+impl Meter {
+    /// Reported usage, or the prompt estimate and the pieces generated; `None` when the
+    /// upstream generated nothing and reported nothing (a refused connection, an error
+    /// status, an open breaker: nothing consumed).
+    fn charge(&self, link: &Link, prompt_tokens: u64) -> Option<Charge> {
+        let (tokens_in, tokens_out) = match self.usage {
+            Some(u) => u,
+            None if self.generated > 0 => (prompt_tokens, self.generated),
+            None => return None,
+        };
+        let e = &link.entry;
+        let usd = (tokens_in as f64 * e.price_input_per_mtok
+            + tokens_out as f64 * e.price_output_per_mtok)
+            / 1e6;
+        let tokens = if link.is_extractive() {
+            0
+        } else {
+            tokens_in.saturating_add(tokens_out)
+        };
+        Some(Charge { tokens, usd })
+    }
 }
 
 impl Progress {
@@ -51,6 +93,8 @@ pub struct Attempt<'a> {
     pub deadline: Instant,
     /// Hold the first characters back and check them against this chain's refusal patterns.
     pub refusal_probe: Option<&'a Chain>,
+    /// The request's estimated prompt tokens, for an attempt whose upstream reports no usage.
+    pub prompt_tokens: u64,
 }
 
 /// How one attempt ended.
@@ -280,8 +324,17 @@ async fn next_event(
     }
 }
 
-/// Runs one attempt against `a.link` within the turn's deadline.
+/// Runs one attempt against `a.link` within the turn's deadline, and books what it consumed.
 pub async fn run(a: &Attempt<'_>, progress: &mut Progress) -> AttemptEnd {
+    let mut meter = Meter::default();
+    let end = metered(a, progress, &mut meter).await;
+    if let Some(charge) = meter.charge(a.link, a.prompt_tokens) {
+        progress.charges.push(charge);
+    }
+    end
+}
+
+async fn metered(a: &Attempt<'_>, progress: &mut Progress, meter: &mut Meter) -> AttemptEnd {
     // Words held from an earlier, failed attempt never reached anyone: drop them.
     if let Some(r) = progress.redactor.as_mut() {
         r.discard();
@@ -300,13 +353,19 @@ pub async fn run(a: &Attempt<'_>, progress: &mut Progress) -> AttemptEnd {
             Err(end) => return end,
         };
         match event {
-            StreamEvent::Delta(text) => match probe.feed(text) {
-                Ok(Some(text)) => release(a, progress, text),
-                Ok(None) => {}
-                Err(Refused) => return AttemptEnd::Refused,
-            },
+            StreamEvent::Delta(text) => {
+                meter.generated += 1;
+                match probe.feed(text) {
+                    Ok(Some(text)) => release(a, progress, text),
+                    Ok(None) => {}
+                    Err(Refused) => return AttemptEnd::Refused,
+                }
+            }
             StreamEvent::Finish(f) => finish = Some(f),
-            StreamEvent::Usage { input, output } => progress.usage = Some((input, output)),
+            StreamEvent::Usage { input, output } => {
+                meter.usage = Some((input, output));
+                progress.usage = Some((input, output));
+            }
         }
     }
     match probe.close() {

@@ -26,6 +26,8 @@ pub(super) struct Generation<'a> {
     /// Index of the first link to try (cheap-first routing).
     pub start: usize,
     pub request: &'a ChatRequest,
+    /// The request's estimated prompt tokens (billing when usage is not reported).
+    pub prompt_tokens: u64,
     pub cancel: CancellationToken,
     pub deadline: Instant,
     pub deadline_ms: u64,
@@ -167,6 +169,7 @@ async fn try_link(
         deadline: g.deadline,
         refusal_probe: (g.chain.escalate_on_refusal && g.chain.has_stronger_after(index))
             .then_some(g.chain),
+        prompt_tokens: g.prompt_tokens,
     };
     let mut retries = 0;
     loop {

@@ -30,6 +30,7 @@ use self::retrieve::Retrieved;
 use self::turn::Turn;
 use crate::cache::{AnswerCache, CacheHit};
 use crate::config::{SafetyConfig, TurnConfig, ms};
+use crate::error::ErrorCode;
 use crate::lifecycle::Lifecycle;
 use crate::limits::Limiter;
 use crate::providers::BreakerState;
@@ -86,8 +87,20 @@ impl TurnEngine {
         &self.cfg.chain
     }
 
-    /// Runs one turn to its single `end` event.
+    /// Runs one turn to its single `end` event. A bug that panics inside the turn still
+    /// ends it (`error` + `end`) and leaves the room free for the next one.
     pub async fn run(&self, sink: &dyn TurnSink, req: TurnRequest, life: &Lifecycle) {
+        use futures_util::FutureExt;
+        let turn_id = req.turn_id;
+        let phases = std::panic::AssertUnwindSafe(self.phases(sink, req, life));
+        if phases.catch_unwind().await.is_err() {
+            tracing::error!(%turn_id, "a turn panicked; it ends with an error");
+            let message = "the turn failed on a bug; the server log has the details";
+            sink.abort_turn(turn_id, Rejection::new(ErrorCode::Internal, message));
+        }
+    }
+
+    async fn phases(&self, sink: &dyn TurnSink, req: TurnRequest, life: &Lifecycle) {
         let turn = match self.admit(sink, req, life) {
             Ok(turn) => turn,
             Err((turn_id, rejection)) => return sink.reject_turn(turn_id, rejection),
@@ -114,6 +127,7 @@ impl TurnEngine {
             chain: turn.chain,
             start: plan.start,
             request: &plan.request,
+            prompt_tokens: plan.prompt_tokens,
             cancel,
             deadline: turn.started + ms(self.cfg.deadline_ms),
             deadline_ms: self.cfg.deadline_ms,

@@ -58,7 +58,9 @@ impl TurnEngine {
     }
 
     /// The most a turn may cost: its prompt (with a margin over the estimate) and the
-    /// output cap, at the dearest link from `start` on. The local extractive link costs nothing.
+    /// output cap, at every link from `start` on — each attempt that consumes tokens is
+    /// billed, so a turn that escalates pays for each link it tried. The local extractive
+    /// link costs nothing.
     pub(super) fn estimate(&self, chain: &Chain, start: usize, prompt_tokens: u64) -> Estimate {
         let prompt = prompt_tokens + prompt_tokens / 4 + 16;
         chain.links[start..]
@@ -73,8 +75,8 @@ impl TurnEngine {
                     + out as f64 * l.entry.price_output_per_mtok)
                     / 1e6;
                 Estimate {
-                    tokens: acc.tokens.max(prompt + out),
-                    usd: acc.usd.max(usd),
+                    tokens: acc.tokens.saturating_add(prompt + out),
+                    usd: acc.usd + usd,
                 }
             })
     }

@@ -129,47 +129,31 @@ fn failure(outcome: &Outcome, life: &Lifecycle) -> Option<Failure> {
     }
 }
 
-/// Only an upstream that generated or reported usage is billed: a refused connection, an
-/// open breaker or an error status consumed nothing. Counts the upstream reports win over
-/// estimates (prompt estimate in, deltas out).
+/// The turn's bill: every attempt that consumed upstream tokens (escalations and retries
+/// included; a refused connection, an open breaker or an error status consumed nothing),
+/// each at its own link's prices. The counts shown are the last attempt's: the upstream's
+/// report when there is one, else the prompt estimate and the deltas.
 fn bill(generated: &Generated, prompt_tokens: u64) -> Bill {
     let progress = &generated.progress;
     let (tokens_in, tokens_out, usage_reported) = match progress.usage {
         Some((i, o)) => (i, o, true),
         None => (prompt_tokens, progress.deltas, false),
     };
-    let billable = progress.usage.is_some() || progress.deltas > 0;
-    let Some(link) = &generated.last else {
-        return Bill {
-            model: String::new(),
-            provider: String::new(),
-            tokens_in,
-            tokens_out,
-            usage_reported,
-            cost_usd: 0.0,
-            billed_tokens: 0,
-        };
-    };
-    let upstream = billable && !link.is_extractive();
-    let cost_usd = if billable {
-        (tokens_in as f64 * link.entry.price_input_per_mtok
-            + tokens_out as f64 * link.entry.price_output_per_mtok)
-            / 1e6
-    } else {
-        0.0
-    };
+    let (model, provider) = generated.last.as_ref().map_or_else(
+        || (String::new(), String::new()),
+        |l| (l.provider.model().to_string(), l.name.clone()),
+    );
     Bill {
-        model: link.provider.model().to_string(),
-        provider: link.name.clone(),
+        model,
+        provider,
         tokens_in,
         tokens_out,
         usage_reported,
-        cost_usd,
-        billed_tokens: if upstream {
-            tokens_in.saturating_add(tokens_out)
-        } else {
-            0
-        },
+        cost_usd: progress.charges.iter().map(|c| c.usd).sum(),
+        billed_tokens: progress
+            .charges
+            .iter()
+            .fold(0u64, |n, c| n.saturating_add(c.tokens)),
     }
 }
 

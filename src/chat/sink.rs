@@ -25,6 +25,11 @@ pub trait TurnSink: Send + Sync {
     fn finish_turn(&self, turn_id: Uuid, finish_reason: FinishReason, partial: bool);
     /// Ends a turn that never started with `error` + `end`.
     fn reject_turn(&self, turn_id: Uuid, rejection: Rejection);
+    /// Ends a turn wherever it stands (a bug cut it short) with `error` + `end`: a started
+    /// one keeps its partial answer, a queued one is dropped.
+    fn abort_turn(&self, turn_id: Uuid, rejection: Rejection) {
+        self.reject_turn(turn_id, rejection);
+    }
 }
 
 /// What `start` announces.

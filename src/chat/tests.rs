@@ -358,7 +358,7 @@ async fn a_budget_too_small_for_the_worst_case_refuses_before_the_upstream() {
 }
 
 #[tokio::test]
-async fn the_estimate_is_the_dearest_link_from_the_start() {
+async fn the_estimate_covers_every_link_that_may_be_tried() {
     let mock = MockUpstream::start(0, Behavior::text(&["x"]))
         .await
         .unwrap();
@@ -379,13 +379,128 @@ async fn the_estimate_is_the_dearest_link_from_the_start() {
     let chain = e.models.chain("default").unwrap();
     let from_dear = e.estimate(chain, 0, 100);
     let from_cheap = e.estimate(chain, 1, 100);
-    // 100 prompt tokens + 25% + 16 = 141; 1,000 out at 100 USD/Mtok is 0.1 USD.
-    assert_eq!(from_dear.tokens, 141 + 1_000);
-    assert!(
-        (from_dear.usd - (141.0 + 100_000.0) / 1e6).abs() < 1e-9,
-        "{from_dear:?}"
-    );
+    // 100 prompt tokens + 25% + 16 = 141 for each link; `dear` may write 1,000 tokens at
+    // 100 USD/Mtok, `mock` 512 at 2 USD/Mtok (1 USD/Mtok in).
+    assert_eq!(from_dear.tokens, (141 + 1_000) + (141 + 512));
+    let usd = (141.0 + 100_000.0) / 1e6 + (141.0 + 1_024.0) / 1e6;
+    assert!((from_dear.usd - usd).abs() < 1e-12, "{from_dear:?}");
     assert!(from_cheap.usd < from_dear.usd);
     let extractive_only = e.estimate(chain, chain.links.len() - 1, 100);
     assert_eq!((extractive_only.tokens, extractive_only.usd), (0, 0.0));
+}
+
+#[tokio::test]
+async fn every_attempt_that_consumed_tokens_is_billed() {
+    let mock = MockUpstream::start(0, Behavior::text(&["Paris is the capital."]))
+        .await
+        .unwrap();
+    mock.push(Behavior::text(&["I'm sorry, I can't help."]));
+    let cfg = config(&mock, 0, |c| {
+        c.providers.insert("weak".into(), provider(&mock, 0));
+        c.providers.insert("strong".into(), provider(&mock, 0));
+        c.chains.insert(
+            "default".into(),
+            ChainConfig {
+                links: vec!["weak".into(), "strong".into()],
+                escalate_on_refusal: true,
+                ..ChainConfig::default()
+            },
+        );
+    });
+    let limits = crate::limits::Limiter::new(&cfg.auth, &cfg.limits);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let engine = TurnEngine::new(EngineParts {
+        models: Models::from_config(&cfg).unwrap(),
+        cfg: cfg.turn.clone(),
+        retrieval: None,
+        cache: None,
+        limits: limits.clone(),
+        safety: cfg.safety.clone(),
+    });
+    let sink = Recorder::default();
+    engine
+        .run(
+            &sink,
+            request("capital?"),
+            &crate::lifecycle::Lifecycle::default(),
+        )
+        .await;
+    let m = sink.metrics();
+    let outcomes: Vec<_> = m
+        .attempts
+        .iter()
+        .map(|a| (a.provider.as_str(), a.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("weak", AttemptOutcome::Refused),
+            ("strong", AttemptOutcome::Ok)
+        ]
+    );
+    // Each attempt reported 10 prompt and 1 completion tokens at 1 and 2 USD per Mtok: the
+    // refused answer was generated, so it is paid for too.
+    let one = (10.0 * 1.0 + 1.0 * 2.0) / 1e6;
+    assert!((m.cost_usd - 2.0 * one).abs() < 1e-12, "{}", m.cost_usd);
+    let usage = limits.usage("acme");
+    assert!((usage.usd_today - 2.0 * one).abs() < 1e-12, "{usage:?}");
+    assert_eq!(usage.tokens_total, 22);
+}
+
+/// A sink whose first delta panics, like a bug inside a turn would.
+#[derive(Default)]
+struct Fragile {
+    inner: Recorder,
+    tripped: std::sync::atomic::AtomicBool,
+}
+
+impl TurnSink for Fragile {
+    fn tenant(&self) -> &str {
+        self.inner.tenant()
+    }
+    fn history(&self) -> Vec<TurnSnapshot> {
+        Vec::new()
+    }
+    fn begin_turn(&self, turn: &TurnRequest, start: TurnStart<'_>) -> bool {
+        self.inner.begin_turn(turn, start)
+    }
+    fn delta(&self, id: Uuid, text: String) {
+        if !self.tripped.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            panic!("a bug in the middle of a turn");
+        }
+        self.inner.delta(id, text);
+    }
+    fn turn_event(&self, id: Uuid, body: EventBody) {
+        self.inner.turn_event(id, body);
+    }
+    fn finish_turn(&self, id: Uuid, reason: FinishReason, partial: bool) {
+        self.inner.finish_turn(id, reason, partial);
+    }
+    fn reject_turn(&self, id: Uuid, rejection: Rejection) {
+        self.inner.reject_turn(id, rejection);
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_turn_still_ends_with_error_and_end() {
+    let mock = MockUpstream::start(0, Behavior::text(&["Hello", " world"]))
+        .await
+        .unwrap();
+    let cfg = config(&mock, 0, |_| {});
+    let sink = Fragile::default();
+    let engine = engine(&cfg);
+    let life = crate::lifecycle::Lifecycle::default();
+    engine.run(&sink, request("hi"), &life).await;
+    assert_eq!(sink.inner.kinds(), ["start", "error", "end"]);
+    assert!(matches!(
+        sink.inner.events()[1],
+        EventBody::Error {
+            code: ErrorCode::Internal,
+            ..
+        }
+    ));
+    // The engine is not poisoned: the next turn runs as usual.
+    let next = Recorder::default();
+    engine.run(&next, request("again"), &life).await;
+    assert_eq!(next.kinds(), ["start", "metrics", "end"]);
 }

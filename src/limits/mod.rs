@@ -2,7 +2,7 @@
 //! connections, tokens per minute and USD per day.
 //!
 //! Token and cost budgets hold under concurrency because a turn *reserves* its worst case
-//! (prompt estimate plus the provider's `max_tokens`, at the dearest link it may use) before
+//! (prompt estimate plus the provider's `max_tokens`, summed over every link it may try) before
 //! the upstream call, under the same lock that checks the budget, and *settles* with the real
 //! usage afterwards. Concurrent turns therefore see each other's reservations: the sum of
 //! what they may spend never passes the budget, however many start at once.

@@ -331,3 +331,46 @@ fn a_room_is_idle_only_when_empty_quiet_and_not_answering() {
         "not quiet long enough"
     );
 }
+
+#[test]
+fn an_aborted_turn_keeps_its_partial_answer_and_frees_the_room() {
+    let mut f = room(RoomsConfig::default());
+    let mut a = client("a", 256);
+    f.room
+        .join(a.member.clone(), a.handle.clone(), None)
+        .unwrap();
+    f.room
+        .submit_prompt(prompt(&a.member, "q", None), owner())
+        .unwrap();
+    let turn = f.turns.try_recv().unwrap();
+    assert!(f.room.begin_turn(&turn, start(CancellationToken::new())));
+    f.room.delta(turn.turn_id, "half".into());
+    f.room.abort_turn(
+        turn.turn_id,
+        crate::chat::Rejection::new(ErrorCode::Internal, "bug"),
+    );
+    let evs = drain(&mut a);
+    let tail: Vec<&EventBody> = evs.iter().rev().take(2).map(|e| &e.body).collect();
+    assert!(matches!(
+        tail[0],
+        EventBody::End {
+            finish_reason: FinishReason::Error,
+            partial: true
+        }
+    ));
+    assert!(matches!(
+        tail[1],
+        EventBody::Error {
+            code: ErrorCode::Internal,
+            ..
+        }
+    ));
+    let history = TurnSink::history(&f.room);
+    assert_eq!((history.len(), history[0].partial), (1, true));
+    // The next turn starts as usual.
+    f.room
+        .submit_prompt(prompt(&a.member, "q2", None), owner())
+        .unwrap();
+    let next = f.turns.try_recv().unwrap();
+    assert!(f.room.begin_turn(&next, start(CancellationToken::new())));
+}

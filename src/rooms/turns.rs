@@ -111,4 +111,34 @@ impl TurnSink for Room {
         };
         self.publish(&mut st, Some(turn_id), end);
     }
+
+    /// Ends the turn wherever it stands: a running one keeps its partial answer in the
+    /// history, a queued one is dropped; everyone gets `error` + `end`.
+    fn abort_turn(&self, turn_id: Uuid, rejection: Rejection) {
+        let mut st = self.lock();
+        st.queued.retain(|(id, _)| *id != turn_id);
+        st.cancelled.remove(&turn_id);
+        let partial = match st.active.take_if(|a| a.snapshot.turn_id == turn_id) {
+            Some(active) => {
+                let mut snap = active.snapshot;
+                snap.finish_reason = Some(FinishReason::Error);
+                snap.partial = !snap.answer.is_empty();
+                let partial = snap.partial;
+                if partial {
+                    st.history.push_back(snap);
+                }
+                while st.history.len() > self.cfg.history_turns {
+                    st.history.pop_front();
+                }
+                partial
+            }
+            None => false,
+        };
+        self.publish(&mut st, Some(turn_id), rejection.event());
+        let end = EventBody::End {
+            finish_reason: FinishReason::Error,
+            partial,
+        };
+        self.publish(&mut st, Some(turn_id), end);
+    }
 }
