@@ -186,3 +186,38 @@ async fn other_conversation_state_upload_error_and_opt_out_all_miss() {
     );
     assert_eq!(srv.mock.requests().len(), calls);
 }
+
+async fn openai(srv: &TestServer, model: &str, prompt: &str) -> Value {
+    let body = json!({"model": model, "messages": [{"role": "user", "content": prompt}]});
+    let r = reqwest::Client::new()
+        .post(srv.http("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn grounded_and_ungrounded_answers_are_never_served_for_each_other() {
+    let (srv, _dir) = server().await;
+    let question = "How does Larkspur recover after a crash?";
+    // The RAG alias retrieves; the chain's own name (a plain gateway call) does not, on the
+    // same chain: neither may answer from the other's cache entry.
+    let grounded = openai(&srv, "confab-rag", question).await;
+    assert_eq!(grounded["confab"]["cached"], false);
+    let plain = openai(&srv, "default", question).await;
+    assert_eq!(plain["confab"]["cached"], false, "{plain}");
+    assert!(plain["confab"]["sources"].as_array().unwrap().is_empty());
+    // Each is a hit for its own kind.
+    assert_eq!(
+        openai(&srv, "default", question).await["confab"]["cached"],
+        true
+    );
+    assert_eq!(
+        openai(&srv, "confab-rag", question).await["confab"]["cached"],
+        true
+    );
+    assert_eq!(srv.mock.requests().len(), 2);
+}

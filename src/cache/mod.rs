@@ -25,6 +25,9 @@ pub struct Scope {
     /// [`conversation_state`] of the room's history.
     pub conversation: u64,
     pub chain: String,
+    /// Whether the answer was grounded in the tenant's documents: a grounded answer is never
+    /// served for an ungrounded question, nor the other way round.
+    pub retrieval: bool,
 }
 
 /// A stored answer with what is needed to replay it as a turn.
@@ -77,11 +80,13 @@ pub fn normalize(prompt: &str) -> String {
         .to_string()
 }
 
-/// A hash of the conversation so far: the same question after different turns is a
+/// A hash of the conversation the model sees before the question: every earlier turn as it
+/// is sent, its speaker's name included. The same question after different turns is a
 /// different question.
 pub fn conversation_state(history: &[TurnSnapshot]) -> u64 {
     let mut h = DefaultHasher::new();
     for t in history {
+        t.from.name.hash(&mut h);
         normalize(&t.prompt).hash(&mut h);
         t.answer.hash(&mut h);
     }
@@ -199,6 +204,7 @@ mod tests {
             corpus_version: v,
             conversation: conv,
             chain: "default".into(),
+            retrieval: true,
         }
     }
 

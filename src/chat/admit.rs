@@ -10,6 +10,7 @@ use crate::cache::{Scope, conversation_state};
 use crate::config::ScreenAction;
 use crate::error::ErrorCode;
 use crate::lifecycle::Lifecycle;
+use crate::protocol::TurnSnapshot;
 
 impl TurnEngine {
     /// The admitted turn, or the rejection to send for `turn_id`.
@@ -32,10 +33,11 @@ impl TurnEngine {
             let message = format!("no chain named {chain_name:?} is configured");
             return Err(refuse(Rejection::new(ErrorCode::Internal, message)));
         };
-        let flagged = self.screen_prompt(&req.prompt).map_err(refuse)?;
         let started = Instant::now();
         let history = sink.history();
+        let flagged = self.screen(&req, &history).map_err(refuse)?;
         let tenant = sink.tenant().to_string();
+        let retrieves = req.retrieval && self.retrieval.is_some();
         let scope = (self.cache.is_some() && req.use_cache).then(|| Scope {
             corpus_version: self
                 .retrieval
@@ -43,6 +45,7 @@ impl TurnEngine {
                 .map_or(0, |r| r.corpus_version(&tenant)),
             conversation: conversation_state(&history),
             chain: chain.name.clone(),
+            retrieval: retrieves,
         });
         Ok(Turn {
             sink,
@@ -56,13 +59,26 @@ impl TurnEngine {
         })
     }
 
-    /// The injection screen on the prompt: `Err` when it blocks, the rule when it flags.
-    fn screen_prompt(&self, prompt: &str) -> Result<Option<&'static str>, Rejection> {
+    /// The injection screen on everything from the asker that reaches the model: the
+    /// prompt, the speaker's name, and — when the client supplied the conversation (the
+    /// OpenAI endpoint) — every earlier message. `Err` when it blocks, the rule when it flags.
+    pub(super) fn screen(
+        &self,
+        req: &TurnRequest,
+        history: &[TurnSnapshot],
+    ) -> Result<Option<&'static str>, Rejection> {
         let action = self.safety.prompts;
         if action == ScreenAction::Off {
             return Ok(None);
         }
-        let Some(rule) = crate::safety::screen(prompt) else {
+        let earlier = history
+            .iter()
+            .filter(|_| req.client_history)
+            .flat_map(|t| [t.prompt.as_str(), t.answer.as_str(), t.from.name.as_str()]);
+        let texts = [req.prompt.as_str(), req.from.name.as_str()]
+            .into_iter()
+            .chain(earlier);
+        let Some(rule) = texts.into_iter().find_map(crate::safety::screen) else {
             return Ok(None);
         };
         let blocked = action == ScreenAction::Block;

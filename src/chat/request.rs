@@ -23,6 +23,9 @@ pub struct TurnRequest {
     pub chain: Option<String>,
     /// Search the tenant's documents first (rooms: yes; the OpenAI endpoint: per model).
     pub retrieval: bool,
+    /// The conversation came from the client (the OpenAI endpoint's earlier messages), not
+    /// from turns this server ran: it is screened like the prompt.
+    pub client_history: bool,
     pub owner: TurnOwner,
 }
 

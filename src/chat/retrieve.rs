@@ -94,9 +94,12 @@ async fn search(
 /// ones do, marked; both are listed.
 fn screen_hits(g: &mut Grounding, found: SearchOutcome, screen: ScreenAction) {
     for h in found.hits {
+        // The title and section reach the model too (each source is listed with its place).
         let rule = match screen {
             ScreenAction::Off => None,
-            _ => crate::safety::screen(&h.text),
+            _ => [&h.text, &h.title, &h.section]
+                .into_iter()
+                .find_map(|t| crate::safety::screen(t)),
         };
         if let Some(rule) = rule {
             let blocked = screen == ScreenAction::Block;

@@ -162,6 +162,7 @@ fn request(prompt: &str) -> TurnRequest {
         use_cache: false,
         chain: None,
         retrieval: false,
+        client_history: false,
         owner: TurnOwner {
             principal: Principal {
                 tenant: Arc::from("acme"),
@@ -503,4 +504,46 @@ async fn a_panicking_turn_still_ends_with_error_and_end() {
     let next = Recorder::default();
     engine.run(&next, request("again"), &life).await;
     assert_eq!(next.kinds(), ["start", "metrics", "end"]);
+}
+
+/// An OpenAI-style turn: the conversation came from the client.
+fn client_request(prompt: &str, earlier: &str, speaker: &str) -> (TurnRequest, Vec<TurnSnapshot>) {
+    let mut req = request(prompt);
+    req.client_history = true;
+    req.from.name = speaker.into();
+    let history = vec![TurnSnapshot {
+        turn_id: Uuid::new_v4(),
+        from: req.from.clone(),
+        prompt: earlier.into(),
+        answer: String::new(),
+        finish_reason: Some(FinishReason::Stop),
+        partial: false,
+    }];
+    (req, history)
+}
+
+#[tokio::test]
+async fn everything_from_the_client_is_screened_like_the_prompt() {
+    let mock = MockUpstream::start(0, Behavior::text(&["x"]))
+        .await
+        .unwrap();
+    let cfg = config(&mock, 0, |c| c.safety.prompts = ScreenAction::Block);
+    let e = engine(&cfg);
+    // An injection in an earlier message, or in the speaker's name, blocks like one in the
+    // prompt; in a room, earlier turns were screened when they were asked.
+    for (earlier, speaker, client, blocked) in [
+        (INJECTION, "sam", true, true),
+        ("What is a WAL?", INJECTION, true, true),
+        ("What is a WAL?", "sam", true, false),
+        (INJECTION, "sam", false, false),
+    ] {
+        let (mut req, history) = client_request("and then?", earlier, speaker);
+        req.client_history = client;
+        let flagged = e.screen(&req, &history);
+        assert_eq!(
+            flagged.is_err(),
+            blocked,
+            "{earlier:?} by {speaker:?}, client {client}"
+        );
+    }
 }

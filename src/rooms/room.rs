@@ -293,6 +293,7 @@ impl Room {
             use_cache: prompt.use_cache,
             chain: None,
             retrieval: true,
+            client_history: false,
             owner,
         };
         match self.turns_tx.try_send(queued) {

@@ -141,6 +141,7 @@ impl OpenAiApi {
             use_cache: true,
             chain: Some(chain),
             retrieval: rag,
+            client_history: true,
             owner: TurnOwner {
                 principal: principal.clone(),
                 permit: Some(std::sync::Arc::new(permit)),
@@ -150,14 +151,17 @@ impl OpenAiApi {
     }
 }
 
-/// The name the conversation sent upstream shows for the asker.
+/// Longest speaker name taken from the `user` field, in characters (as a WebSocket member's).
+const MAX_USER_CHARS: usize = 64;
+
+/// The name the conversation sent upstream shows for the asker (the `user` field, cut).
 fn speaker(req: &ChatCompletionRequest) -> Member {
     Member {
         session_id: Uuid::new_v4(),
         name: req
             .user
             .as_ref()
-            .map(|u| u.trim().to_string())
+            .map(|u| u.trim().chars().take(MAX_USER_CHARS).collect::<String>())
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| "user".into()),
     }
