@@ -437,3 +437,37 @@ async fn untitled_texts_do_not_replace_each_other_and_the_same_bytes_wait_for_th
         (&first["id"], &first["version"])
     );
 }
+
+#[tokio::test]
+async fn racing_versions_end_with_the_newest_and_only_it_is_searchable() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().to_path_buf();
+    let srv = TestServer::start_with(Behavior::text(&["ok"]), move |c| with_retrieval(c, &p)).await;
+    // Versions of one document uploaded back to back, each with a word of its own: jobs of
+    // older versions are cancelled, skipped or refused at publish, never published last.
+    let mut last = Value::Null;
+    for v in 0..4 {
+        let text: String = (0..40)
+            .map(|i| format!("Paragraph {i} of the racing notes mentions zebrafish{v} twice, zebrafish{v}.\n\n"))
+            .collect();
+        let (status, doc) = upload(&srv, "race.md", text.into_bytes()).await;
+        assert_eq!(status, 202, "{doc}");
+        last = doc;
+    }
+    let id = last["id"].as_str().unwrap().to_string();
+    let d = settled(&srv, &id).await;
+    assert_eq!(
+        (d["status"].as_str(), d["version"].as_u64()),
+        (Some("indexed"), Some(4)),
+        "{d}"
+    );
+    let newest = search(&srv, "zebrafish3", "sparse").await;
+    assert!(!newest.is_empty() && newest.iter().all(|h| h["doc_id"] == id.as_str()));
+    for old in 0..3 {
+        let hits = search(&srv, &format!("zebrafish{old}"), "sparse").await;
+        assert!(
+            hits.is_empty(),
+            "version {old} is still searchable: {hits:?}"
+        );
+    }
+}

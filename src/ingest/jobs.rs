@@ -8,7 +8,7 @@ use futures_util::future::try_join_all;
 use tokio_util::sync::CancellationToken;
 
 use super::parse::Bounds;
-use super::registry::DocStatus;
+use super::registry::{DocStatus, DocumentRecord};
 use super::{Chunk, IngestError, Ingestor, JobRef};
 use crate::embedding::{EmbedError, Priority};
 use crate::retrieval::RetrievalError;
@@ -42,7 +42,7 @@ impl Ingestor {
             g.insert(key.clone(), cancel.clone());
         }
         let t0 = Instant::now();
-        let result = self.run(&job, &rec.name, rec.kind, &cancel).await;
+        let result = self.run(&job, &rec, &cancel).await;
         {
             let mut g = self.running.lock().unwrap_or_else(|p| p.into_inner());
             g.remove(&key);
@@ -84,31 +84,27 @@ impl Ingestor {
         self.changed.notify_waiters();
     }
 
-    fn set_status(&self, job: &JobRef, status: DocStatus) -> Result<(), IngestError> {
-        match self
-            .records
-            .update(&job.tenant, &job.id, |r| r.status = status)?
-        {
-            Some(r) if r.version == job.version => Ok(()),
-            _ => Err(IngestError::Cancelled),
-        }
+    /// Changes the job's record while it is still the job's version.
+    fn update(&self, job: &JobRef, f: impl FnOnce(&mut DocumentRecord)) -> Result<(), IngestError> {
+        self.records
+            .update_version(&job.tenant, &job.id, job.version, f)
+            .map(|_| ())
     }
 
     async fn run(
         &self,
         job: &JobRef,
-        name: &str,
-        kind: super::DocKind,
+        rec: &DocumentRecord,
         cancel: &CancellationToken,
     ) -> Result<usize, IngestError> {
-        self.set_status(job, DocStatus::Parsing)?;
-        let parsed = self.parse_and_chunk(job, name, kind, cancel).await?;
+        self.update(job, |r| r.status = DocStatus::Parsing)?;
+        let parsed = self.parse_and_chunk(job, rec, cancel).await?;
         if parsed.chunks.is_empty() {
             return Err(IngestError::Parse("the document has no text".into()));
         }
         let total = parsed.chunks.len();
         let title = parsed.title.clone();
-        self.records.update(&job.tenant, &job.id, |r| {
+        self.update(job, |r| {
             r.status = DocStatus::Embedding;
             r.title = title;
             r.chunks_total = total as u32;
@@ -127,27 +123,23 @@ impl Ingestor {
     async fn parse_and_chunk(
         &self,
         job: &JobRef,
-        name: &str,
-        kind: super::DocKind,
+        rec: &DocumentRecord,
         cancel: &CancellationToken,
     ) -> Result<Parsed, IngestError> {
-        let path = self.uploads.path(&job.tenant, &job.id, job.version);
-        let bytes = tokio::fs::read(&path)
-            .await
-            .map_err(|e| IngestError::Internal(format!("cannot read the upload: {e}")))?;
+        let bytes = self.stored_upload(job, &rec.sha256).await?;
+        let (name, kind) = (rec.name.as_str(), rec.kind);
         let bounds = Bounds::for_upload(
             bytes.len(),
             self.cfg.max_text_ratio,
             self.cfg.max_inflate_ratio,
         );
-        self.records
-            .update(&job.tenant, &job.id, |r| r.parse_attempts += 1)?;
+        self.update(job, |r| r.parse_attempts += 1)?;
         // Cancelled (deleted, replaced, shutdown): the child is killed as its future drops.
         let parsed = tokio::select! {
             p = self.sandbox.parse(kind, bytes, bounds) => p,
             _ = cancel.cancelled() => Err(IngestError::Cancelled),
         };
-        self.records.update(&job.tenant, &job.id, |r| {
+        self.update(job, |r| {
             r.parse_attempts = r.parse_attempts.saturating_sub(1)
         })?;
         let parsed = parsed?;
@@ -212,14 +204,47 @@ impl Ingestor {
                 self.upsert(std::mem::replace(&mut pending, rest)).await?;
             }
             done += group.len();
-            self.records
-                .touch(&job.tenant, &job.id, |r| r.chunks_done = done as u32);
+            self.records.touch(&job.tenant, &job.id, |r| {
+                if r.version == job.version {
+                    r.chunks_done = done as u32;
+                }
+            });
         }
         self.upsert(pending).await
     }
 
-    /// Makes the new version searchable (and the old one not), durably, and says so.
+    /// The upload's bytes as stored, checked against the checksum recorded when it was
+    /// accepted (a torn or replaced file is not indexed as if it were the upload).
+    async fn stored_upload(&self, job: &JobRef, sha256: &str) -> Result<Vec<u8>, IngestError> {
+        use sha2::{Digest, Sha256};
+        let path = self.uploads.path(&job.tenant, &job.id, job.version);
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(|e| IngestError::Internal(format!("cannot read the upload: {e}")))?;
+        let (bytes, hex) = tokio::task::spawn_blocking(move || {
+            let hex = hex::encode(Sha256::digest(&bytes));
+            (bytes, hex)
+        })
+        .await
+        .map_err(|e| IngestError::Internal(format!("hashing task failed: {e}")))?;
+        if hex != sha256 {
+            return Err(IngestError::Internal(
+                "the stored upload does not match its checksum; upload it again".into(),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Makes the new version searchable (and the old one not), durably, and says so. Under
+    /// the publish lock and only while the record is still at this version: an older job
+    /// finishing late never replaces a newer version's chunks (publishing removes every
+    /// other version's).
     async fn publish(&self, job: &JobRef, total: usize) -> Result<(), IngestError> {
+        let _one_at_a_time = self.publishing.lock().await;
+        match self.records.get(&job.tenant, &job.id) {
+            Some(r) if r.version == job.version => {}
+            _ => return Err(IngestError::Cancelled),
+        }
         let store = &self.retrieval.store;
         store
             .publish(&job.tenant, &job.id, job.version)
@@ -227,14 +252,13 @@ impl Ingestor {
             .map_err(RetrievalError::from)?;
         store.flush().await.map_err(RetrievalError::from)?;
         self.retrieval.bump_version(&job.tenant);
-        self.records.update(&job.tenant, &job.id, |r| {
+        self.update(job, |r| {
             r.status = DocStatus::Indexed;
             r.live_version = Some(job.version);
             r.chunks = total as u32;
             r.chunks_done = total as u32;
             r.error = None;
-        })?;
-        Ok(())
+        })
     }
 
     /// Embeds a window of chunks as `parallel_batches` concurrent requests, waiting politely

@@ -141,6 +141,8 @@ pub struct Ingestor {
     running: Mutex<HashMap<(String, String), CancellationToken>>,
     /// Woken on every final state, for callers that wait.
     changed: Notify,
+    /// Publishes and deletes, one at a time: each checks the record's version first.
+    publishing: tokio::sync::Mutex<()>,
 }
 
 impl Ingestor {
@@ -175,6 +177,7 @@ impl Ingestor {
             queue: tx,
             running: Mutex::new(HashMap::new()),
             changed: Notify::new(),
+            publishing: tokio::sync::Mutex::new(()),
         });
         for r in resume {
             me.recover(r);
@@ -328,22 +331,27 @@ impl Ingestor {
         g.get(&(tenant.to_string(), id.to_string())).cloned()
     }
 
-    /// Deletes a document: cancels its job, removes every chunk and the record.
+    /// Deletes a document: cancels its job, removes every chunk, then the record — so a
+    /// failure leaves the record there to delete again, never chunks nobody can delete.
     pub async fn delete(&self, tenant: &str, id: &str) -> Result<DocumentRecord, IngestError> {
-        let record = self
-            .records
-            .remove(tenant, id)
-            .ok_or(IngestError::NotFound)?;
-        self.uploads.drop(tenant, id, record.version);
+        if self.records.get(tenant, id).is_none() {
+            return Err(IngestError::NotFound);
+        }
         if let Some(t) = self.running_token(tenant, id) {
             t.cancel();
         }
+        let _one_at_a_time = self.publishing.lock().await;
         let store = &self.retrieval.store;
         store
             .delete_document(tenant, id)
             .await
             .map_err(RetrievalError::from)?;
         store.flush().await.map_err(RetrievalError::from)?;
+        let record = self
+            .records
+            .remove(tenant, id)
+            .ok_or(IngestError::NotFound)?;
+        self.uploads.drop(tenant, id, record.version);
         self.retrieval.bump_version(tenant);
         self.changed.notify_waiters();
         Ok(record)

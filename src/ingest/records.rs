@@ -68,6 +68,29 @@ impl dyn RecordStore {
         })
     }
 
+    /// Changes the record durably only while it is still at `version`: a job never writes
+    /// over a newer upload's record. `Cancelled` when it is gone or newer.
+    pub fn update_version(
+        &self,
+        tenant: &str,
+        id: &str,
+        version: u64,
+        f: impl FnOnce(&mut DocumentRecord),
+    ) -> Result<DocumentRecord, IngestError> {
+        let mut f = Some(f);
+        let changed = self.change(tenant, id, true, &mut |r| {
+            if r.version == version
+                && let Some(f) = f.take()
+            {
+                f(r)
+            }
+        })?;
+        match changed {
+            Some(r) if r.version == version => Ok(r),
+            _ => Err(IngestError::Cancelled),
+        }
+    }
+
     /// Changes a record in memory only (progress counters).
     pub fn touch(&self, tenant: &str, id: &str, f: impl FnOnce(&mut DocumentRecord)) {
         let mut f = Some(f);

@@ -185,8 +185,9 @@ impl RecordStore for LocalRecords {
         let tmp = dir.join(format!("{}.json.tmp", r.id));
         let bytes = serde_json::to_vec_pretty(r)
             .map_err(|e| IngestError::Internal(format!("record: {e}")))?;
-        std::fs::write(&tmp, bytes).map_err(|e| io("write", &tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io("write", &path, e))
+        write_synced(&tmp, &bytes)?;
+        std::fs::rename(&tmp, &path).map_err(|e| io("write", &path, e))?;
+        sync_dir(&dir)
     }
 
     fn change(
@@ -241,6 +242,21 @@ impl RecordStore for LocalRecords {
     }
 }
 
+/// Writes `bytes` to `path` and syncs them to the disk.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), IngestError> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| io("create", path, e))?;
+    f.write_all(bytes).map_err(|e| io("write", path, e))?;
+    f.sync_all().map_err(|e| io("sync", path, e))
+}
+
+/// Syncs a directory, so a file created or renamed in it survives a crash.
+fn sync_dir(dir: &Path) -> Result<(), IngestError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("sync", dir, e))
+}
+
 /// The bytes of uploads whose jobs have not ended, on this machine's disk.
 pub struct Uploads {
     root: PathBuf,
@@ -256,6 +272,8 @@ impl Uploads {
         tenant_dir(&self.root, tenant).join(format!("{id}.v{version}.upload"))
     }
 
+    /// Keeps the bytes durably (file and directory synced): the upload is answered 202 only
+    /// after this and the record are on disk.
     pub fn save(
         &self,
         tenant: &str,
@@ -264,10 +282,10 @@ impl Uploads {
         bytes: &[u8],
     ) -> Result<(), IngestError> {
         let path = self.path(tenant, id, version);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
-        }
-        std::fs::write(&path, bytes).map_err(|e| io("write", &path, e))
+        let dir = tenant_dir(&self.root, tenant);
+        std::fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
+        write_synced(&path, bytes)?;
+        sync_dir(&dir)
     }
 
     pub fn drop(&self, tenant: &str, id: &str, version: u64) {
