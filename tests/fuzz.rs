@@ -11,7 +11,14 @@
 //!
 //! A finding is a panic that escapes, a parser panic caught in our own parsers (Markdown,
 //! HTML, text: those must not panic at all), or an error code outside the documented set.
+//!
+//! A third suite is structure-aware: documents built to be hostile (nesting tens of
+//! thousands deep, huge headings over many paragraphs, PDF forms drawing each other in a
+//! ring, decompression bombs) go through the real parser process, as uploads do; each must
+//! parse within its bounds or be refused with a reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -276,4 +283,163 @@ fn uploads_sniff_parse_and_chunk_without_crashing() {
         s[0], s[1], s[4], s[2], s[3]
     );
     assert!(s[1] > 0 && s[2] > 0, "the mutations reach both outcomes");
+}
+
+/// A document built to attack one bound.
+#[derive(Debug, Clone)]
+enum Hostile {
+    /// HTML elements nested `depth` deep, closed or left open.
+    Nest {
+        depth: usize,
+        tag: usize,
+        close: bool,
+    },
+    /// Markdown block quotes (or list items) nested `depth` deep.
+    Quotes { depth: usize, list: bool },
+    /// A heading of `heading` bytes over `paras` short paragraphs.
+    Headings {
+        heading: usize,
+        paras: usize,
+        html: bool,
+    },
+    /// A PDF page whose form XObjects draw each other in a ring of `forms`.
+    Ring { forms: usize },
+    /// A PDF content stream that inflates to `mib` MiB.
+    Bomb { mib: usize },
+}
+
+fn hostile() -> impl Strategy<Value = Hostile> {
+    prop_oneof![
+        (1usize..30_000, 0usize..4, any::<bool>()).prop_map(|(depth, tag, close)| Hostile::Nest {
+            depth,
+            tag,
+            close
+        }),
+        (1usize..20_000, any::<bool>()).prop_map(|(depth, list)| Hostile::Quotes {
+            depth: if list { depth.min(1_500) } else { depth },
+            list
+        }),
+        (0usize..400_000, 1usize..400_000, any::<bool>()).prop_map(|(heading, paras, html)| {
+            Hostile::Headings {
+                heading,
+                paras,
+                html,
+            }
+        }),
+        (1usize..6).prop_map(|forms| Hostile::Ring { forms }),
+        (1usize..160).prop_map(|mib| Hostile::Bomb { mib }),
+    ]
+}
+
+/// The document and the name it is uploaded under.
+fn build(h: &Hostile) -> (Vec<u8>, &'static str) {
+    match *h {
+        Hostile::Nest { depth, tag, close } => {
+            let t = ["div", "span", "section", "li"][tag];
+            let closing = if close {
+                format!("</{t}>").repeat(depth)
+            } else {
+                String::new()
+            };
+            let html = format!(
+                "<html><body>{}deep{closing}</body></html>",
+                format!("<{t}>").repeat(depth)
+            );
+            (html.into_bytes(), "nest.html")
+        }
+        Hostile::Quotes { depth, list } => {
+            let md = if list {
+                (0..depth)
+                    .map(|i| format!("{}- item {i}\n", "  ".repeat(i)))
+                    .collect()
+            } else {
+                format!("{} quoted\n", ">".repeat(depth))
+            };
+            (md.into_bytes(), "quotes.md")
+        }
+        Hostile::Headings {
+            heading,
+            paras,
+            html,
+        } => {
+            let h = "h".repeat(heading);
+            if html {
+                let body = "<p>p</p>".repeat(paras);
+                (
+                    format!("<html><body><h1>{h}</h1>{body}</body></html>").into_bytes(),
+                    "h.html",
+                )
+            } else {
+                (
+                    format!("# {h}\n\n{}", "p\n\n".repeat(paras)).into_bytes(),
+                    "h.md",
+                )
+            }
+        }
+        Hostile::Ring { forms } => (common::hostile::xobject_ring(forms), "ring.pdf"),
+        Hostile::Bomb { mib } => (common::hostile::bomb(mib), "bomb.pdf"),
+    }
+}
+
+#[test]
+fn hostile_structures_parse_within_bounds_or_are_refused_with_a_reason() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sandbox = confab::ingest::sandbox::Sandbox {
+        bin: Some(env!("CARGO_BIN_EXE_confab").into()),
+        timeout: std::time::Duration::from_secs(15),
+        memory_bytes: 512 << 20,
+    };
+    // documents, parsed, refused by a bound, parser died, timed out, other reasons
+    let stats: [AtomicU64; 6] = Default::default();
+    let result = runner(cases(24)).run(&hostile(), |h| {
+        let (doc, name) = build(&h);
+        stats[0].fetch_add(1, Ordering::Relaxed);
+        let kind =
+            sniff(&doc, name, None).map_err(|e| TestCaseError::fail(format!("{h:?}: {e}")))?;
+        let bounds = Bounds::for_upload(doc.len(), 8, 100);
+        match rt.block_on(sandbox.parse(kind, doc, bounds)) {
+            Ok(parsed) => {
+                stats[1].fetch_add(1, Ordering::Relaxed);
+                let bytes: usize = parsed
+                    .blocks
+                    .iter()
+                    .map(|b| b.text.len() + b.headings.iter().map(String::len).sum::<usize>())
+                    .sum();
+                prop_assert!(
+                    bytes <= bounds.max_text_bytes,
+                    "{h:?}: {bytes} bytes of text"
+                );
+                let longest = parsed
+                    .blocks
+                    .iter()
+                    .flat_map(|b| &b.headings)
+                    .map(|x| x.chars().count())
+                    .max();
+                prop_assert!(longest.unwrap_or(0) <= confab::ingest::parse::MAX_HEADING_CHARS + 1);
+            }
+            Err(IngestError::Parse(why)) => {
+                let class = if why.contains("yields more than") || why.contains("inflate past") {
+                    2
+                } else if why.contains("on this file") {
+                    3
+                } else if why.contains("longer than") {
+                    4
+                } else {
+                    5
+                };
+                stats[class].fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => return Err(TestCaseError::fail(format!("{h:?}: unexpected {e:?}"))),
+        }
+        Ok(())
+    });
+    result.unwrap();
+    let s: Vec<u64> = stats.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+    println!(
+        "fuzz hostile: {} documents through the parser process: {} parsed within bounds, \
+         {} refused by a bound, {} killed the parser (reported), {} timed out, {} refused for \
+         another reason",
+        s[0], s[1], s[2], s[3], s[4], s[5]
+    );
+    assert_eq!(s[0], s[1] + s[2] + s[3] + s[4] + s[5]);
 }
