@@ -103,6 +103,14 @@ impl TurnSink for Recorder {
     }
 }
 
+/// Each attempt's provider and outcome, in order.
+fn outcomes(m: &crate::protocol::TurnMetrics) -> Vec<(&str, AttemptOutcome)> {
+    m.attempts
+        .iter()
+        .map(|a| (a.provider.as_str(), a.outcome))
+        .collect()
+}
+
 fn provider(mock: &MockUpstream, retries: u32) -> ProviderEntry {
     ProviderEntry {
         kind: ProviderKind::Openai,
@@ -212,11 +220,7 @@ async fn a_failure_before_the_first_token_falls_back_to_the_next_link() {
     let cfg = config(&mock, 0, |_| {});
     let sink = run(&cfg, "hi").await;
     let m = sink.metrics();
-    let outcomes: Vec<_> = m
-        .attempts
-        .iter()
-        .map(|a| (a.provider.as_str(), a.outcome))
-        .collect();
+    let outcomes = outcomes(&m);
     assert_eq!(
         outcomes,
         [
@@ -242,11 +246,7 @@ async fn a_retry_can_save_the_link() {
     });
     let sink = run(&config(&mock, 1, |_| {}), "hi").await;
     let m = sink.metrics();
-    let outcomes: Vec<_> = m
-        .attempts
-        .iter()
-        .map(|a| (a.provider.as_str(), a.outcome))
-        .collect();
+    let outcomes = outcomes(&m);
     assert_eq!(
         outcomes,
         [
@@ -427,11 +427,7 @@ async fn every_attempt_that_consumed_tokens_is_billed() {
         )
         .await;
     let m = sink.metrics();
-    let outcomes: Vec<_> = m
-        .attempts
-        .iter()
-        .map(|a| (a.provider.as_str(), a.outcome))
-        .collect();
+    let outcomes = outcomes(&m);
     assert_eq!(
         outcomes,
         [

@@ -87,6 +87,19 @@ fn owner() -> TurnOwner {
     }
 }
 
+/// `a` joins, asks `text`, and the room's worker begins the turn.
+fn running(f: &mut Fixture, a: &Client, text: &str) -> TurnRequest {
+    f.room
+        .join(a.member.clone(), a.handle.clone(), None)
+        .unwrap();
+    f.room
+        .submit_prompt(prompt(&a.member, text, None), owner())
+        .unwrap();
+    let turn = f.turns.try_recv().unwrap();
+    assert!(f.room.begin_turn(&turn, start(CancellationToken::new())));
+    turn
+}
+
 fn start(cancel: CancellationToken) -> TurnStart<'static> {
     TurnStart {
         model: "m",
@@ -241,14 +254,7 @@ fn a_full_queue_is_room_busy() {
 fn a_finished_turn_joins_the_history_with_its_answer() {
     let mut f = room(RoomsConfig::default());
     let mut a = client("a", 256);
-    f.room
-        .join(a.member.clone(), a.handle.clone(), None)
-        .unwrap();
-    f.room
-        .submit_prompt(prompt(&a.member, "capital?", None), owner())
-        .unwrap();
-    let turn = f.turns.try_recv().unwrap();
-    assert!(f.room.begin_turn(&turn, start(CancellationToken::new())));
+    let turn = running(&mut f, &a, "capital?");
     f.room.delta(turn.turn_id, "Paris".into());
     f.room.finish_turn(turn.turn_id, FinishReason::Stop, false);
     let history = TurnSink::history(&f.room);
@@ -336,14 +342,7 @@ fn a_room_is_idle_only_when_empty_quiet_and_not_answering() {
 fn an_aborted_turn_keeps_its_partial_answer_and_frees_the_room() {
     let mut f = room(RoomsConfig::default());
     let mut a = client("a", 256);
-    f.room
-        .join(a.member.clone(), a.handle.clone(), None)
-        .unwrap();
-    f.room
-        .submit_prompt(prompt(&a.member, "q", None), owner())
-        .unwrap();
-    let turn = f.turns.try_recv().unwrap();
-    assert!(f.room.begin_turn(&turn, start(CancellationToken::new())));
+    let turn = running(&mut f, &a, "q");
     f.room.delta(turn.turn_id, "half".into());
     f.room.abort_turn(
         turn.turn_id,
