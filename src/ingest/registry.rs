@@ -89,6 +89,10 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> IngestError {
 pub struct LocalRecords {
     root: PathBuf,
     tenants: DashMap<String, HashMap<String, DocumentRecord>>,
+    /// Writes to disk one at a time, each of the record as it is in memory at that moment:
+    /// two changes racing can never leave the older one on disk (nor two writers share the
+    /// temporary file).
+    disk: std::sync::Mutex<()>,
 }
 
 impl LocalRecords {
@@ -114,11 +118,33 @@ impl LocalRecords {
                 }
             }
         }
-        Ok(Self { root, tenants })
+        Ok(Self {
+            root,
+            tenants,
+            disk: std::sync::Mutex::new(()),
+        })
     }
 
     fn record_path(&self, tenant: &str, id: &str) -> PathBuf {
         tenant_dir(&self.root, tenant).join(format!("{id}.json"))
+    }
+
+    /// Writes the record as it is in memory now (temp file, synced, then rename: a crash
+    /// leaves the old or the new one); a record removed meanwhile is not written back.
+    fn write(&self, tenant: &str, id: &str) -> Result<(), IngestError> {
+        let _one_writer = self.disk.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(r) = self.tenants.get(tenant).and_then(|t| t.get(id).cloned()) else {
+            return Ok(());
+        };
+        let dir = tenant_dir(&self.root, &r.tenant);
+        std::fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
+        let path = dir.join(format!("{}.json", r.id));
+        let tmp = dir.join(format!("{}.json.tmp", r.id));
+        let bytes = serde_json::to_vec_pretty(&r)
+            .map_err(|e| IngestError::Internal(format!("record: {e}")))?;
+        write_synced(&tmp, &bytes)?;
+        std::fs::rename(&tmp, &path).map_err(|e| io("write", &path, e))?;
+        sync_dir(&dir)
     }
 }
 
@@ -179,15 +205,7 @@ impl RecordStore for LocalRecords {
     }
 
     fn persist(&self, r: &DocumentRecord) -> Result<(), IngestError> {
-        let dir = tenant_dir(&self.root, &r.tenant);
-        std::fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
-        let path = dir.join(format!("{}.json", r.id));
-        let tmp = dir.join(format!("{}.json.tmp", r.id));
-        let bytes = serde_json::to_vec_pretty(r)
-            .map_err(|e| IngestError::Internal(format!("record: {e}")))?;
-        write_synced(&tmp, &bytes)?;
-        std::fs::rename(&tmp, &path).map_err(|e| io("write", &path, e))?;
-        sync_dir(&dir)
+        self.write(&r.tenant, &r.id)
     }
 
     fn change(
@@ -211,11 +229,12 @@ impl RecordStore for LocalRecords {
             r.updated_ms = now_ms();
             r.clone()
         };
-        self.persist(&rec)?;
+        self.write(tenant, id)?;
         Ok(Some(rec))
     }
 
     fn remove(&self, tenant: &str, id: &str) -> Option<DocumentRecord> {
+        let _one_writer = self.disk.lock().unwrap_or_else(|p| p.into_inner());
         let r = self.tenants.get_mut(tenant)?.remove(id)?;
         let _ = std::fs::remove_file(self.record_path(tenant, id));
         Some(r)
@@ -233,6 +252,7 @@ impl RecordStore for LocalRecords {
                 }
             }
             None => {
+                let _one_writer = self.disk.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(mut records) = self.tenants.get_mut(tenant) {
                     records.remove(id);
                 }
