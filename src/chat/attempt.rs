@@ -60,10 +60,7 @@ impl Meter {
             None if self.generated > 0 => (prompt_tokens, self.generated),
             None => return None,
         };
-        let e = &link.entry;
-        let usd = (tokens_in as f64 * e.price_input_per_mtok
-            + tokens_out as f64 * e.price_output_per_mtok)
-            / 1e6;
+        let usd = link.entry.cost_usd(tokens_in, tokens_out);
         let tokens = if link.is_extractive() {
             0
         } else {

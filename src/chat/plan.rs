@@ -71,9 +71,7 @@ impl TurnEngine {
                     0 => self.limits.default_output_tokens(),
                     n => u64::from(n),
                 };
-                let usd = (prompt as f64 * l.entry.price_input_per_mtok
-                    + out as f64 * l.entry.price_output_per_mtok)
-                    / 1e6;
+                let usd = l.entry.cost_usd(prompt, out);
                 Estimate {
                     tokens: acc.tokens.saturating_add(prompt + out),
                     usd: acc.usd + usd,

@@ -56,6 +56,7 @@ impl TurnEngine {
         let mut metrics = report(&turn, &generated, &bill);
         metrics.citations = citations.clone();
         metrics.citation_added = citation_added;
+        metrics.attempts = std::mem::take(&mut generated.progress.attempts);
         turn.sink
             .turn_event(turn.req.turn_id, EventBody::Metrics(metrics));
         let finish_reason = generated.outcome.finish_reason();
@@ -157,8 +158,8 @@ fn bill(generated: &Generated, prompt_tokens: u64) -> Bill {
     }
 }
 
-/// Records the turn in the metrics and builds its `metrics` event (citations are filled in
-/// by the caller).
+/// Records the turn in the metrics and builds its `metrics` event (citations and attempts
+/// are filled in by the caller).
 fn report(turn: &Turn<'_>, generated: &Generated, bill: &Bill) -> TurnMetrics {
     let duration = turn.started.elapsed();
     let ttft = generated
@@ -188,6 +189,6 @@ fn report(turn: &Turn<'_>, generated: &Generated, bill: &Bill) -> TurnMetrics {
         citation_added: false,
         cached: false,
         saved_usd: 0.0,
-        attempts: generated.progress.attempts.clone(),
+        attempts: Vec::new(),
     }
 }

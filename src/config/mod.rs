@@ -435,7 +435,7 @@ pub fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
-fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
         reason: reason.into(),
@@ -445,7 +445,7 @@ fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
 /// The first of `fields` that is 0, as an error.
 fn positive(fields: &[(&str, u64)]) -> Result<(), ConfigError> {
     match fields.iter().find(|(_, v)| *v == 0) {
-        Some((field, _)) => Err(invalid(field, "must be greater than 0")),
+        Some((field, _)) => Err(invalid(*field, "must be greater than 0")),
         None => Ok(()),
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, Secret};
+use super::{ConfigError, Secret, invalid};
 
 /// Name of the built-in no-LLM provider; always the last link of every chain.
 pub const EXTRACTIVE: &str = "extractive";
@@ -58,6 +58,15 @@ pub struct ProviderEntry {
     pub breaker_error_ratio: f64,
     /// How long an open breaker skips this link before a half-open probe.
     pub breaker_cooldown_ms: u64,
+}
+
+impl ProviderEntry {
+    /// USD for `tokens_in` prompt and `tokens_out` completion tokens at this provider's prices.
+    pub fn cost_usd(&self, tokens_in: u64, tokens_out: u64) -> f64 {
+        (tokens_in as f64 * self.price_input_per_mtok
+            + tokens_out as f64 * self.price_output_per_mtok)
+            / 1e6
+    }
 }
 
 impl Default for ProviderEntry {
@@ -173,13 +182,6 @@ pub fn default_chains() -> BTreeMap<String, ChainConfig> {
     BTreeMap::from([("default".to_string(), ChainConfig::default())])
 }
 
-fn invalid(field: String, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field,
-        reason: reason.into(),
-    }
-}
-
 /// Fills per-kind defaults, reads key files, appends `extractive` to chains, checks references.
 pub fn finalize(
     providers: &mut BTreeMap<String, ProviderEntry>,
@@ -201,12 +203,12 @@ pub fn finalize(
     }
     if !chains.contains_key(&turn.chain) {
         return Err(invalid(
-            "turn.chain".into(),
+            "turn.chain",
             format!("chain {:?} is not defined under [chains]", turn.chain),
         ));
     }
     if turn.deadline_ms == 0 {
-        return Err(invalid("turn.deadline_ms".into(), "must be greater than 0"));
+        return Err(invalid("turn.deadline_ms", "must be greater than 0"));
     }
     check_rules(rules, chains, turn)
 }

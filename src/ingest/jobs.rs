@@ -216,17 +216,11 @@ impl Ingestor {
     /// The upload's bytes as stored, checked against the checksum recorded when it was
     /// accepted (a torn or replaced file is not indexed as if it were the upload).
     async fn stored_upload(&self, job: &JobRef, sha256: &str) -> Result<Vec<u8>, IngestError> {
-        use sha2::{Digest, Sha256};
         let path = self.uploads.path(&job.tenant, &job.id, job.version);
         let bytes = tokio::fs::read(&path)
             .await
             .map_err(|e| IngestError::Internal(format!("cannot read the upload: {e}")))?;
-        let (bytes, hex) = tokio::task::spawn_blocking(move || {
-            let hex = hex::encode(Sha256::digest(&bytes));
-            (bytes, hex)
-        })
-        .await
-        .map_err(|e| IngestError::Internal(format!("hashing task failed: {e}")))?;
+        let (bytes, hex) = super::sha256_hex(bytes).await?;
         if hex != sha256 {
             return Err(IngestError::Internal(
                 "the stored upload does not match its checksum; upload it again".into(),

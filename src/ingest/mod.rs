@@ -97,6 +97,17 @@ impl Upload<'_> {
     }
 }
 
+/// The bytes back with their SHA-256 in hex, hashed off the async runtime (the record's
+/// checksum at upload, and the job's check of the stored bytes against it).
+async fn sha256_hex(bytes: Vec<u8>) -> Result<(Vec<u8>, String), IngestError> {
+    tokio::task::spawn_blocking(move || {
+        let hex = hex::encode(Sha256::digest(&bytes));
+        (bytes, hex)
+    })
+    .await
+    .map_err(|e| IngestError::Internal(format!("hashing task failed: {e}")))
+}
+
 /// Parses interrupted by the server's death after which a job is failed at start.
 const MAX_PARSE_ATTEMPTS: u32 = 2;
 
@@ -264,13 +275,7 @@ impl Ingestor {
             });
         }
         let kind = detect::sniff(&bytes, name, content_type)?;
-        let (bytes, sha256) = tokio::task::spawn_blocking(move || {
-            let hash = Sha256::digest(&bytes);
-            let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-            (bytes, hex)
-        })
-        .await
-        .map_err(|e| IngestError::Internal(format!("hashing task failed: {e}")))?;
+        let (bytes, sha256) = sha256_hex(bytes).await?;
         let upload = Upload {
             tenant,
             name: upload_name(name, &sha256),
