@@ -49,6 +49,12 @@ pub enum ErrorCode {
     Overloaded,
     /// Retrieval (embedding model or vector store) failed or is disabled.
     RetrievalUnavailable,
+    /// Cluster mode: the shared store (Redis) cannot be reached; the node keeps sessions
+    /// open and recovers by itself when it returns.
+    ClusterUnavailable,
+    /// Cluster mode: the node running the turn stopped (killed, partitioned); another node
+    /// ended the turn. The prompt may be sent again.
+    NodeLost,
     /// An upload over `ingest.max_upload_bytes`.
     DocumentTooLarge,
     /// An upload that is not PDF, HTML, Markdown or UTF-8 text (judged by its bytes).
@@ -74,7 +80,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code (tests walk it to check the mappings below are total and consistent).
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 32] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::InvalidMessage,
@@ -95,6 +101,8 @@ impl ErrorCode {
         ErrorCode::UpstreamCut,
         ErrorCode::Overloaded,
         ErrorCode::RetrievalUnavailable,
+        ErrorCode::ClusterUnavailable,
+        ErrorCode::NodeLost,
         ErrorCode::DocumentTooLarge,
         ErrorCode::UnsupportedDocument,
         ErrorCode::DocumentUnreadable,
@@ -120,6 +128,8 @@ impl ErrorCode {
                 | ErrorCode::UpstreamCut
                 | ErrorCode::Overloaded
                 | ErrorCode::RetrievalUnavailable
+                | ErrorCode::ClusterUnavailable
+                | ErrorCode::NodeLost
                 | ErrorCode::ShuttingDown
                 | ErrorCode::RateLimited
         )
@@ -148,6 +158,8 @@ impl ErrorCode {
             ErrorCode::UpstreamCut => "upstream_cut",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::RetrievalUnavailable => "retrieval_unavailable",
+            ErrorCode::ClusterUnavailable => "cluster_unavailable",
+            ErrorCode::NodeLost => "node_lost",
             ErrorCode::DocumentTooLarge => "document_too_large",
             ErrorCode::UnsupportedDocument => "unsupported_document",
             ErrorCode::DocumentUnreadable => "document_unreadable",
@@ -189,9 +201,11 @@ impl ErrorCode {
             | ErrorCode::UpstreamError
             | ErrorCode::UpstreamProtocol
             | ErrorCode::UpstreamCut => 502,
-            ErrorCode::ShuttingDown | ErrorCode::Overloaded | ErrorCode::RetrievalUnavailable => {
-                503
-            }
+            ErrorCode::ShuttingDown
+            | ErrorCode::Overloaded
+            | ErrorCode::RetrievalUnavailable
+            | ErrorCode::ClusterUnavailable => 503,
+            ErrorCode::NodeLost => 502,
             ErrorCode::UpstreamTimeout => 504,
             ErrorCode::Internal => 500,
         }

@@ -5,6 +5,7 @@
 //! process environment.
 
 mod cache;
+mod cluster;
 mod models;
 mod retrieval;
 mod secret;
@@ -20,6 +21,7 @@ use figment::providers::{Env, Format, Json, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use cache::CacheConfig;
+pub use cluster::{ClusterBackend, ClusterConfig};
 pub use models::{
     ChainConfig, EXTRACTIVE, ProviderEntry, ProviderKind, Quality, RouteRule, TurnConfig,
 };
@@ -68,6 +70,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub safety: SafetyConfig,
     pub log: LogConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// Cheap-first routing.
@@ -243,6 +246,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             safety: SafetyConfig::default(),
             log: LogConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -322,6 +326,13 @@ impl Config {
         self.validate_sessions()?;
         self.validate_pipeline()?;
         self.validate_cache()?;
+        self.cluster.validate()?;
+        if self.cluster.backend == ClusterBackend::Redis && self.ws.room_routing {
+            return Err(invalid(
+                "ws.room_routing",
+                "must be off with cluster.backend = \"redis\": every node serves every room",
+            ));
+        }
         self.auth.validate(&self.limits)?;
         if self.embedding.gpu && !cfg!(feature = "gpu") {
             return Err(invalid(
@@ -544,6 +555,32 @@ mod tests {
             assert!(!format!("{cfg:?}").contains("sk-1"));
             jail.set_env("CONFAB__WS__NOPE", "1");
             assert!(Config::load(None).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's own error type
+    fn two_env_variables_turn_cluster_mode_on() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CONFAB__AUTH__DEV_MODE", "true");
+            jail.set_env("CONFAB__CLUSTER__BACKEND", "redis");
+            jail.set_env(
+                "CONFAB__CLUSTER__REDIS_URL",
+                "redis://:hunter2@127.0.0.1:6379",
+            );
+            let cfg = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.cluster.backend, ClusterBackend::Redis);
+            assert!(
+                !format!("{cfg:?}").contains("hunter2"),
+                "the URL is a secret"
+            );
+            jail.set_env("CONFAB__WS__ROOM_ROUTING", "true");
+            let err = Config::load(None).err().map(|e| e.to_string());
+            assert!(err.is_some_and(|e| e.contains("ws.room_routing")));
+            jail.set_env("CONFAB__WS__ROOM_ROUTING", "false");
+            jail.set_env("CONFAB__CLUSTER__REDIS_URL", "http://nope");
+            assert!(Config::load(None).is_err(), "not a redis URL");
             Ok(())
         });
     }
