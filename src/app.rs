@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::lifecycle::Lifecycle;
 use crate::limits::{Limit, Limiter};
 use crate::retrieval::Retrieval;
-use crate::rooms::{LocalBackplane, Rooms};
+use crate::rooms::{Backend, LocalBackplane, Rooms};
 
 /// Cheap to clone: everything inside is shared.
 #[derive(Clone)]
@@ -31,6 +31,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Per-tenant and per-user limits and budgets.
     pub limits: Arc<Limiter>,
+    /// Cluster mode's shared store; `None` with `cluster.backend = "local"`.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl AppState {
@@ -42,7 +44,7 @@ impl AppState {
         ingest: Option<Arc<crate::ingest::Ingestor>>,
         life: Arc<Lifecycle>,
         auth: Arc<Authenticator>,
-    ) -> Self {
+    ) -> Result<Self, crate::cluster::ClusterError> {
         let metrics = crate::metrics::install();
         if metrics.is_some() {
             init_series(&config, &models, &auth.tenants());
@@ -60,14 +62,23 @@ impl AppState {
             limits: limits.clone(),
             safety: config.safety.clone(),
         }));
-        let backplane = Arc::new(LocalBackplane::new(&config.rooms));
-        let rooms = Rooms::new(
-            config.rooms.clone(),
-            backplane,
-            engine.clone(),
-            life.clone(),
-        );
-        Self {
+        let cluster = match config.cluster.backend {
+            crate::config::ClusterBackend::Local => None,
+            crate::config::ClusterBackend::Redis => {
+                let cluster = crate::cluster::Cluster::connect(&config.cluster, &config.rooms)?;
+                tokio::spawn(cluster.clone().watch_health(life.background.clone()));
+                Some(cluster)
+            }
+        };
+        let backend = match &cluster {
+            None => Backend::Local(Arc::new(LocalBackplane::new(&config.rooms))),
+            Some(c) => Backend::Shared {
+                cluster: c.clone(),
+                outbox: config.cluster.outbox_events,
+            },
+        };
+        let rooms = Rooms::new(config.rooms.clone(), backend, engine.clone(), life.clone());
+        Ok(Self {
             config: Arc::new(config),
             rooms,
             life,
@@ -78,7 +89,8 @@ impl AppState {
             metrics,
             auth,
             limits,
-        }
+            cluster,
+        })
     }
 }
 

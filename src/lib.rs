@@ -8,6 +8,7 @@ pub mod app;
 pub mod auth;
 pub mod cache;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod embedding;
 pub mod error;
@@ -58,6 +59,8 @@ pub enum StartError {
     Ingest(ingest::IngestError),
     #[error("API keys: {0}")]
     Keys(#[from] auth::KeyFileError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// A started server.
@@ -123,7 +126,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Runn
         None => None,
     };
     auth.spawn_reload(life.background.clone());
-    let state = AppState::new(config, models, retrieval, ingest, life, auth);
+    let state = AppState::new(config, models, retrieval, ingest, life, auth)?;
     providers::probe::spawn(
         state.upstreams.clone(),
         state.config.providers.clone(),

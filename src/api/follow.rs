@@ -118,7 +118,7 @@ impl FollowApi {
             tx,
             slow: slow.clone(),
         };
-        if let Err(code) = state.rooms.watch(key, &handle, resume.as_ref()) {
+        if let Err(code) = state.rooms.watch(key, &handle, resume.as_ref()).await {
             return failure(code, "cannot follow the room");
         }
         let frames = frames(rx, (slow, state.life.sessions_close.clone()), permit);

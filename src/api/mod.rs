@@ -73,7 +73,8 @@ pub fn openapi_json() -> Result<String, String> {
             None,
             life.clone(),
             std::sync::Arc::new(auth),
-        );
+        )
+        .map_err(|e| e.to_string())?;
         life.background.cancel();
         let mut json = openapi(state).spec();
         json.push('\n');
@@ -249,13 +250,22 @@ fn readyz(Data(state): Data<&AppState>) -> Response {
             (name, v)
         })
         .collect();
+    // Cluster mode: a node that cannot reach the shared store cannot open rooms or take
+    // prompts; it says so (and recovers by itself when the store is back).
+    let cluster = state
+        .cluster
+        .as_ref()
+        .map(|c| serde_json::json!({"backend": "redis", "up": c.is_up(), "node": c.node}));
+    let store_down = state.cluster.as_ref().is_some_and(|c| !c.is_up());
+    let ready = !draining && !store_down;
     let body = Json(serde_json::json!({
-        "ready": !draining,
+        "ready": ready,
         "draining": draining,
         "rooms": state.rooms.len(),
         "upstreams": upstreams,
+        "cluster": cluster,
     }));
-    if draining {
+    if !ready {
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     } else {
         body.into_response()

@@ -60,6 +60,11 @@ pub const TENANT_TOKENS_TOTAL: &str = "confab_tenant_tokens_total";
 pub const TENANT_COST_USD_TOTAL: &str = "confab_tenant_cost_usd_total";
 pub const SAFETY_SCREENED_TOTAL: &str = "confab_safety_screened_total";
 pub const SAFETY_REDACTIONS_TOTAL: &str = "confab_safety_redactions_total";
+pub const CLUSTER_UP: &str = "confab_cluster_up";
+pub const CLUSTER_LAGGED_TOTAL: &str = "confab_cluster_lagged_total";
+pub const CLUSTER_GAP_FILLS_TOTAL: &str = "confab_cluster_gap_fills_total";
+pub const CLUSTER_ERRORS_TOTAL: &str = "confab_cluster_errors_total";
+pub const CLUSTER_NODE_LOST_TOTAL: &str = "confab_cluster_node_lost_turns_total";
 
 // --- buckets ---------------------------------------------------------------------------
 const LATENCY_BUCKETS: &[f64] = &[
@@ -290,6 +295,31 @@ const CATALOGUE: &[(&str, Kind, &str)] = &[
         Kind::Histogram(Unit::Seconds),
         "HTTP request duration by route.",
     ),
+    (
+        CLUSTER_UP,
+        Kind::Gauge,
+        "1 when the cluster store (Redis) answered the last health check (cluster mode).",
+    ),
+    (
+        CLUSTER_LAGGED_TOTAL,
+        Kind::Counter,
+        "Cluster messages dropped because a room's inbox was full (the room catches up).",
+    ),
+    (
+        CLUSTER_GAP_FILLS_TOTAL,
+        Kind::Counter,
+        "Times a room read missed events back from its stream, by cause.",
+    ),
+    (
+        CLUSTER_ERRORS_TOTAL,
+        Kind::Counter,
+        "Cluster store calls that failed, by operation.",
+    ),
+    (
+        CLUSTER_NODE_LOST_TOTAL,
+        Kind::Counter,
+        "Turns ended by this node because the node running them stopped.",
+    ),
 ];
 
 fn describe() {
@@ -447,6 +477,28 @@ pub fn ws_slow_consumer() {
 
 pub fn ws_resume(replayed: bool) {
     counter!(WS_RESUMES_TOTAL, "result" => if replayed { "replay" } else { "resync" }).increment(1);
+}
+
+pub fn cluster_up(up: bool) {
+    gauge!(CLUSTER_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn cluster_lagged() {
+    counter!(CLUSTER_LAGGED_TOTAL).increment(1);
+}
+
+/// `cause`: `gap` (a seq skipped), `lagged` (messages dropped or the connection dropped).
+pub fn cluster_gap_fill(cause: &'static str) {
+    counter!(CLUSTER_GAP_FILLS_TOTAL, "cause" => cause).increment(1);
+}
+
+/// `op`: one of a fixed set of operation names.
+pub fn cluster_error(op: &'static str) {
+    counter!(CLUSTER_ERRORS_TOTAL, "op" => op).increment(1);
+}
+
+pub fn cluster_node_lost() {
+    counter!(CLUSTER_NODE_LOST_TOTAL).increment(1);
 }
 
 pub fn rooms(n: usize) {

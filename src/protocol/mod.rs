@@ -101,6 +101,33 @@ impl ServerEvent {
     }
 }
 
+impl ServerEvent {
+    /// A room event's bytes split around its seq: `head + "\"seq\":N," + tail` is exactly
+    /// what [`ServerEvent::encode`] gives with `seq: Some(N)`. Cluster mode's log script
+    /// takes the seq and splices it in, so every node sends the same bytes. `None` for an
+    /// event without a room or with its seq already set.
+    pub fn encode_around_seq(&self) -> Option<(String, String)> {
+        let room = self.room.as_ref().filter(|_| self.seq.is_none())?;
+        let whole = self.encode();
+        let head = format!("{{\"room\":{},", serde_json::to_string(room).ok()?);
+        let tail = whole.strip_prefix(head.as_str())?.to_string();
+        Some((head, tail))
+    }
+
+    /// Event kinds as the static labels metrics use, from their wire names.
+    pub fn static_kind(kind: &str) -> &'static str {
+        const KINDS: [&str; 12] = [
+            "welcome", "presence", "typing", "message", "start", "delta", "tool", "metrics", "end",
+            "error", "resync", "pong",
+        ];
+        KINDS
+            .iter()
+            .find(|k| **k == kind)
+            .copied()
+            .unwrap_or("other")
+    }
+}
+
 /// Milliseconds since the Unix epoch: the `ts` of every event.
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -387,4 +414,28 @@ pub fn schemas() -> Vec<(&'static str, String)> {
             pretty(schemars::schema_for!(ServerEvent)),
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_split_around_its_seq_is_the_event_with_that_seq() {
+        let mut ev = ServerEvent {
+            room: Some("r\"o:o\"m,\"seq\":1".into()),
+            seq: None,
+            ts: 17,
+            turn_id: Some(Uuid::nil()),
+            body: EventBody::Delta {
+                text: "\"seq\":9".into(),
+            },
+        };
+        let (head, tail) = ev.encode_around_seq().unwrap_or_default();
+        ev.seq = Some(42);
+        assert_eq!(format!("{head}\"seq\":42,{tail}"), &*ev.encode());
+        assert!(ev.encode_around_seq().is_none(), "its seq is already set");
+        assert_eq!(ServerEvent::static_kind("delta"), "delta");
+        assert_eq!(ServerEvent::static_kind("nonsense"), "other");
+    }
 }

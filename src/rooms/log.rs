@@ -1,7 +1,7 @@
 //! A room's ordered event log: it assigns each room event its `seq` and keeps the tail for
-//! clients that reconnect. This is the seam cluster mode plugs into: a shared log assigns
-//! seqs for every replica and carries events to the others, while each replica keeps fanning
-//! out to its own members. The in-process log keeps the tail in memory.
+//! clients that reconnect. In cluster mode the shared log (Redis, `rooms/shared.rs`) assigns
+//! the seqs, and the same in-memory log is the node's mirror of it, filled with
+//! [`RoomLog::record`]; each node keeps fanning out to its own members.
 //!
 //! A room nobody is in gives its slot back soon (`rooms.empty_ttl_ms`); its log and history
 //! are *parked* with the backplane, bounded in bytes, and handed back when the room opens
@@ -34,6 +34,8 @@ pub trait RoomLog: Send {
     fn since(&self, last_seq: u64) -> Option<Vec<Frame>>;
     /// Bytes held (parked logs are bounded by it).
     fn bytes(&self) -> usize;
+    /// Cluster mode: records an event the shared log already numbered (the mirror).
+    fn record(&mut self, frame: Frame);
 }
 
 /// What outlives a room's slot: its log and its conversation.
@@ -112,6 +114,16 @@ impl Backplane for LocalBackplane {
     }
 }
 
+/// Cluster mode: the local mirror of a room's shared log in `epoch`, bounded like a local
+/// log; [`RoomLog::record`] fills it with the events the shared log numbered.
+pub(super) fn mirror(epoch: String, cfg: &crate::config::RoomsConfig) -> Box<dyn RoomLog> {
+    Box::new(MemoryLog {
+        epoch,
+        seq: 0,
+        replay: ReplayBuffer::new(cfg.replay_events, cfg.replay_bytes),
+    })
+}
+
 /// A random epoch: 64 bits, hex.
 fn new_epoch() -> String {
     format!("{:016x}", fastrand::u64(..))
@@ -147,6 +159,11 @@ impl RoomLog for MemoryLog {
     fn bytes(&self) -> usize {
         self.replay.bytes() + 64
     }
+
+    fn record(&mut self, (seq, kind, text): Frame) {
+        self.seq = seq;
+        self.replay.push(seq, kind, text);
+    }
 }
 
 /// What a retired room holds once its memory went to the backplane: nothing. Nobody can
@@ -169,6 +186,7 @@ impl RoomLog for Retired {
     fn bytes(&self) -> usize {
         0
     }
+    fn record(&mut self, _frame: Frame) {}
 }
 
 #[cfg(test)]

@@ -5,11 +5,17 @@
 //! member's bounded queue happen together, so every member sees the same events in the same
 //! order. Turns run one at a time on a worker task per room, fed by a bounded queue; a room
 //! is the [`crate::chat::TurnSink`] of its turns.
+//!
+//! In cluster mode ([`Backend::Shared`]) the log, the history, the turn queue and the roster
+//! live in Redis; a room open on a node mirrors them and fans out to the node's own members
+//! (`shared.rs` for the tasks, `mirror.rs` for the room's side).
 
 mod log;
+mod mirror;
 mod registry;
 mod replay;
 mod room;
+mod shared;
 #[cfg(test)]
 mod tests;
 mod turns;
@@ -20,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use log::{Backplane, Frame, LocalBackplane, RoomLog, RoomMemory};
-pub use registry::{RoomKey, Rooms};
+pub use registry::{Backend, RoomKey, Rooms};
 pub use room::{Prompt, Refusal, Resume, Room};
 
 /// One frame for a session's writer; `seq` is set for room events so the writer knows where a

@@ -13,9 +13,11 @@ use dashmap::mapref::entry::Entry;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::log::Backplane;
-use super::{MemberHandle, Refusal, Resume, Room};
+use super::log::{Backplane, RoomMemory};
+use super::room::Mode;
+use super::{MemberHandle, Refusal, Resume, Room, shared};
 use crate::chat::{TurnEngine, TurnRequest};
+use crate::cluster::Cluster;
 use crate::config::{RoomsConfig, ms};
 use crate::error::ErrorCode;
 use crate::lifecycle::Lifecycle;
@@ -36,15 +38,26 @@ pub struct Rooms {
     /// Rooms held per tenant.
     per_tenant: DashMap<String, usize>,
     cfg: Arc<RoomsConfig>,
-    backplane: Arc<dyn Backplane>,
+    backend: Backend,
     engine: Arc<TurnEngine>,
     life: Arc<Lifecycle>,
+}
+
+/// Where rooms' state lives.
+pub enum Backend {
+    /// In this process; empty rooms' memory is parked with the backplane.
+    Local(Arc<dyn Backplane>),
+    /// Cluster mode: in Redis, shared by every node; `outbox` bounds each room's writes.
+    Shared {
+        cluster: Arc<Cluster>,
+        outbox: usize,
+    },
 }
 
 impl Rooms {
     pub fn new(
         cfg: RoomsConfig,
-        backplane: Arc<dyn Backplane>,
+        backend: Backend,
         engine: Arc<TurnEngine>,
         life: Arc<Lifecycle>,
     ) -> Arc<Self> {
@@ -53,7 +66,7 @@ impl Rooms {
             count: AtomicUsize::new(0),
             per_tenant: DashMap::new(),
             cfg: Arc::new(cfg),
-            backplane,
+            backend,
             engine,
             life,
         });
@@ -62,18 +75,39 @@ impl Rooms {
     }
 
     /// The room for `key`, created (with its turn worker) if needed.
-    pub fn get_or_create(&self, key: RoomKey) -> Result<Arc<Room>, ErrorCode> {
+    pub async fn get_or_create(&self, key: RoomKey) -> Result<Arc<Room>, ErrorCode> {
         if let Some(room) = self.map.get(&key) {
             return Ok(room.clone());
         }
+        match &self.backend {
+            Backend::Local(backplane) => self.create_local(key, backplane.as_ref()),
+            // Boxed: this future is large, and every session's task would carry its size
+            // even in local mode.
+            Backend::Shared { cluster, outbox } => {
+                Box::pin(self.create_shared(key, cluster, *outbox)).await
+            }
+        }
+    }
+
+    fn create_local(
+        &self,
+        key: RoomKey,
+        backplane: &dyn Backplane,
+    ) -> Result<Arc<Room>, ErrorCode> {
         let slot = match self.map.entry(key) {
             Entry::Occupied(e) => return Ok(e.get().clone()),
             Entry::Vacant(slot) => slot,
         };
         let held = self.take_slot(&slot.key().tenant)?;
         let (tx, rx) = mpsc::channel(self.cfg.max_queued_turns);
-        let memory = self.backplane.open(slot.key());
-        let room = Arc::new(Room::new(slot.key().clone(), self.cfg.clone(), tx, memory));
+        let memory = backplane.open(slot.key());
+        let mode = Mode::Local(tx);
+        let room = Arc::new(Room::new(
+            slot.key().clone(),
+            self.cfg.clone(),
+            mode,
+            memory,
+        ));
         tokio::spawn(turn_worker(
             Arc::downgrade(&room),
             rx,
@@ -83,6 +117,48 @@ impl Rooms {
         slot.insert(room.clone());
         crate::metrics::rooms(held);
         Ok(room)
+    }
+
+    /// Opens a room of the shared store on this node: subscribed and loaded before anyone
+    /// joins it. The load is a network call, so it runs outside the map; a concurrent open
+    /// of the same room that wins the insert is used instead.
+    async fn create_shared(
+        &self,
+        key: RoomKey,
+        cluster: &Arc<Cluster>,
+        outbox: usize,
+    ) -> Result<Arc<Room>, ErrorCode> {
+        let held = self.take_slot(&key.tenant)?;
+        let opened = match shared::open(cluster, &key, outbox).await {
+            Ok(o) => o,
+            Err(e) => {
+                self.give_slot(&key.tenant);
+                crate::metrics::cluster_error("open");
+                tracing::warn!(error = %e, "room not opened");
+                return Err(ErrorCode::from(&e));
+            }
+        };
+        let (link, loaded, inbox) = opened.into_parts();
+        let memory = RoomMemory {
+            log: super::log::mirror(loaded.epoch.clone(), &self.cfg),
+            history: Default::default(),
+        };
+        let mode = Mode::Shared(link.clone());
+        let room = Arc::new(Room::new(key.clone(), self.cfg.clone(), mode, memory));
+        room.reset(loaded);
+        match self.map.entry(key) {
+            Entry::Occupied(e) => {
+                self.give_slot(&e.key().tenant);
+                link.close();
+                Ok(e.get().clone())
+            }
+            Entry::Vacant(slot) => {
+                shared::start(&room, inbox, self.engine.clone(), self.life.clone());
+                slot.insert(room.clone());
+                crate::metrics::rooms(held);
+                Ok(room)
+            }
+        }
     }
 
     /// Counts a new room against the server's and the tenant's caps; the rooms now held.
@@ -115,7 +191,7 @@ impl Rooms {
 
     /// Joins `member` to the room `key` (opened if needed), retrying when the room retired
     /// between the lookup and the join.
-    pub fn join(
+    pub async fn join(
         &self,
         key: RoomKey,
         member: &Member,
@@ -125,19 +201,21 @@ impl Rooms {
         self.enter(key, |room| {
             room.join(member.clone(), handle.clone(), resume)
         })
+        .await
     }
 
     /// Adds a read-only viewer to the room `key` (opened if needed).
-    pub fn watch(
+    pub async fn watch(
         &self,
         key: RoomKey,
         handle: &MemberHandle,
         resume: Option<&Resume>,
     ) -> Result<Arc<Room>, ErrorCode> {
         self.enter(key, |room| room.watch(handle.clone(), resume))
+            .await
     }
 
-    fn enter(
+    async fn enter(
         &self,
         key: RoomKey,
         step: impl Fn(&Room) -> Result<(), Refusal>,
@@ -145,7 +223,7 @@ impl Rooms {
         // A retired room is gone from the map, so the next lookup opens a fresh one; a few
         // tries cover a sweep racing with the join.
         for _ in 0..4 {
-            let room = self.get_or_create(key.clone())?;
+            let room = self.get_or_create(key.clone()).await?;
             match step(&room) {
                 Ok(()) => return Ok(room),
                 Err(Refusal::Retired) => continue,
@@ -178,7 +256,9 @@ impl Rooms {
         });
         for (key, memory) in retired {
             self.give_slot(&key.tenant);
-            self.backplane.park(&key, memory);
+            if let Backend::Local(backplane) = &self.backend {
+                backplane.park(&key, memory);
+            }
         }
         crate::metrics::rooms(self.len());
     }

@@ -1,6 +1,6 @@
 //! One room's state and the operations sessions and the turn engine perform on it.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::log::{Retired, RoomLog, RoomMemory};
+use super::shared::Shared;
 use super::{MemberHandle, Outbound, RoomKey};
 use crate::chat::{TurnOwner, TurnRequest};
 use crate::config::RoomsConfig;
@@ -25,12 +26,29 @@ pub struct Room {
     pub key: RoomKey,
     pub(super) cfg: Arc<RoomsConfig>,
     state: Mutex<RoomState>,
-    turns_tx: mpsc::Sender<TurnRequest>,
+    pub(super) mode: Mode,
 }
 
-struct MemberEntry {
-    member: Member,
-    handle: MemberHandle,
+/// Where the room's turns queue and its events go.
+pub(super) enum Mode {
+    /// In this process: a local queue and worker; events fan out at once.
+    Local(mpsc::Sender<TurnRequest>),
+    /// Cluster mode: the queue and the log are shared; events fan out when they come back.
+    Shared(Arc<Shared>),
+}
+
+/// Cluster mode: what this node has seen of the room, built from its events as they arrive
+/// (every node builds the same): the roster of all nodes, prompts waiting, the running turn.
+#[derive(Default)]
+pub(super) struct View {
+    pub roster: Vec<Member>,
+    pub pending: VecDeque<(Uuid, Member, String)>,
+    pub active: Option<TurnSnapshot>,
+}
+
+pub(super) struct MemberEntry {
+    pub member: Member,
+    pub handle: MemberHandle,
     last_typing: Option<Instant>,
 }
 
@@ -48,16 +66,21 @@ impl RoomState {
 
 pub(super) struct RoomState {
     /// Assigns seqs and keeps the tail for replay.
-    log: Box<dyn RoomLog>,
-    members: Vec<MemberEntry>,
+    pub log: Box<dyn RoomLog>,
+    pub members: Vec<MemberEntry>,
     /// Read-only followers (SSE): every room event, no presence.
-    viewers: Vec<MemberHandle>,
+    pub viewers: Vec<MemberHandle>,
     pub history: VecDeque<TurnSnapshot>,
     pub active: Option<ActiveTurn>,
     /// Queued turns with the seq of the `message` event that announced them.
     pub queued: VecDeque<(Uuid, u64)>,
     pub cancelled: HashSet<Uuid>,
     recent_ids: VecDeque<String>,
+    /// Cluster mode: the view of the shared room (`None` in local mode).
+    pub view: Option<View>,
+    /// Cluster mode: turn slots of prompts sent from this node, held until their `end`
+    /// arrives, whichever node runs them.
+    pub permits: HashMap<Uuid, Arc<crate::limits::Permit>>,
     pub last_activity: Instant,
     /// Gave its slot back: its memory is parked, nobody can join it any more.
     retired: bool,
@@ -88,13 +111,26 @@ pub struct Prompt {
     pub use_cache: bool,
 }
 
+impl Prompt {
+    /// The room turn that answers it: the room's chain, with retrieval.
+    pub(super) fn turn(&self, turn_id: Uuid, owner: TurnOwner) -> TurnRequest {
+        TurnRequest {
+            turn_id,
+            from: self.from.clone(),
+            prompt: self.text.clone(),
+            quality: self.quality,
+            use_cache: self.use_cache,
+            chain: None,
+            retrieval: true,
+            client_history: false,
+            owner,
+        }
+    }
+}
+
 impl Room {
-    pub(super) fn new(
-        key: RoomKey,
-        cfg: Arc<RoomsConfig>,
-        turns_tx: mpsc::Sender<TurnRequest>,
-        memory: RoomMemory,
-    ) -> Self {
+    pub(super) fn new(key: RoomKey, cfg: Arc<RoomsConfig>, mode: Mode, memory: RoomMemory) -> Self {
+        let view = matches!(mode, Mode::Shared(_)).then(View::default);
         Self {
             key,
             cfg,
@@ -107,10 +143,20 @@ impl Room {
                 queued: VecDeque::new(),
                 cancelled: HashSet::new(),
                 recent_ids: VecDeque::new(),
+                view,
+                permits: HashMap::new(),
                 last_activity: Instant::now(),
                 retired: false,
             }),
-            turns_tx,
+            mode,
+        }
+    }
+
+    /// The cluster side, in cluster mode.
+    pub(super) fn shared(&self) -> Option<&Arc<Shared>> {
+        match &self.mode {
+            Mode::Shared(s) => Some(s),
+            Mode::Local(_) => None,
         }
     }
 
@@ -146,7 +192,7 @@ impl Room {
             handle,
             last_typing: None,
         });
-        self.publish_presence(&mut st);
+        self.members_changed(&mut st, Vec::new());
         Ok(())
     }
 
@@ -173,7 +219,12 @@ impl Room {
     /// Sends a newcomer what it missed: the events after its `last_seq` from the log, when
     /// that seq is of the log's epoch and the log still holds them; else a `resync` snapshot.
     /// False if its queue is already full.
-    fn catch_up(&self, st: &RoomState, handle: &MemberHandle, resume: Option<&Resume>) -> bool {
+    pub(super) fn catch_up(
+        &self,
+        st: &RoomState,
+        handle: &MemberHandle,
+        resume: Option<&Resume>,
+    ) -> bool {
         let last_seq = resume.map(|r| r.last_seq);
         let replay = resume
             .filter(|r| r.epoch.as_deref() == Some(st.log.epoch()))
@@ -227,7 +278,7 @@ impl Room {
         st.members.retain(|m| m.member.session_id != session_id);
         if st.members.len() != before {
             st.last_activity = Instant::now();
-            self.publish_presence(&mut st);
+            self.members_changed(&mut st, vec![session_id.to_string()]);
         }
     }
 
@@ -261,6 +312,9 @@ impl Room {
             },
         };
         let text = ev.encode();
+        if let Some(shared) = self.shared() {
+            return shared.relay(session_id, &text);
+        }
         for m in st
             .members
             .iter()
@@ -277,7 +331,14 @@ impl Room {
 
     /// Queues a prompt as a new turn and shows it to everyone. Errors: duplicate
     /// `client_msg_id` (with the original turn unknown), or a full queue.
-    pub fn submit_prompt(&self, prompt: Prompt, owner: TurnOwner) -> Result<Uuid, ErrorCode> {
+    pub async fn submit_prompt(&self, prompt: Prompt, owner: TurnOwner) -> Result<Uuid, ErrorCode> {
+        let turns_tx = match &self.mode {
+            Mode::Local(tx) => tx,
+            // Boxed so that a session's task does not carry cluster mode's future size.
+            Mode::Shared(shared) => {
+                return Box::pin(self.submit_shared(shared, prompt, owner)).await;
+            }
+        };
         let mut st = self.lock();
         if let Some(id) = &prompt.client_msg_id
             && st.recent_ids.iter().any(|r| r == id)
@@ -285,18 +346,7 @@ impl Room {
             return Err(ErrorCode::DuplicatePrompt);
         }
         let turn_id = Uuid::new_v4();
-        let queued = TurnRequest {
-            turn_id,
-            from: prompt.from.clone(),
-            prompt: prompt.text.clone(),
-            quality: prompt.quality,
-            use_cache: prompt.use_cache,
-            chain: None,
-            retrieval: true,
-            client_history: false,
-            owner,
-        };
-        match self.turns_tx.try_send(queued) {
+        match turns_tx.try_send(prompt.turn(turn_id, owner)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(ErrorCode::RoomBusy),
             Err(TrySendError::Closed(_)) => return Err(ErrorCode::ShuttingDown),
@@ -319,7 +369,10 @@ impl Room {
     }
 
     /// Cancels the running turn (its upstream request is aborted) or a queued one.
-    pub fn cancel(&self, turn_id: Uuid) -> Result<(), ErrorCode> {
+    pub async fn cancel(&self, turn_id: Uuid) -> Result<(), ErrorCode> {
+        if let Some(shared) = self.shared() {
+            return Box::pin(self.cancel_shared(shared, turn_id)).await;
+        }
         let mut st = self.lock();
         if let Some(active) = &st.active
             && active.snapshot.turn_id == turn_id
@@ -347,6 +400,9 @@ impl Room {
             return None;
         }
         st.retired = true;
+        if let Some(shared) = self.shared() {
+            shared.close();
+        }
         Some(RoomMemory {
             log: std::mem::replace(&mut st.log, Box::new(Retired)),
             history: std::mem::take(&mut st.history),
@@ -358,6 +414,15 @@ impl Room {
         self.publish(st, None, EventBody::Presence { members });
     }
 
+    /// This node's members changed (`left` went): a local room announces its roster; in
+    /// cluster mode the roster of every node is announced once the shared one is updated.
+    fn members_changed(&self, st: &mut RoomState, left: Vec<String>) {
+        match self.shared() {
+            Some(shared) => shared.presence(left),
+            None => self.publish_presence(st),
+        }
+    }
+
     /// Assigns the next seq, records the frame for replay and hands it to every member.
     /// Members whose queue is full are dropped as slow consumers (their session closes with
     /// the seq to resume from) and the others are told who left.
@@ -367,6 +432,18 @@ impl Room {
         turn_id: Option<Uuid>,
         body: EventBody,
     ) -> u64 {
+        self.publish_with(st, turn_id, body, None)
+    }
+
+    /// [`Room::publish`], with the history entry an `end` adds (cluster mode stores it with
+    /// the event; a local room has already added it).
+    pub(super) fn publish_with(
+        &self,
+        st: &mut RoomState,
+        turn_id: Option<Uuid>,
+        body: EventBody,
+        history: Option<&TurnSnapshot>,
+    ) -> u64 {
         let kind = body.kind();
         let mut ev = ServerEvent {
             room: Some(self.key.name.clone()),
@@ -375,11 +452,35 @@ impl Room {
             turn_id,
             body,
         };
+        if let Some(shared) = self.shared() {
+            if !shared.emit(&ev, history) {
+                crate::metrics::cluster_error("outbox_full");
+                self.cut_turn(st);
+            }
+            return 0;
+        }
         let (seq, _, text) = st.log.append(kind, &mut |seq| {
             ev.seq = Some(seq);
             ev.encode()
         });
-        let mut dropped = false;
+        let dropped = self.fan_out(st, seq, kind, &text);
+        if !dropped.is_empty() {
+            self.publish_presence(st);
+        }
+        seq
+    }
+
+    /// Hands a logged event to every member and viewer. Members whose queue is full are
+    /// dropped as slow consumers (their session closes with the seq to resume from); the
+    /// sessions dropped are returned so the others can be told.
+    pub(super) fn fan_out(
+        &self,
+        st: &mut RoomState,
+        seq: u64,
+        kind: &'static str,
+        text: &Arc<str>,
+    ) -> Vec<String> {
+        let mut dropped = Vec::new();
         st.members.retain(|m| {
             match m.handle.tx.try_send(Outbound {
                 seq: Some(seq),
@@ -391,11 +492,11 @@ impl Room {
                     tracing::warn!(room = %self.key.name, session = %m.member.session_id, "slow consumer dropped");
                     m.handle.slow.cancel();
                     crate::metrics::ws_slow_consumer();
-                    dropped = true;
+                    dropped.push(m.member.session_id.to_string());
                     false
                 }
                 Err(TrySendError::Closed(_)) => {
-                    dropped = true;
+                    dropped.push(m.member.session_id.to_string());
                     false
                 }
             }
@@ -415,26 +516,42 @@ impl Room {
                 Err(TrySendError::Closed(_)) => false,
             }
         });
-        if dropped {
-            self.publish_presence(st);
+        dropped
+    }
+
+    /// Cuts short the turn this node runs (its events can no longer be written).
+    pub(super) fn cut_turn(&self, st: &RoomState) {
+        if let Some(active) = &st.active {
+            active.cancel.cancel();
         }
-        seq
     }
 }
 
 fn idle(st: &RoomState, ttl: Duration) -> bool {
-    st.members.is_empty()
+    let waiting = st
+        .view
+        .as_ref()
+        .is_some_and(|v| !v.pending.is_empty() || v.active.is_some());
+    !waiting
+        && st.members.is_empty()
         && st.viewers.iter().all(|v| v.tx.is_closed())
         && st.active.is_none()
         && st.queued.is_empty()
         && st.last_activity.elapsed() >= ttl
 }
 
-fn snapshot(st: &RoomState) -> RoomSnapshot {
+pub(super) fn snapshot(st: &RoomState) -> RoomSnapshot {
+    let (members, active) = match &st.view {
+        Some(view) => (view.roster.clone(), view.active.clone()),
+        None => (
+            st.members.iter().map(|m| m.member.clone()).collect(),
+            st.active.as_ref().map(|a| a.snapshot.clone()),
+        ),
+    };
     RoomSnapshot {
         epoch: st.log.epoch().to_string(),
-        members: st.members.iter().map(|m| m.member.clone()).collect(),
+        members,
         turns: st.history.iter().cloned().collect(),
-        active: st.active.as_ref().map(|a| a.snapshot.clone()),
+        active,
     }
 }

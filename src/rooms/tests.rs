@@ -16,6 +16,21 @@ use crate::config::RoomsConfig;
 use crate::error::ErrorCode;
 use crate::protocol::{EventBody, FinishReason, Member, ServerEvent};
 
+/// Local rooms never wait inside `submit_prompt` or `cancel` (they are async for cluster
+/// mode): one poll finishes them.
+trait Now: std::future::Future + Sized {
+    fn now(self) -> Self::Output {
+        let mut fut = std::pin::pin!(self);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match fut.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("a local room operation waited"),
+        }
+    }
+}
+
+impl<F: std::future::Future> Now for F {}
+
 struct Fixture {
     room: Room,
     turns: mpsc::Receiver<TurnRequest>,
@@ -29,7 +44,7 @@ fn room(cfg: RoomsConfig) -> Fixture {
     };
     let memory = LocalBackplane::new(&cfg).open(&key);
     Fixture {
-        room: Room::new(key, Arc::new(cfg), tx, memory),
+        room: Room::new(key, Arc::new(cfg), room::Mode::Local(tx), memory),
         turns,
     }
 }
@@ -94,6 +109,7 @@ fn running(f: &mut Fixture, a: &Client, text: &str) -> TurnRequest {
         .unwrap();
     f.room
         .submit_prompt(prompt(&a.member, text, None), owner())
+        .now()
         .unwrap();
     let turn = f.turns.try_recv().unwrap();
     assert!(f.room.begin_turn(&turn, start(CancellationToken::new())));
@@ -121,6 +137,7 @@ fn every_member_sees_the_same_events_with_increasing_seqs() {
         .unwrap();
     f.room
         .submit_prompt(prompt(&a.member, "hi", None), owner())
+        .now()
         .unwrap();
     let seen_a: Vec<_> = drain(&mut a).into_iter().filter_map(|e| e.seq).collect();
     let seen_b: Vec<_> = drain(&mut b).into_iter().filter_map(|e| e.seq).collect();
@@ -153,6 +170,7 @@ fn a_reconnect_replays_what_was_missed_or_resyncs() {
     f.room.leave(a.member.session_id);
     f.room
         .submit_prompt(prompt(&a.member, "one", None), owner())
+        .now()
         .unwrap();
     let mut back = client("a", 64);
     f.room
@@ -170,6 +188,7 @@ fn a_reconnect_replays_what_was_missed_or_resyncs() {
     for i in 0..10 {
         f.room
             .submit_prompt(prompt(&a.member, &format!("p{i}"), None), owner())
+            .now()
             .ok();
     }
     let mut late = client("a", 64);
@@ -198,6 +217,7 @@ fn a_member_that_cannot_keep_up_is_dropped_and_told_to_resume() {
     for i in 0..3 {
         f.room
             .submit_prompt(prompt(&fast.member, &format!("p{i}"), None), owner())
+            .now()
             .ok();
     }
     assert!(
@@ -225,13 +245,15 @@ fn prompts_queue_turns_and_duplicates_are_refused() {
     let id = f
         .room
         .submit_prompt(prompt(&a.member, "q", Some("m1")), owner())
+        .now()
         .unwrap();
     let queued = f.turns.try_recv().unwrap();
     assert_eq!((queued.turn_id, queued.prompt.as_str()), (id, "q"));
     assert!(queued.retrieval && queued.chain.is_none());
     let again = f
         .room
-        .submit_prompt(prompt(&a.member, "q", Some("m1")), owner());
+        .submit_prompt(prompt(&a.member, "q", Some("m1")), owner())
+        .now();
     assert_eq!(again.err(), Some(ErrorCode::DuplicatePrompt));
 }
 
@@ -245,8 +267,12 @@ fn a_full_queue_is_room_busy() {
     let a = client("a", 64);
     f.room
         .submit_prompt(prompt(&a.member, "1", None), owner())
+        .now()
         .unwrap();
-    let second = f.room.submit_prompt(prompt(&a.member, "2", None), owner());
+    let second = f
+        .room
+        .submit_prompt(prompt(&a.member, "2", None), owner())
+        .now();
     assert_eq!(second.err(), Some(ErrorCode::RoomBusy));
 }
 
@@ -289,8 +315,9 @@ fn a_turn_cancelled_while_queued_ends_without_starting() {
     let id = f
         .room
         .submit_prompt(prompt(&a.member, "q", None), owner())
+        .now()
         .unwrap();
-    f.room.cancel(id).unwrap();
+    f.room.cancel(id).now().unwrap();
     let turn = f.turns.try_recv().unwrap();
     assert!(!f.room.begin_turn(&turn, start(CancellationToken::new())));
     let last = drain(&mut a).pop().map(|e| e.body);
@@ -302,7 +329,7 @@ fn a_turn_cancelled_while_queued_ends_without_starting() {
         })
     ));
     assert_eq!(
-        f.room.cancel(Uuid::new_v4()).err(),
+        f.room.cancel(Uuid::new_v4()).now().err(),
         Some(ErrorCode::UnknownTurn)
     );
 }
@@ -314,11 +341,12 @@ fn cancelling_the_running_turn_cancels_its_token() {
     let id = f
         .room
         .submit_prompt(prompt(&a.member, "q", None), owner())
+        .now()
         .unwrap();
     let turn = f.turns.try_recv().unwrap();
     let cancel = CancellationToken::new();
     assert!(f.room.begin_turn(&turn, start(cancel.clone())));
-    f.room.cancel(id).unwrap();
+    f.room.cancel(id).now().unwrap();
     assert!(cancel.is_cancelled());
 }
 
@@ -369,6 +397,7 @@ fn an_aborted_turn_keeps_its_partial_answer_and_frees_the_room() {
     // The next turn starts as usual.
     f.room
         .submit_prompt(prompt(&a.member, "q2", None), owner())
+        .now()
         .unwrap();
     let next = f.turns.try_recv().unwrap();
     assert!(f.room.begin_turn(&next, start(CancellationToken::new())));

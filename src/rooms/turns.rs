@@ -80,23 +80,22 @@ impl TurnSink for Room {
     /// that later turns see, and everyone gets `end`.
     fn finish_turn(&self, turn_id: Uuid, finish_reason: FinishReason, partial: bool) {
         let mut st = self.lock();
-        if let Some(active) = st.active.take_if(|a| a.snapshot.turn_id == turn_id) {
-            let mut snap = active.snapshot;
-            snap.finish_reason = Some(finish_reason);
-            snap.partial = partial;
-            if !(snap.answer.is_empty() && finish_reason != FinishReason::Stop) {
-                st.history.push_back(snap);
-            }
-            while st.history.len() > self.cfg.history_turns {
-                st.history.pop_front();
-            }
-        }
+        let entry = st
+            .active
+            .take_if(|a| a.snapshot.turn_id == turn_id)
+            .map(|active| {
+                let mut snap = active.snapshot;
+                snap.finish_reason = Some(finish_reason);
+                snap.partial = partial;
+                snap
+            })
+            .filter(|snap| !(snap.answer.is_empty() && finish_reason != FinishReason::Stop));
         st.last_activity = std::time::Instant::now();
         let end = EventBody::End {
             finish_reason,
             partial,
         };
-        self.publish(&mut st, Some(turn_id), end);
+        self.end_with(&mut st, turn_id, end, entry);
     }
 
     /// Ends a turn that never started (e.g. rejected while draining) with an error.
@@ -118,27 +117,44 @@ impl TurnSink for Room {
         let mut st = self.lock();
         st.queued.retain(|(id, _)| *id != turn_id);
         st.cancelled.remove(&turn_id);
-        let partial = match st.active.take_if(|a| a.snapshot.turn_id == turn_id) {
-            Some(active) => {
+        let entry = st
+            .active
+            .take_if(|a| a.snapshot.turn_id == turn_id)
+            .map(|active| {
                 let mut snap = active.snapshot;
                 snap.finish_reason = Some(FinishReason::Error);
-                snap.partial = !snap.answer.is_empty();
-                let partial = snap.partial;
-                if partial {
-                    st.history.push_back(snap);
-                }
-                while st.history.len() > self.cfg.history_turns {
-                    st.history.pop_front();
-                }
-                partial
-            }
-            None => false,
-        };
+                snap.partial = true;
+                snap
+            })
+            .filter(|snap| !snap.answer.is_empty());
+        let partial = entry.is_some();
         self.publish(&mut st, Some(turn_id), rejection.event());
         let end = EventBody::End {
             finish_reason: FinishReason::Error,
             partial,
         };
-        self.publish(&mut st, Some(turn_id), end);
+        self.end_with(&mut st, turn_id, end, entry);
+    }
+}
+
+impl Room {
+    /// Sends a turn's `end`, with the history entry it adds: a local room adds it here, the
+    /// shared log adds it with the event (and every node's view adds it when it arrives).
+    fn end_with(
+        &self,
+        st: &mut super::room::RoomState,
+        turn_id: Uuid,
+        end: EventBody,
+        entry: Option<TurnSnapshot>,
+    ) {
+        if self.shared().is_none()
+            && let Some(snap) = entry.clone()
+        {
+            st.history.push_back(snap);
+            while st.history.len() > self.cfg.history_turns {
+                st.history.pop_front();
+            }
+        }
+        self.publish_with(st, Some(turn_id), end, entry.as_ref());
     }
 }

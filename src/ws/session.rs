@@ -187,7 +187,7 @@ impl Session {
                             detail: format!("no frame for {} ms", cfg.idle_timeout_ms),
                         }));
                     };
-                    if let Some(exit) = self.on_frame(frame, cfg.max_frame_bytes) {
+                    if let Some(exit) = self.on_frame(frame, cfg.max_frame_bytes).await {
                         return exit;
                     }
                 }
@@ -203,7 +203,7 @@ impl Session {
     }
 
     /// Handles what the socket gave; `Some` when the session ends.
-    fn on_frame(
+    async fn on_frame(
         &mut self,
         frame: Option<Result<Message, std::io::Error>>,
         max_frame_bytes: usize,
@@ -226,7 +226,11 @@ impl Session {
                 self.send_error(None, ErrorCode::FrameTooLarge, message);
                 None
             }
-            Some(Ok(Message::Text(text))) => self.handle_text(&text).map(|c| Exit::Close(Some(c))),
+            // Boxed: a client frame's handling may wait on the cluster store, and an inline
+            // future would make every idle session's task that much larger.
+            Some(Ok(Message::Text(text))) => Box::pin(self.handle_text(&text))
+                .await
+                .map(|c| Exit::Close(Some(c))),
             Some(Ok(Message::Binary(_))) => {
                 self.send_error(
                     None,
@@ -240,7 +244,7 @@ impl Session {
     }
 
     /// Handles one frame; `Some` when the session must close.
-    fn handle_text(&mut self, text: &str) -> Option<CloseRequest> {
+    async fn handle_text(&mut self, text: &str) -> Option<CloseRequest> {
         let msg = match decode_client_message(text) {
             Ok(m) => m,
             Err(e) => {
@@ -256,20 +260,23 @@ impl Session {
                 epoch,
             } => {
                 let resume = last_seq.map(|last_seq| Resume { last_seq, epoch });
-                return self.join(room, name, resume);
+                return self.join(room, name, resume).await;
             }
             ClientMessage::Prompt {
                 text,
                 client_msg_id,
                 quality,
                 cache,
-            } => self.prompt(text, client_msg_id, quality, cache.unwrap_or(true)),
+            } => {
+                self.prompt(text, client_msg_id, quality, cache.unwrap_or(true))
+                    .await
+            }
             ClientMessage::Cancel { turn_id } => {
                 let Some((room, _)) = &self.joined else {
                     self.not_in_room();
                     return None;
                 };
-                if let Err(code) = room.cancel(turn_id) {
+                if let Err(code) = room.cancel(turn_id).await {
                     self.send_error(
                         Some(turn_id),
                         code,
@@ -288,7 +295,12 @@ impl Session {
         None
     }
 
-    fn join(&mut self, room: String, name: String, resume: Option<Resume>) -> Option<CloseRequest> {
+    async fn join(
+        &mut self,
+        room: String,
+        name: String,
+        resume: Option<Resume>,
+    ) -> Option<CloseRequest> {
         let room = room.trim().to_string();
         let name = name.trim().to_string();
         if let Some(problem) = check_label("room", &room, MAX_ROOM_CHARS)
@@ -324,6 +336,7 @@ impl Session {
             .state
             .rooms
             .join(key, &member, &self.handle, resume.as_ref())
+            .await
         {
             Ok(room_ref) => self.joined = Some((room_ref, member)),
             Err(code) => self.send_error(None, code, format!("cannot join room {room:?}")),
@@ -348,7 +361,7 @@ impl Session {
             .map_err(|e| (e.to_string(), e.retry_after))
     }
 
-    fn prompt(
+    async fn prompt(
         &mut self,
         text: String,
         client_msg_id: Option<String>,
@@ -407,7 +420,7 @@ impl Session {
             principal: principal.clone(),
             permit: Some(Arc::new(permit)),
         };
-        match room.submit_prompt(prompt, owner) {
+        match room.submit_prompt(prompt, owner).await {
             Ok(_) => {}
             Err(ErrorCode::DuplicatePrompt) => self.send_error(
                 None,
