@@ -8,6 +8,16 @@ if [ -z "${CARGO_TARGET_DIR:-}" ] && [ -d "$HOME/.cache/confab/target" ]; then
 fi
 echo "== model assets (scripts/fetch-models.sh)"
 bash scripts/fetch-models.sh
+# The cluster tests (tests/cluster.rs) start their own redis-server processes.
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing redis-server (Debian package redis-server) for the cluster tests"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server) >/dev/null
+  else
+    echo "redis-server not found: install Debian's redis-server package (the cluster tests need it)" >&2
+    exit 1
+  fi
+fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"

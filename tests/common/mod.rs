@@ -1,6 +1,7 @@
 //! Shared harness: the real server on 127.0.0.1:0, a scripted upstream, WebSocket clients.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cluster;
 pub mod hostile;
 
 use std::net::SocketAddr;

@@ -1,0 +1,254 @@
+//! Cluster harness: a real `redis-server` and real `confab` processes (so a node can be
+//! killed with SIGKILL), all on loopback, sharing the test's scripted upstream.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `redis-server` from PATH (the README's test command installs it: apt when root).
+fn redis_binary() -> PathBuf {
+    for dir in std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+    {
+        let bin = dir.join("redis-server");
+        if bin.is_file() {
+            return bin;
+        }
+    }
+    panic!(
+        "redis-server is not installed: the cluster tests need it \
+         (`apt-get install redis-server`, or run `bash scripts/test.sh`, which installs it)"
+    );
+}
+
+/// A Redis server on its own port, killed when dropped. Without persistence, or with an
+/// append-only file synced on every write (`appendfsync always`).
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    aof: bool,
+}
+
+impl Redis {
+    pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// With `aof`, every write is on disk before Redis answers it.
+    pub async fn start_with(aof: bool) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = Self {
+            port: free_port(),
+            child: None,
+            dir,
+            aof,
+        };
+        r.restart().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port: empty, or with what its append-only file holds.
+    pub async fn restart(&mut self) {
+        let persistence: &[&str] = if self.aof {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
+        let child = Command::new(redis_binary())
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(persistence)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = self.connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: everything it held is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
+    /// The node holding a room's turn lease right now, if any.
+    pub async fn lease_holder(&self) -> Option<String> {
+        let mut c = self.connection().await.ok()?;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("confab:room:*:lease")
+            .query_async(&mut c)
+            .await
+            .ok()?;
+        let key = keys.first()?;
+        redis::cmd("GET").arg(key).query_async(&mut c).await.ok()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One confab process.
+pub struct Node {
+    pub id: String,
+    pub port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// The config every node gets: the test's upstream, dev mode, no retrieval, cluster mode on
+/// Redis with a short lease (so the tests that kill a node are quick).
+pub fn node_config(dir: &Path, upstream: &str, redis_url: &str, lease_ms: u64) -> PathBuf {
+    let path = dir.join("node.toml");
+    let toml = format!(
+        r#"
+[providers.mock]
+kind = "openai"
+base_url = "{upstream}"
+model = "mock-model"
+max_retries = 0
+first_token_timeout_ms = 5000
+idle_timeout_ms = 5000
+total_timeout_ms = 60000
+[chains.default]
+links = ["mock"]
+[retrieval]
+enabled = false
+[cache]
+enabled = false
+[auth]
+dev_mode = true
+[server]
+shutdown_grace_ms = 1000
+[cluster]
+backend = "redis"
+redis_url = "{redis_url}"
+lease_ms = {lease_ms}
+op_timeout_ms = 500
+"#
+    );
+    std::fs::write(&path, toml).expect("write node config");
+    path
+}
+
+impl Node {
+    /// Starts `confab serve` with `config`, named `id`, and waits until it is ready.
+    pub async fn start(id: &str, config: &Path) -> Self {
+        let port = free_port();
+        let log_path = config.with_file_name(format!("{id}.log"));
+        let log = std::fs::File::create(&log_path).expect("node log");
+        let child = Command::new(env!("CARGO_BIN_EXE_confab"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env("CONFAB__SERVER__BIND", format!("127.0.0.1:{port}"))
+            .env("CONFAB__CLUSTER__NODE_ID", id)
+            .env("CONFAB__LOG__LEVEL", "confab=debug,info")
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("confab starts");
+        let node = Self {
+            id: id.into(),
+            port,
+            child: Some(child),
+            log: log_path,
+        };
+        node.wait_ready(true).await;
+        node
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/v1/ws", self.port)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Waits until `/readyz` says `ready` (or, with false, says not ready).
+    pub async fn wait_ready(&self, ready: bool) {
+        // This process talks HTTP without starting a server (which would install it).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = reqwest::get(self.http("/readyz")).await.map(|r| r.status());
+            match status {
+                Ok(s) if s.is_success() == ready => return,
+                Err(_) if !ready => return,
+                _ => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} never became ready={ready}",
+                self.id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no drain, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+        // A failing test shows what its nodes logged last.
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- {} (last lines of its log)", self.id);
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
