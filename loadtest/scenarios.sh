@@ -7,6 +7,8 @@
 #   bash loadtest/scenarios.sh fanout     1k rooms × 10 clients streaming: delta events/s, p99
 #   bash loadtest/scenarios.sh soak [S]   steady load for S seconds (600): RSS drift, errors
 #   bash loadtest/scenarios.sh litellm    confab and LiteLLM proxy on the same mock, alternately
+#   bash loadtest/scenarios.sh cluster    fanout on 1 node local, 1 node on Redis, 2 nodes on Redis
+#                                         (each room's members spread over the nodes), same run
 #   bash loadtest/scenarios.sh smoke      20-second run of the tools (CI)
 # JSON summaries go to $OUT (default target/loadtest). Knobs: see the variables below.
 set -euo pipefail
@@ -37,9 +39,12 @@ mock() { # tokens tokens_per_sec ttft_ms
 }
 
 # confab on the mock: no retrieval, no answer cache (every request reaches the upstream).
+# An argument is appended to the config (e.g. a [cluster] section); each call starts one more
+# server and sets $port and $confab_pid to it.
 confab() {
   port=$(free_port)
-  cat >"$work/confab.toml" <<TOML
+  local conf="$work/confab-$port.toml"
+  cat >"$conf" <<TOML
 [server]
 bind = "127.0.0.1:$port"
 [rooms]
@@ -61,8 +66,9 @@ enabled = false
 dev_mode = true
 [log]
 level = "warn"
+${1:-}
 TOML
-  "$bin/confab" serve --config "$work/confab.toml" >"$work/confab.log" 2>&1 &
+  "$bin/confab" serve --config "$conf" >"$work/confab-$port.log" 2>&1 &
   confab_pid=$!
   pids+=($confab_pid)
   wait_http "http://127.0.0.1:$port/readyz"
@@ -159,6 +165,43 @@ PY
         sleep 2
       done
     done
+    ;;
+  cluster)
+    mock "${TOKENS:-40}" "${TPS:-20}" 0
+    rport=$(free_port)
+    redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$work/redis.log" 2>&1 &
+    redis_pid=$!
+    pids+=($redis_pid)
+    for _ in $(seq 1 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    on_redis="[cluster]
+backend = \"redis\"
+redis_url = \"redis://127.0.0.1:$rport\""
+    fan() { # name urls pids
+      load --json-out "$out/cluster-$1.json" fanout --urls "$2" --pid "$3" --rooms "${ROOMS:-1000}" \
+        --per-room "${PER_ROOM:-10}" --prompt-every-ms "${EVERY_MS:-3000}" --duration "${SECS:-30}"
+    }
+    stop() { for p in "$@"; do kill "$p"; wait "$p" 2>/dev/null || true; done; }
+    echo "== 1 node, local"
+    confab; fan local "ws://127.0.0.1:$port/v1/ws" "$confab_pid"; stop "$confab_pid"
+    echo "== 1 node, redis"
+    # With Redis, the CPU and RSS figures are the nodes' and Redis's together.
+    confab "$on_redis"; fan redis1 "ws://127.0.0.1:$port/v1/ws" "$confab_pid,$redis_pid"; stop "$confab_pid"
+    redis-cli -p "$rport" flushall >/dev/null
+    echo "== 2 nodes, redis (every room has members on both)"
+    confab "$on_redis"; a_port=$port; a_pid=$confab_pid
+    confab "$on_redis"
+    fan redis2 "ws://127.0.0.1:$a_port/v1/ws,ws://127.0.0.1:$port/v1/ws" "$a_pid,$confab_pid,$redis_pid"
+    python3 - "$out" <<'PY'
+import json, sys
+o = sys.argv[1]
+print("(cores and RSS: confab and, with Redis, redis-server together)")
+print(f"{'':18}{'delta ev/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'turns':>8}{'errors':>8}{'cores':>7}{'RSS MiB':>9}")
+for name, label in (("local", "1 node, local"), ("redis1", "1 node, redis"), ("redis2", "2 nodes, redis")):
+    r = json.load(open(f"{o}/cluster-{name}.json"))
+    d, s = r["delivery"], r["server"] or {}
+    print(f"{label:18}{r['delta_events_per_sec']:>12.0f}{d['p50_ms']:>9.1f}{d['p99_ms']:>9.1f}{r['turns']:>8}"
+          f"{sum(r['errors'].values()):>8}{s.get('cpu_cores', 0):>7.2f}{s.get('rss_end_mib', 0):>9.0f}")
+PY
     ;;
   smoke)
     mock 20 200 0

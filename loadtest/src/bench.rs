@@ -96,6 +96,24 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
 }
 
 /// CPU use between two samples, in cores (1.0 = one core busy).
+/// The sum over several processes (the nodes of a cluster on one machine); `None` if any
+/// is missing, or none was given.
+pub fn sample_all(pids: &[u32]) -> Option<ProcSample> {
+    let mut total: Option<ProcSample> = None;
+    for &pid in pids {
+        let s = sample(pid)?;
+        total = Some(match total {
+            None => s,
+            Some(t) => ProcSample {
+                rss_bytes: t.rss_bytes + s.rss_bytes,
+                cpu: t.cpu + s.cpu,
+                at: s.at,
+            },
+        });
+    }
+    total
+}
+
 pub fn cpu_cores(a: &ProcSample, b: &ProcSample) -> f64 {
     let wall = b.at.duration_since(a.at).as_secs_f64();
     if wall <= 0.0 {

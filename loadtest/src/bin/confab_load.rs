@@ -63,6 +63,11 @@ enum Cmd {
     Fanout {
         #[arg(long, default_value = "ws://127.0.0.1:8787/v1/ws")]
         url: String,
+        /// Several nodes of one cluster (comma-separated WebSocket URLs), instead of `--url`:
+        /// the k-th client of every room connects to node k mod N, so each room has members
+        /// on every node.
+        #[arg(long, value_delimiter = ',')]
+        urls: Vec<String>,
         #[arg(long, default_value_t = 1_000)]
         rooms: usize,
         #[arg(long, default_value_t = 10)]
@@ -71,8 +76,9 @@ enum Cmd {
         prompt_every_ms: u64,
         #[arg(long, default_value_t = 30)]
         duration: u64,
-        #[arg(long)]
-        pid: Option<u32>,
+        /// The server's process ids (comma-separated for several nodes: CPU and RSS add up).
+        #[arg(long, value_delimiter = ',')]
+        pid: Vec<u32>,
         /// Print RSS and CPU every this many seconds (soak runs).
         #[arg(long, default_value_t = 0)]
         sample_every: u64,
@@ -137,18 +143,20 @@ async fn join(url: &str, room: &str, name: &str) -> Result<Ws, String> {
 
 /// Joins `n` clients with at most `parallel` handshakes in flight.
 async fn join_many(
-    url: &str,
+    urls: &[String],
     n: usize,
     rooms: usize,
     parallel: usize,
 ) -> Result<Vec<(usize, Ws)>, String> {
-    let url = Arc::new(url.to_string());
+    let urls = Arc::new(urls.to_vec());
     let results = futures_util::stream::iter(0..n)
         .map(|i| {
-            let url = url.clone();
+            let urls = urls.clone();
             async move {
                 let room = i % rooms.max(1);
-                join(&url, &format!("load-{room}"), &format!("c{i}"))
+                // The k-th member of every room goes to node k mod N.
+                let url = &urls[(i / rooms.max(1)) % urls.len().max(1)];
+                join(url, &format!("load-{room}"), &format!("c{i}"))
                     .await
                     .map(|ws| (room, ws))
             }
@@ -207,6 +215,7 @@ async fn main() -> Result<(), String> {
         } => idle(&url, clients, rooms, pid, hold).await?,
         Cmd::Fanout {
             url,
+            urls,
             rooms,
             per_room,
             prompt_every_ms,
@@ -214,8 +223,9 @@ async fn main() -> Result<(), String> {
             pid,
             sample_every,
         } => {
+            let urls = if urls.is_empty() { vec![url] } else { urls };
             fanout(
-                &url,
+                &urls,
                 rooms,
                 per_room,
                 prompt_every_ms,
@@ -311,7 +321,7 @@ async fn idle(
 ) -> Result<Value, String> {
     let before = bench::sample(pid).ok_or("cannot read the server's /proc entry")?;
     let t0 = Instant::now();
-    let conns = join_many(url, clients, rooms, 256).await?;
+    let conns = join_many(&[url.to_string()], clients, rooms, 256).await?;
     let joined_in = t0.elapsed();
     // Keep reading so pings are answered; count anything unexpected.
     let closed = Arc::new(AtomicU64::new(0));
@@ -358,16 +368,16 @@ struct Tally {
 }
 
 async fn fanout(
-    url: &str,
+    urls: &[String],
     rooms: usize,
     per_room: usize,
     every_ms: u64,
     duration: u64,
-    pid: Option<u32>,
+    pids: Vec<u32>,
     sample_every: u64,
 ) -> Result<Value, String> {
     let t0 = Instant::now();
-    let conns = join_many(url, rooms * per_room, rooms, 256).await?;
+    let conns = join_many(urls, rooms * per_room, rooms, 256).await?;
     println!(
         "fanout: {} clients in {rooms} rooms joined in {:.1} s",
         conns.len(),
@@ -427,7 +437,7 @@ async fn fanout(
             }
         }));
     }
-    let start = pid.and_then(bench::sample);
+    let start = bench::sample_all(&pids);
     let run_t0 = Instant::now();
     // One prompt per room every `every_ms`, staggered across the interval; open loop.
     let mut prompters = Vec::new();
@@ -457,10 +467,10 @@ async fn fanout(
         }));
     }
     let mut samples = Vec::new();
-    if let (Some(pid), true) = (pid, sample_every > 0) {
+    if sample_every > 0 && !pids.is_empty() {
         while Instant::now() + Duration::from_secs(sample_every) <= stop {
             tokio::time::sleep(Duration::from_secs(sample_every)).await;
-            if let Some(s) = bench::sample(pid) {
+            if let Some(s) = bench::sample_all(&pids) {
                 println!(
                     "  t={:>5.0}s rss {:.1} MiB",
                     run_t0.elapsed().as_secs_f64(),
@@ -474,7 +484,7 @@ async fn fanout(
     for p in prompters {
         prompts += p.await.unwrap_or(0);
     }
-    let end = pid.and_then(bench::sample);
+    let end = bench::sample_all(&pids);
     for r in readers {
         let _ = r.await;
     }
@@ -492,7 +502,7 @@ async fn fanout(
     let proc = proc_json(start, end);
     print_proc(&proc);
     Ok(json!({
-        "scenario": "fanout", "rooms": rooms, "per_room": per_room, "prompt_every_ms": every_ms,
+        "scenario": "fanout", "nodes": urls.len(), "rooms": rooms, "per_room": per_room, "prompt_every_ms": every_ms,
         "seconds": secs, "prompts": prompts, "turns": tally.turns / per_room as u64,
         "delta_events_per_sec": tally.deltas as f64 / secs, "disconnects": tally.disconnects,
         "errors": tally.errors, "delivery": bench::summary(&hist), "server": proc, "rss_samples": samples,
