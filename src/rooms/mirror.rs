@@ -77,6 +77,18 @@ impl Room {
         for frame in &loaded.frames {
             self.deliver_quietly(&mut st, frame, loaded.hist_seq);
         }
+        // Turn slots of prompts the reloaded log no longer knows (it was lost) go back.
+        let known: std::collections::HashSet<Uuid> = st
+            .view
+            .iter()
+            .flat_map(|v| {
+                v.pending
+                    .iter()
+                    .map(|p| p.0)
+                    .chain(v.active.iter().map(|a| a.turn_id))
+            })
+            .collect();
+        st.permits.retain(|id, _| known.contains(id));
         let handles: Vec<_> = st
             .members
             .iter()

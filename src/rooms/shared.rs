@@ -274,11 +274,22 @@ async fn write_events(room: &Weak<Room>, shared: &Shared, events: Vec<Emit>) {
     if events.is_empty() {
         return;
     }
-    if let Err(e) = shared.cluster.emit(&shared.keys, &events).await {
-        crate::metrics::cluster_error("emit");
-        tracing::warn!(error = %e, "room events not written; the running turn is cut short");
-        if let Some(room) = room.upgrade() {
-            room.cut_running_turn();
+    match shared.cluster.emit(&shared.keys, &events).await {
+        // A refused event: its turn is no longer the room's running one (another node ended
+        // it, or the store lost it), so generating the rest is wasted.
+        Ok((_, seqs)) if seqs.contains(&0) => {
+            tracing::warn!("turn events refused by the room's log; the turn is cut short");
+            if let Some(room) = room.upgrade() {
+                room.cut_running_turn();
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            crate::metrics::cluster_error("emit");
+            tracing::warn!(error = %e, "room events not written; the running turn is cut short");
+            if let Some(room) = room.upgrade() {
+                room.cut_running_turn();
+            }
         }
     }
 }
