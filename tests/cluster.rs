@@ -454,3 +454,59 @@ async fn an_sse_follower_on_another_node_sees_the_room() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_node_that_wakes_up_cannot_write_into_the_turn_another_node_ended() {
+    let c = cluster(3, slow_reply(60)).await;
+    let mut members = Vec::new();
+    for (i, node) in c.nodes.iter().enumerate() {
+        members.push(member(node, "z", &format!("m{i}")).await);
+    }
+    members[0]
+        .send(json!({"type": "prompt", "text": "Z1 frozen"}))
+        .await;
+    members[1]
+        .send(json!({"type": "prompt", "text": "Z2 after"}))
+        .await;
+    let mut z1 = None;
+    while z1.is_none() {
+        let ev = members[2].recv().await;
+        if ev["type"] == "delta" {
+            z1 = ev["turn_id"].as_str().map(str::to_string);
+        }
+    }
+    let holder = c
+        .redis
+        .lease_holder()
+        .await
+        .expect("a node holds the lease");
+    let frozen = c.nodes.iter().position(|n| n.id == holder).unwrap();
+    c.nodes[frozen].freeze();
+    let watcher = (0..3).find(|i| *i != frozen).unwrap();
+    let evs = members[watcher].until_end().await;
+    let end = evs.last().unwrap();
+    assert_eq!(end["turn_id"].as_str(), z1.as_deref());
+    assert!(evs.iter().any(|e| e["code"] == "node_lost"), "{evs:?}");
+    // The next turn starts on a survivor; then the frozen node wakes up mid-Z1.
+    let _ = members[watcher].until_type("start").await;
+    c.nodes[frozen].thaw();
+    // Every member, the woken node's own included, sees Z2 to its end and nothing more of
+    // Z1: the log refuses the woken node's writes into a turn that is no longer running.
+    for (i, m) in members.iter_mut().enumerate() {
+        let mut after_end = i == watcher;
+        loop {
+            let ev = m.recv().await;
+            if ev["turn_id"].as_str() == z1.as_deref() {
+                assert!(!after_end, "member {i} got Z1 after its end: {ev}");
+                after_end = ev["type"] == "end";
+                continue;
+            }
+            if ev["type"] == "end" {
+                assert_eq!(ev["finish_reason"], "stop", "{ev}");
+                break;
+            }
+        }
+    }
+    assert_eq!(runs(&c.mock, "Z1 frozen"), 1);
+    assert_eq!(runs(&c.mock, "Z2 after"), 1);
+}

@@ -229,6 +229,23 @@ impl Node {
         }
     }
 
+    /// SIGSTOP: the process stops where it is (a partition, a long pause), keeping its
+    /// sockets open; [`Node::thaw`] lets it go on as if nothing happened.
+    pub fn freeze(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    pub fn thaw(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        if let Some(c) = &self.child {
+            rustix::process::kill_process(rustix::process::Pid::from_child(c), sig)
+                .expect("signal the node");
+        }
+    }
+
     /// SIGKILL: no drain, no goodbye.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
