@@ -510,3 +510,56 @@ async fn a_frozen_node_that_wakes_up_cannot_write_into_the_turn_another_node_end
     assert_eq!(runs(&c.mock, "Z1 frozen"), 1);
     assert_eq!(runs(&c.mock, "Z2 after"), 1);
 }
+
+#[tokio::test]
+async fn opening_a_room_reads_only_the_tail_its_mirror_keeps() {
+    use confab::cluster::{Cluster as Store, Emit};
+    let redis = Redis::start().await;
+    let mut cfg = confab::config::ClusterConfig {
+        backend: confab::config::ClusterBackend::Redis,
+        ..Default::default()
+    };
+    cfg.redis_url = confab::config::Secret::new(redis.url());
+    let rooms = confab::config::RoomsConfig {
+        replay_bytes: 10_000,
+        ..Default::default()
+    };
+    let store = Store::connect(&cfg, &rooms).expect("store");
+    let keys = store.room_keys("acme", "big");
+    let event = |i: usize| Emit {
+        kind: "presence",
+        head: "{\"room\":\"big\",".into(),
+        tail: format!(
+            "\"ts\":{i},\"type\":\"presence\",\"members\":[],\"pad\":\"{}\"}}",
+            "x".repeat(1_000)
+        ),
+        turn_id: String::new(),
+        history: String::new(),
+    };
+    let batch: Vec<Emit> = (0..1_200).map(event).collect();
+    let (epoch, seqs) = store.emit(&keys, &batch).await.expect("emit");
+    assert_eq!(seqs.last(), Some(&1_200));
+    let loaded = store.load(&keys).await.expect("load");
+    assert_eq!(
+        (loaded.epoch.as_str(), loaded.head),
+        (epoch.as_str(), 1_200)
+    );
+    let bytes: usize = loaded.frames.iter().map(|f| f.frame.len()).sum();
+    let seqs: Vec<u64> = loaded.frames.iter().map(|f| f.seq).collect();
+    assert!(
+        bytes <= 10_000 && seqs.len() >= 8,
+        "{} events, {bytes} bytes",
+        seqs.len()
+    );
+    assert_eq!(seqs.last(), Some(&1_200), "the newest");
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "contiguous");
+    // A gap fill comes in batches.
+    let (_, head, first) = store.range(&keys, 0).await.expect("range").expect("room");
+    assert_eq!((head, first.len()), (1_200, Store::RANGE_BATCH));
+    assert_eq!(first.first().map(|f| f.seq), Some(1));
+    assert!(
+        first[0]
+            .frame
+            .starts_with("{\"room\":\"big\",\"seq\":1,\"ts\":0,")
+    );
+}

@@ -11,6 +11,7 @@ use crate::config::RoomsConfig;
 #[derive(Debug, Clone)]
 pub struct RoomParams {
     maxlen: usize,
+    max_bytes: usize,
     ttl_ms: u64,
     history_turns: usize,
     max_queue: usize,
@@ -20,6 +21,7 @@ impl RoomParams {
     pub fn new(cfg: &RoomsConfig) -> Self {
         Self {
             maxlen: cfg.replay_events,
+            max_bytes: cfg.replay_bytes,
             ttl_ms: cfg.idle_ttl_ms.max(1),
             history_turns: cfg.history_turns.max(1),
             max_queue: cfg.max_queued_turns,
@@ -239,7 +241,8 @@ impl Cluster {
     /// The room's state for a node that opens it.
     pub async fn load(&self, keys: &RoomKeys) -> Result<Loaded, ClusterError> {
         let mut inv = self.invocation(&self.scripts.load, keys);
-        inv.arg(crate::protocol::unix_ms());
+        inv.arg(crate::protocol::unix_ms())
+            .arg(self.params.max_bytes);
         let mut it = array(self.run(&inv).await?)?.into_iter();
         let epoch = text(it.next())?;
         let head = int(it.next())?;
@@ -258,14 +261,18 @@ impl Cluster {
         })
     }
 
-    /// The log after `after`, with the epoch and head; `None` when the room's state is gone.
+    /// Events one [`Cluster::range`] call returns at most.
+    pub const RANGE_BATCH: usize = 512;
+
+    /// The log after `after` (at most [`Cluster::RANGE_BATCH`] events), with the epoch and
+    /// head; `None` when the room's state is gone.
     pub async fn range(
         &self,
         keys: &RoomKeys,
         after: u64,
     ) -> Result<Option<(String, u64, Vec<LogFrame>)>, ClusterError> {
         let mut inv = self.invocation(&self.scripts.range, keys);
-        inv.arg(format!("{}-1", after + 1));
+        inv.arg(format!("{}-1", after + 1)).arg(Self::RANGE_BATCH);
         let mut it = array(self.run(&inv).await?)?.into_iter();
         let epoch = text(it.next())?;
         if epoch.is_empty() {

@@ -178,22 +178,46 @@ return seq
 "#;
 
 /// Everything a node needs to open a room: epoch, head seq, the seq up to which the history
-/// is recorded, the running turn, the whole log, the history and the roster. ARGV: 6 now.
+/// is recorded, the running turn, the log's newest events (at most `rooms.replay_events`
+/// and about `rooms.replay_bytes`, what the node's mirror keeps), the history and the
+/// roster. ARGV: 6 now, 7 byte budget. The log is walked newest first in batches, so a room
+/// full of large events costs its budget, not its length.
 const LOAD: &str = r#"
 local e = epoch()
 sweep_presence(ARGV[6])
 touch()
 local m = redis.call('HMGET', meta, 'seq', 'hist_seq', 'run')
-return {e, m[1] or '0', m[2] or '0', m[3] or '', redis.call('XRANGE', log, '-', '+'),
+local tail, bytes, top, full = {}, 0, '+', false
+local budget, most = tonumber(ARGV[7]), tonumber(maxlen)
+while not full do
+  local batch = redis.call('XREVRANGE', log, top, '-', 'COUNT', 128)
+  if #batch == 0 then break end
+  for _, entry in ipairs(batch) do
+    local size = 0
+    for _, v in ipairs(entry[2]) do size = size + #v end
+    if #tail >= most or (#tail > 0 and bytes + size > budget) then
+      full = true
+      break
+    end
+    bytes = bytes + size
+    tail[#tail + 1] = entry
+  end
+  top = '(' .. batch[#batch][1]
+end
+local frames = {}
+for i = #tail, 1, -1 do frames[#frames + 1] = tail[i] end
+return {e, m[1] or '0', m[2] or '0', m[3] or '', frames,
   redis.call('LRANGE', hist, 0, -1), redis.call('HVALS', pres)}
 "#;
 
-/// The log after a seq, for a node that missed publishes. ARGV: 6 first stream id wanted.
-/// An empty epoch: the room's state is gone (the caller reopens it).
+/// The log after a seq, for a node that missed publishes. ARGV: 6 first stream id wanted,
+/// 7 most events to return (the caller asks again for the rest). An empty epoch: the
+/// room's state is gone (the caller reopens it).
 const RANGE: &str = r#"
 local e = redis.call('HGET', meta, 'epoch')
 if not e then return {''} end
-return {e, redis.call('HGET', meta, 'seq') or '0', redis.call('XRANGE', log, ARGV[6], '+')}
+return {e, redis.call('HGET', meta, 'seq') or '0',
+  redis.call('XRANGE', log, ARGV[6], '+', 'COUNT', ARGV[7])}
 "#;
 
 /// The compiled scripts (each sent by SHA, loaded again after a Redis restart).

@@ -388,7 +388,10 @@ pub(super) async fn catch_up(room: &Room, shared: &Shared, cause: &'static str) 
                         return reload(room, shared).await;
                     }
                 }
-                return;
+                // A full batch: there may be more.
+                if frames.len() < Cluster::RANGE_BATCH {
+                    return;
+                }
             }
             Ok(_) => return reload(room, shared).await,
             Err(_) => {
