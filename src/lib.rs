@@ -172,6 +172,7 @@ where
     {
         tracing::warn!("shutdown: some sessions did not close in time");
     }
+    state.rooms.flush(Duration::from_secs(2)).await;
     life.workers.close();
     if timeout(Duration::from_secs(10), life.workers.wait())
         .await

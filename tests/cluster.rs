@@ -563,3 +563,45 @@ async fn opening_a_room_reads_only_the_tail_its_mirror_keeps() {
             .starts_with("{\"room\":\"big\",\"seq\":1,\"ts\":0,")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_drains_finishes_its_turn_and_its_members_leave_at_once() {
+    let c = cluster(2, Behavior::tokens(10, Duration::from_millis(50))).await;
+    let mut a = member(&c.nodes[0], "d", "a").await;
+    let mut b = member(&c.nodes[1], "d", "b").await;
+    let _ = a.until_type("presence").await;
+    a.send(json!({"type": "prompt", "text": "finish me"})).await;
+    let _ = b.until_type("delta").await;
+    let holder = c
+        .redis
+        .lease_holder()
+        .await
+        .expect("a node holds the lease");
+    let draining = c.nodes.iter().position(|n| n.id == holder).unwrap();
+    c.nodes[draining].terminate();
+    let watcher = if draining == 0 { &mut b } else { &mut a };
+    let evs = watcher.until_end().await;
+    assert_eq!(evs.last().unwrap()["finish_reason"], "stop", "{evs:?}");
+    assert!(evs.iter().all(|e| e["type"] != "error"), "{evs:?}");
+    // Its member's leave is written before it exits: well before the presence lease.
+    let gone = ["a", "b"][draining].to_string();
+    let t0 = Instant::now();
+    loop {
+        let ev = watcher.until_type("presence").await.pop().unwrap();
+        let names: Vec<&str> = ev["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["name"].as_str())
+            .collect();
+        if !names.contains(&gone.as_str()) {
+            break;
+        }
+    }
+    assert!(
+        t0.elapsed() < Duration::from_millis(LEASE_MS),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(runs(&c.mock, "finish me"), 1);
+}

@@ -233,6 +233,19 @@ impl Rooms {
         Err(ErrorCode::Overloaded)
     }
 
+    /// Cluster mode: waits (within `within`) until every room's queued writes — the last
+    /// sessions' leaves, say — reached the shared store. Shutdown calls it last, so the
+    /// other nodes do not wait out the presence lease to see this node's members go.
+    pub async fn flush(&self, within: Duration) {
+        let shared: Vec<_> = self
+            .map
+            .iter()
+            .filter_map(|r| r.value().shared().cloned())
+            .collect();
+        let all = futures_util::future::join_all(shared.iter().map(|s| s.flushed()));
+        let _ = tokio::time::timeout(within, all).await;
+    }
+
     /// Number of rooms held.
     pub fn len(&self) -> usize {
         self.count.load(Ordering::Acquire)

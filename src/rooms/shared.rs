@@ -182,7 +182,7 @@ impl Shared {
     }
 
     /// Waits until everything queued so far has been written (or failed), within a bound.
-    async fn flushed(&self) {
+    pub async fn flushed(&self) {
         let target = self.enqueued.load(Ordering::Acquire);
         let mut rx = self.written.subscribe();
         let wait = rx.wait_for(|done| *done >= target);
@@ -543,11 +543,14 @@ async fn run_claimed(
     ));
     let span = tracing::info_span!("turn", turn_id = %turn.turn_id, room = %room.key.name);
     use tracing::Instrument;
-    life.turns
-        .track_future(engine.run(room.as_ref(), turn, life).instrument(span))
-        .await;
+    // Tracked with its writes, so a draining node's shutdown waits for the turn's `end` to
+    // reach the log, not only for the turn.
+    let run = async {
+        engine.run(room.as_ref(), turn, life).await;
+        shared.flushed().await;
+    };
+    life.turns.track_future(run.instrument(span)).await;
     held.cancel();
-    shared.flushed().await;
 }
 
 /// Renews the lease until `done`; a lease lost to another node cuts the turn short (that

@@ -235,6 +235,11 @@ impl Node {
         self.signal(rustix::process::Signal::STOP);
     }
 
+    /// SIGTERM: the node drains (running turns finish, sessions get 1012) and exits.
+    pub fn terminate(&self) {
+        self.signal(rustix::process::Signal::TERM);
+    }
+
     pub fn thaw(&self) {
         self.signal(rustix::process::Signal::CONT);
     }
