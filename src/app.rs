@@ -35,16 +35,29 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
+/// The services a config turned on, started before the state that wires them.
+#[derive(Default)]
+pub struct Services {
+    pub retrieval: Option<Arc<Retrieval>>,
+    pub ingest: Option<Arc<crate::ingest::Ingestor>>,
+    /// Cluster mode's shared store (see [`crate::cluster::Cluster::start`]).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+}
+
 impl AppState {
     /// Wires the domain core from a validated config.
     pub fn new(
         config: Config,
         models: Models,
-        retrieval: Option<Arc<Retrieval>>,
-        ingest: Option<Arc<crate::ingest::Ingestor>>,
+        services: Services,
         life: Arc<Lifecycle>,
         auth: Arc<Authenticator>,
-    ) -> Result<Self, crate::cluster::ClusterError> {
+    ) -> Self {
+        let Services {
+            retrieval,
+            ingest,
+            cluster,
+        } = services;
         let metrics = crate::metrics::install();
         if metrics.is_some() {
             init_series(&config, &models, &auth.tenants());
@@ -62,14 +75,6 @@ impl AppState {
             limits: limits.clone(),
             safety: config.safety.clone(),
         }));
-        let cluster = match config.cluster.backend {
-            crate::config::ClusterBackend::Local => None,
-            crate::config::ClusterBackend::Redis => {
-                let cluster = crate::cluster::Cluster::connect(&config.cluster, &config.rooms)?;
-                tokio::spawn(cluster.clone().watch_health(life.background.clone()));
-                Some(cluster)
-            }
-        };
         let backend = match &cluster {
             None => Backend::Local(Arc::new(LocalBackplane::new(&config.rooms))),
             Some(c) => Backend::Shared {
@@ -78,7 +83,7 @@ impl AppState {
             },
         };
         let rooms = Rooms::new(config.rooms.clone(), backend, engine.clone(), life.clone());
-        Ok(Self {
+        Self {
             config: Arc::new(config),
             rooms,
             life,
@@ -90,7 +95,7 @@ impl AppState {
             auth,
             limits,
             cluster,
-        })
+        }
     }
 }
 

@@ -94,14 +94,9 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Runn
     if config.auth.dev_mode {
         tracing::warn!("auth.dev_mode is on: every request is tenant `default`, no API key needed");
     }
-    let retrieval = if config.retrieval.enabled {
-        Some(std::sync::Arc::new(
-            retrieval::Retrieval::start(&config).await?,
-        ))
-    } else {
-        tracing::info!("retrieval disabled");
-        None
-    };
+    let life = std::sync::Arc::new(lifecycle::Lifecycle::default());
+    let cluster = cluster::Cluster::start(&config, life.background.clone())?;
+    let retrieval = start_retrieval(&config, cluster.as_ref(), &life).await?;
     let bind = config.server.bind;
     let acceptor = net::NoDelayAcceptor::bind(bind)
         .await
@@ -109,7 +104,6 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Runn
     let addr = acceptor
         .socket_addr()
         .map_err(|source| StartError::Bind { addr: bind, source })?;
-    let life = std::sync::Arc::new(lifecycle::Lifecycle::default());
     let ingest = match &retrieval {
         Some(r) => Some(
             ingest::Ingestor::start(
@@ -126,7 +120,12 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Runn
         None => None,
     };
     auth.spawn_reload(life.background.clone());
-    let state = AppState::new(config, models, retrieval, ingest, life, auth)?;
+    let services = app::Services {
+        retrieval,
+        ingest,
+        cluster,
+    };
+    let state = AppState::new(config, models, services, life, auth);
     providers::probe::spawn(
         state.upstreams.clone(),
         state.config.providers.clone(),
@@ -136,6 +135,25 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Runn
     tracing::info!(%addr, "confab listening");
     let task = tokio::spawn(serve(acceptor, state, shutdown));
     Ok(Running { addr, task })
+}
+
+/// The embedding model and the vector store, when retrieval is on; in cluster mode its
+/// corpus versions are the cluster's.
+async fn start_retrieval(
+    config: &Config,
+    cluster: Option<&std::sync::Arc<cluster::Cluster>>,
+    life: &lifecycle::Lifecycle,
+) -> Result<Option<std::sync::Arc<retrieval::Retrieval>>, StartError> {
+    if !config.retrieval.enabled {
+        tracing::info!("retrieval disabled");
+        return Ok(None);
+    }
+    let mut r = retrieval::Retrieval::start(config).await?;
+    if let Some(c) = cluster {
+        let shared = retrieval::SharedVersions::start(c.clone(), life.background.clone());
+        r = r.with_versions(Box::new(shared));
+    }
+    Ok(Some(std::sync::Arc::new(r)))
 }
 
 async fn serve<A>(acceptor: A, state: AppState, shutdown: CancellationToken) -> std::io::Result<()>

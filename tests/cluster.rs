@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::Client;
-use common::cluster::{Node, Redis, node_config};
+use common::cluster::{Node, Redis, node_config, node_config_with_retrieval};
 use confab_loadtest::mock::{Behavior, MockUpstream};
 use serde_json::{Value, json};
 
@@ -604,4 +604,60 @@ async fn a_node_that_drains_finishes_its_turn_and_its_members_leave_at_once() {
         t0.elapsed()
     );
     assert_eq!(runs(&c.mock, "finish me"), 1);
+}
+
+/// Asks `prompt` in a fresh room on `node`; the turn's `start` event.
+async fn ask(node: &Node, room: &str, prompt: &str) -> Value {
+    let mut c = member(node, room, "asker").await;
+    c.send(json!({"type": "prompt", "text": prompt})).await;
+    let evs = c.until_end().await;
+    assert_eq!(evs.last().unwrap()["finish_reason"], "stop", "{evs:?}");
+    evs.into_iter()
+        .find(|e| e["type"] == "start")
+        .expect("a start")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_on_one_node_makes_the_other_nodes_caches_miss_within_a_second() {
+    let mock = MockUpstream::start(0, Behavior::text(&["The WAL ", "replays."]))
+        .await
+        .expect("mock");
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = node_config_with_retrieval(dir.path(), &mock.base_url(), &redis.url());
+    let a = Node::start("node-a", &config).await;
+    let c = Node::start("node-c", &config).await;
+    let q = "How does Larkspur recover after a crash?";
+    assert!(
+        ask(&c, "r1", q).await["cached"].is_null(),
+        "first time: upstream"
+    );
+    assert!(
+        !ask(&c, "r2", q).await["cached"].is_null(),
+        "then the cache"
+    );
+    let upload = reqwest::Client::new()
+        .post(a.http("/v1/documents?wait=true"))
+        .json(&json!({"title": "Larkspur", "text": "After a crash, Larkspur replays its WAL."}))
+        .send()
+        .await
+        .unwrap();
+    assert!(upload.status().is_success(), "{}", upload.status());
+    let t0 = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        if ask(&c, &format!("after{n}"), q).await["cached"].is_null() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "node c still answers from its cache"
+        );
+    }
+    assert!(
+        !ask(&c, "again", q).await["cached"].is_null(),
+        "cached again, at the new version"
+    );
+    drop((a, c, redis));
 }

@@ -66,15 +66,14 @@ pub fn openapi_json() -> Result<String, String> {
         let models = crate::chat::chain::Models::from_config(&config).map_err(|e| e.to_string())?;
         let life = std::sync::Arc::new(crate::lifecycle::Lifecycle::default());
         let auth = crate::auth::Authenticator::new(&config.auth).map_err(|e| e.to_string())?;
+        let services = crate::app::Services::default();
         let state = AppState::new(
             config,
             models,
-            None,
-            None,
+            services,
             life.clone(),
             std::sync::Arc::new(auth),
-        )
-        .map_err(|e| e.to_string())?;
+        );
         life.background.cancel();
         let mut json = openapi(state).spec();
         json.push('\n');

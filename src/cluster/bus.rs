@@ -27,6 +27,8 @@ pub enum BusMsg {
     Ephemeral { session: String, frame: Arc<str> },
     /// Messages may have been missed: catch up from the stream.
     Lagged,
+    /// Something moved (a tenant's corpus version): read it again.
+    Signal(String),
 }
 
 struct Inbox {
@@ -158,7 +160,7 @@ impl Bus {
     }
 }
 
-/// `E<seq>:<epoch>:<kind>:<frame>`, `C<turn id>` or `T<session>:<frame>`.
+/// `E<seq>:<epoch>:<kind>:<frame>`, `C<turn id>`, `T<session>:<frame>` or `V<tenant>`.
 fn parse(payload: &[u8]) -> Option<BusMsg> {
     let text = std::str::from_utf8(payload).ok()?;
     let (tag, rest) = text.split_at_checked(1)?;
@@ -177,6 +179,7 @@ fn parse(payload: &[u8]) -> Option<BusMsg> {
             })
         }
         "C" => Some(BusMsg::Cancel(rest.to_string())),
+        "V" => Some(BusMsg::Signal(rest.to_string())),
         "T" => {
             let (session, frame) = rest.split_once(':')?;
             Some(BusMsg::Ephemeral {

@@ -6,6 +6,7 @@
 //! This layer knows keys, scripts and bytes, not rooms: `rooms/` builds on it.
 
 mod bus;
+mod corpus;
 mod keys;
 mod ops;
 mod scripts;
@@ -98,6 +99,20 @@ impl Cluster {
             up: AtomicBool::new(false),
             down: AtomicBool::new(false),
         }))
+    }
+
+    /// The store a config asks for, connected and watched until `stop`: `None` with
+    /// `cluster.backend = "local"`.
+    pub fn start(
+        config: &crate::config::Config,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<Option<Arc<Self>>, ClusterError> {
+        if config.cluster.backend == crate::config::ClusterBackend::Local {
+            return Ok(None);
+        }
+        let cluster = Self::connect(&config.cluster, &config.rooms)?;
+        tokio::spawn(cluster.clone().watch_health(stop));
+        Ok(Some(cluster))
     }
 
     /// The keys of a tenant's room.

@@ -19,7 +19,7 @@ use crate::error::ErrorCode;
 use crate::vector::{Hit, SparseVec, VectorError, VectorStore};
 
 pub use grounding::{Grounding, Screened};
-pub use versions::{CorpusVersions, LocalVersions};
+pub use versions::{CorpusVersions, LocalVersions, SharedVersions};
 
 /// Why retrieval failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -106,6 +106,13 @@ impl Retrieval {
             searches,
             bm25: bm25(config.retrieval.bm25_avg_len)?,
         })
+    }
+
+    /// Shares the corpus versions through `versions` (cluster mode) instead of this
+    /// process's own.
+    pub fn with_versions(mut self, versions: Box<dyn CorpusVersions>) -> Self {
+        self.versions = versions;
+        self
     }
 
     /// The BM25 term weights of a chunk.

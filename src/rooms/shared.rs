@@ -362,7 +362,7 @@ async fn pump(room: Weak<Room>, mut inbox: mpsc::Receiver<BusMsg>) {
             }
             BusMsg::Cancel(turn_id) => r.cancel_local(&turn_id),
             BusMsg::Ephemeral { session, frame } => r.relay_local(&session, frame),
-            BusMsg::Lagged => {}
+            BusMsg::Lagged | BusMsg::Signal(_) => {}
         }
         if shared.lagged.swap(false, Ordering::AcqRel) {
             catch_up(&r, &shared, "lagged").await;

@@ -141,7 +141,22 @@ pub struct Node {
 /// The config every node gets: the test's upstream, dev mode, no retrieval, cluster mode on
 /// Redis with a short lease (so the tests that kill a node are quick).
 pub fn node_config(dir: &Path, upstream: &str, redis_url: &str, lease_ms: u64) -> PathBuf {
+    write_config(dir, upstream, redis_url, lease_ms, false)
+}
+
+/// [`node_config`] with retrieval (the embedding model from the default assets folder, one
+/// worker; each node's embedded store in its own folder) and the answer cache on.
+pub fn node_config_with_retrieval(dir: &Path, upstream: &str, redis_url: &str) -> PathBuf {
+    write_config(dir, upstream, redis_url, 2_000, true)
+}
+
+fn write_config(dir: &Path, upstream: &str, redis_url: &str, lease_ms: u64, rag: bool) -> PathBuf {
     let path = dir.join("node.toml");
+    let (retrieval, cache) = if rag {
+        ("enabled = true\n[embedding]\nworkers = 1", "true")
+    } else {
+        ("enabled = false", "false")
+    };
     let toml = format!(
         r#"
 [providers.mock]
@@ -155,9 +170,9 @@ total_timeout_ms = 60000
 [chains.default]
 links = ["mock"]
 [retrieval]
-enabled = false
+{retrieval}
 [cache]
-enabled = false
+enabled = {cache}
 [auth]
 dev_mode = true
 [server]
@@ -185,6 +200,10 @@ impl Node {
             .arg(config)
             .env("CONFAB__SERVER__BIND", format!("127.0.0.1:{port}"))
             .env("CONFAB__CLUSTER__NODE_ID", id)
+            .env(
+                "CONFAB__VECTOR__DATA_DIR",
+                config.with_file_name(format!("{id}-data")),
+            )
             .env("CONFAB__LOG__LEVEL", "confab=debug,info")
             .stdout(log)
             .stderr(Stdio::null())
