@@ -7,7 +7,7 @@ use crate::chat::chain::Models;
 use crate::chat::{EngineParts, TurnEngine};
 use crate::config::Config;
 use crate::lifecycle::Lifecycle;
-use crate::limits::{Limit, Limiter};
+use crate::limits::{Limit, Limiter, SharedLimits};
 use crate::retrieval::Retrieval;
 use crate::rooms::{Backend, LocalBackplane, Rooms};
 
@@ -66,7 +66,14 @@ impl AppState {
             .cache
             .enabled
             .then(|| Arc::new(crate::cache::AnswerCache::new(config.cache.clone())));
-        let limits = Limiter::new(&config.auth, &config.limits);
+        let limits = match &cluster {
+            None => Limiter::new(&config.auth, &config.limits),
+            Some(c) => {
+                let stop = life.background.clone();
+                let store = SharedLimits::start(c.clone(), &config.auth, &config.limits, stop);
+                Limiter::with_store(&config.limits, Box::new(store))
+            }
+        };
         let engine = Arc::new(TurnEngine::new(EngineParts {
             models,
             cfg: config.turn.clone(),

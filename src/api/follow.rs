@@ -101,7 +101,7 @@ impl FollowApi {
             return failure(ErrorCode::ShuttingDown, "server is shutting down");
         }
         // A follower holds a connection slot (`ws_connections`) like a WebSocket session.
-        let permit = match state.limits.connect(principal.0) {
+        let permit = match state.limits.connect(principal.0).await {
             Ok(p) => p,
             Err(e) => {
                 let body = ApiError::new(ErrorCode::RateLimited, e.to_string());

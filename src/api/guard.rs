@@ -53,12 +53,9 @@ pub fn refused(path: &str, e: &AuthError) -> Response {
 
 /// A 429 with `Retry-After`.
 pub fn limited(path: &str, e: &LimitError) -> Response {
-    let mut resp = error(
-        path,
-        StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::RateLimited,
-        e.to_string(),
-    );
+    let code = ErrorCode::from(e);
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+    let mut resp = error(path, status, code, e.to_string());
     if let Some(v) = e
         .retry_after_secs()
         .and_then(|s| s.to_string().parse().ok())
@@ -81,7 +78,7 @@ pub async fn guard<E: Endpoint>(
         Ok(p) => p,
         Err(e) => return Ok(refused(&path, &e)),
     };
-    if let Err(e) = state.limits.request(&principal) {
+    if let Err(e) = state.limits.request(&principal).await {
         return Ok(limited(&path, &e));
     }
     req.extensions_mut().insert(principal);

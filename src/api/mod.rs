@@ -167,7 +167,7 @@ struct WsParams {
 }
 
 #[handler]
-fn ws_upgrade(
+async fn ws_upgrade(
     req: &poem::Request,
     ws: WebSocket,
     Data(state): Data<&AppState>,
@@ -183,10 +183,10 @@ fn ws_upgrade(
         Ok(c) => (c.principal, c.key),
         Err(e) => return guard::refused(path, &e),
     };
-    if let Err(e) = state.limits.request(&principal) {
+    if let Err(e) = state.limits.request(&principal).await {
         return guard::limited(path, &e);
     }
-    let permit = match state.limits.connect(&principal) {
+    let permit = match state.limits.connect(&principal).await {
         Ok(p) => p,
         Err(e) => return guard::limited(path, &e),
     };

@@ -33,6 +33,6 @@ impl UsageApi {
     /// limits: what its budgets are measured against.
     #[oai(path = "/v1/usage", method = "get")]
     async fn usage(&self, _auth: ApiAuth, principal: Data<&Principal>) -> UsageResponse {
-        UsageResponse::Ok(Json(self.state.limits.usage(&principal.0.tenant)))
+        UsageResponse::Ok(Json(self.state.limits.usage(&principal.0.tenant).await))
     }
 }

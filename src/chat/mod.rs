@@ -112,7 +112,7 @@ impl TurnEngine {
             Retrieved::Cached(hit) => return replay::replay(&turn, hit),
             Retrieved::Grounded(g) => g,
         };
-        let plan = match self.plan(&turn, &grounded) {
+        let plan = match self.plan(&turn, &grounded).await {
             Ok(plan) => plan,
             Err(rejection) => return sink.reject_turn(turn.req.turn_id, rejection),
         };

@@ -25,7 +25,11 @@ pub(super) struct Plan {
 
 impl TurnEngine {
     /// Builds the request, routes it and reserves its worst case; `Err` when a budget refuses.
-    pub(super) fn plan(&self, turn: &Turn<'_>, grounded: &Grounded) -> Result<Plan, Rejection> {
+    pub(super) async fn plan(
+        &self,
+        turn: &Turn<'_>,
+        grounded: &Grounded,
+    ) -> Result<Plan, Rejection> {
         let sources = grounded
             .grounding
             .as_ref()
@@ -44,8 +48,9 @@ impl TurnEngine {
         let reservation = self
             .limits
             .reserve(&turn.req.owner.principal, estimate)
+            .await
             .map_err(|e| Rejection {
-                code: ErrorCode::RateLimited,
+                code: ErrorCode::from(&e),
                 message: e.to_string(),
                 retry_after: e.retry_after,
             })?;

@@ -439,7 +439,7 @@ async fn every_attempt_that_consumed_tokens_is_billed() {
     // refused answer was generated, so it is paid for too.
     let one = (10.0 * 1.0 + 1.0 * 2.0) / 1e6;
     assert!((m.cost_usd - 2.0 * one).abs() < 1e-12, "{}", m.cost_usd);
-    let usage = limits.usage("acme");
+    let usage = limits.usage("acme").await;
     assert!((usage.usd_today - 2.0 * one).abs() < 1e-12, "{usage:?}");
     assert_eq!(usage.tokens_total, 22);
 }

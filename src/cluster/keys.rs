@@ -39,7 +39,7 @@ impl RoomKeys {
 
 /// Letters, digits, `-` and `_` as they are; anything else as `%XX`, so that no tenant name
 /// can produce another's prefix or a brace.
-fn escape(s: &str) -> String {
+pub(super) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {

@@ -8,6 +8,7 @@
 mod bus;
 mod corpus;
 mod keys;
+mod limits;
 mod ops;
 mod scripts;
 
@@ -20,6 +21,7 @@ use redis::{Client, IntoConnectionInfo, ProtocolVersion};
 
 pub use bus::{BusMsg, Subscription, ephemeral};
 pub use keys::RoomKeys;
+pub use limits::{LimitKeys, LimitUsage, Refused};
 pub use ops::{Cancelled, Claim, Emit, Loaded, LogFrame, RoomParams, Submitted};
 
 use crate::config::{ClusterConfig, RoomsConfig};

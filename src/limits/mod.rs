@@ -7,15 +7,18 @@
 //! usage afterwards. Concurrent turns therefore see each other's reservations: the sum of
 //! what they may spend never passes the budget, however many start at once.
 //!
-//! The accounts sit behind [`LimitStore`]; this process's store is [`LocalLimits`].
+//! The accounts sit behind [`LimitStore`]; this process's store is [`LocalLimits`], cluster
+//! mode's is [`SharedLimits`] (Redis: the limits hold for the whole cluster).
 
 mod bucket;
+mod shared;
 mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use self::store::{Give, LimitStore, LocalLimits, Take};
+pub use self::shared::SharedLimits;
+pub use self::store::{Give, Held, LimitStore, LocalLimits, Pending, Take};
 use crate::auth::Principal;
 use crate::config::{AuthConfig, LimitsConfig};
 
@@ -53,12 +56,40 @@ impl Limit {
 
 /// A refusal: which limit, whose, and when to retry (`None`: this request can never fit).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{} limit of this {scope} reached{}", limit.as_str(), hint(*retry_after))]
+#[error("{}", describe(self))]
 pub struct LimitError {
     pub limit: Limit,
     /// "tenant" or "user".
     pub scope: &'static str,
     pub retry_after: Option<Duration>,
+    /// Cluster mode: the shared store could not be asked, so nothing that spends (a turn,
+    /// a reservation) is allowed until it answers again.
+    pub store_down: bool,
+}
+
+fn describe(e: &LimitError) -> String {
+    if e.store_down {
+        return format!(
+            "the cluster store that keeps {} limits cannot be reached; retry shortly",
+            e.limit.as_str()
+        );
+    }
+    format!(
+        "{} limit of this {} reached{}",
+        e.limit.as_str(),
+        e.scope,
+        hint(e.retry_after)
+    )
+}
+
+impl From<&LimitError> for crate::error::ErrorCode {
+    fn from(e: &LimitError) -> Self {
+        if e.store_down {
+            crate::error::ErrorCode::ClusterUnavailable
+        } else {
+            crate::error::ErrorCode::RateLimited
+        }
+    }
 }
 
 impl LimitError {
@@ -125,65 +156,67 @@ impl Limiter {
         self.default_output_tokens
     }
 
-    fn take(&self, p: &Principal, take: Take) -> Result<(), LimitError> {
-        self.store.take(p, take).inspect_err(|e| {
+    async fn take(&self, p: &Principal, take: Take) -> Result<Held, LimitError> {
+        self.store.take(p, take).await.inspect_err(|e| {
             crate::metrics::rate_limited(&p.tenant, e.limit.as_str(), e.scope);
         })
     }
 
     /// One request (HTTP call, WebSocket upgrade or prompt).
-    pub fn request(&self, p: &Principal) -> Result<(), LimitError> {
-        self.take(p, Take::Request)
+    pub async fn request(&self, p: &Principal) -> Result<(), LimitError> {
+        self.take(p, Take::Request).await.map(|_| ())
     }
 
     /// A WebSocket connection, counted until the permit drops.
-    pub fn connect(self: &Arc<Self>, p: &Principal) -> Result<Permit, LimitError> {
-        self.take(p, Take::Connection)?;
-        Ok(self.permit(p, Give::Connection))
+    pub async fn connect(self: &Arc<Self>, p: &Principal) -> Result<Permit, LimitError> {
+        let held = self.take(p, Take::Connection).await?;
+        Ok(self.permit(p, held, Give::Connection))
     }
 
     /// A turn, counted (queued or running) until the permit drops.
-    pub fn turn(self: &Arc<Self>, p: &Principal) -> Result<Permit, LimitError> {
-        self.take(p, Take::Turn)?;
-        Ok(self.permit(p, Give::Turn))
+    pub async fn turn(self: &Arc<Self>, p: &Principal) -> Result<Permit, LimitError> {
+        let held = self.take(p, Take::Turn).await?;
+        Ok(self.permit(p, held, Give::Turn))
     }
 
-    fn permit(self: &Arc<Self>, p: &Principal, give: Give) -> Permit {
+    fn permit(self: &Arc<Self>, p: &Principal, held: Held, give: Give) -> Permit {
         Permit {
             limiter: self.clone(),
             principal: p.clone(),
+            held,
             give,
         }
     }
 
     /// Reserves a turn's worst case against tokens/min and USD/day.
-    pub fn reserve(
+    pub async fn reserve(
         self: &Arc<Self>,
         p: &Principal,
         est: Estimate,
     ) -> Result<Reservation, LimitError> {
-        self.take(p, Take::Reserve(est))?;
+        let held = self.take(p, Take::Reserve(est)).await?;
         Ok(Reservation {
             limiter: self.clone(),
             principal: p.clone(),
+            held,
             est,
             settled: false,
         })
     }
 
-    fn settle(&self, p: &Principal, reserved: Estimate, tokens: u64, usd: f64) {
+    fn settle(&self, p: &Principal, held: &Held, reserved: Estimate, tokens: u64, usd: f64) {
         let give = Give::Settle {
             reserved,
             tokens,
             usd,
         };
-        self.store.give(p, give);
+        self.store.give(p, held, give);
         crate::metrics::tenant_usage(&p.tenant, tokens, usd);
     }
 
     /// The tenant's usage as it may see it.
-    pub fn usage(&self, tenant: &str) -> Usage {
-        self.store.usage(tenant)
+    pub async fn usage(&self, tenant: &str) -> Usage {
+        self.store.usage(tenant).await
     }
 }
 
@@ -191,6 +224,7 @@ impl Limiter {
 pub struct Permit {
     limiter: Arc<Limiter>,
     principal: Principal,
+    held: Held,
     give: Give,
 }
 
@@ -202,7 +236,9 @@ impl std::fmt::Debug for Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.limiter.store.give(&self.principal, self.give);
+        self.limiter
+            .store
+            .give(&self.principal, &self.held, self.give);
     }
 }
 
@@ -211,6 +247,7 @@ impl Drop for Permit {
 pub struct Reservation {
     limiter: Arc<Limiter>,
     principal: Principal,
+    held: Held,
     est: Estimate,
     settled: bool,
 }
@@ -218,14 +255,16 @@ pub struct Reservation {
 impl Reservation {
     pub fn settle(mut self, tokens: u64, usd: f64) {
         self.settled = true;
-        self.limiter.settle(&self.principal, self.est, tokens, usd);
+        let (p, held) = (&self.principal, &self.held);
+        self.limiter.settle(p, held, self.est, tokens, usd);
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.settled {
-            self.limiter.settle(&self.principal, self.est, 0, 0.0);
+            let (p, held) = (&self.principal, &self.held);
+            self.limiter.settle(p, held, self.est, 0, 0.0);
         }
     }
 }
@@ -256,8 +295,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn user_limit_refuses_without_spending_the_tenants() {
+    #[tokio::test]
+    async fn user_limit_refuses_without_spending_the_tenants() {
         let l = limiter(
             LimitSet {
                 requests_per_min: Some(3),
@@ -268,16 +307,16 @@ mod tests {
                 ..LimitSet::default()
             },
         );
-        assert!(l.request(&who("a")).is_ok());
-        assert!(l.request(&who("a")).is_ok());
-        let e = l.request(&who("a")).unwrap_err();
+        assert!(l.request(&who("a")).await.is_ok());
+        assert!(l.request(&who("a")).await.is_ok());
+        let e = l.request(&who("a")).await.unwrap_err();
         assert_eq!((e.limit, e.scope), (Limit::Requests, "user"));
         assert!(e.retry_after.is_some());
         assert!(
-            l.request(&who("b")).is_ok(),
+            l.request(&who("b")).await.is_ok(),
             "user a's refusal took nothing"
         );
-        let e = l.request(&who("b")).unwrap_err();
+        let e = l.request(&who("b")).await.unwrap_err();
         assert_eq!(e.scope, "tenant");
     }
 
@@ -287,8 +326,8 @@ mod tests {
         assert_eq!(labels.len(), Limit::ALL.len());
     }
 
-    #[test]
-    fn permits_release_on_drop() {
+    #[tokio::test]
+    async fn permits_release_on_drop() {
         let l = limiter(
             LimitSet {
                 concurrent_turns: Some(1),
@@ -296,14 +335,14 @@ mod tests {
             },
             LimitSet::default(),
         );
-        let p = l.turn(&who("a")).unwrap();
-        assert_eq!(l.turn(&who("b")).unwrap_err().limit, Limit::Turns);
+        let p = l.turn(&who("a")).await.unwrap();
+        assert_eq!(l.turn(&who("b")).await.unwrap_err().limit, Limit::Turns);
         drop(p);
-        assert!(l.turn(&who("b")).is_ok());
+        assert!(l.turn(&who("b")).await.is_ok());
     }
 
-    #[test]
-    fn reservations_hold_the_budget_until_settled() {
+    #[tokio::test]
+    async fn reservations_hold_the_budget_until_settled() {
         let l = limiter(
             LimitSet {
                 usd_per_day: Some(1.0),
@@ -315,15 +354,15 @@ mod tests {
             tokens: 100,
             usd: 0.4,
         };
-        let r1 = l.reserve(&who("a"), est).unwrap();
-        let r2 = l.reserve(&who("a"), est).unwrap();
+        let r1 = l.reserve(&who("a"), est).await.unwrap();
+        let r2 = l.reserve(&who("a"), est).await.unwrap();
         assert_eq!(
-            l.reserve(&who("a"), est).err().map(|e| e.limit),
+            l.reserve(&who("a"), est).await.err().map(|e| e.limit),
             Some(Limit::Spend)
         );
         r1.settle(50, 0.1);
         drop(r2); // never reached an upstream: returned whole
-        let u = l.usage("acme");
+        let u = l.usage("acme").await;
         assert!(
             (u.usd_today - 0.1).abs() < 1e-9 && u.usd_reserved.abs() < 1e-9,
             "{u:?}"

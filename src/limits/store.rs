@@ -4,9 +4,12 @@
 //! replace the in-process one without changing the limiter above it.
 //!
 //! The in-process store keeps one lock per tenant: its account and its users' accounts
-//! change together, and tenants never wait for each other.
+//! change together, and tenants never wait for each other. Cluster mode's store
+//! (`limits/shared.rs`) does each step in one Redis script.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,23 +46,50 @@ pub enum Give {
     },
 }
 
+/// A store's answer, later: the in-process store's is ready at once.
+pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a store knows a held slot or reservation by (a shared store renews its lease under
+/// this id until it is given back); the in-process store needs none.
+#[derive(Debug, Clone, Default)]
+pub struct Held(pub Option<Arc<str>>);
+
 /// The accounts of every tenant and user.
 pub trait LimitStore: Send + Sync {
     /// Checks the tenant, then the user; takes from both only when both allow it.
-    fn take(&self, p: &Principal, take: Take) -> Result<(), LimitError>;
-    fn give(&self, p: &Principal, give: Give);
+    fn take<'a>(&'a self, p: &'a Principal, take: Take) -> Pending<'a, Result<Held, LimitError>>;
+    /// Gives back what `held` holds; never waits (a shared store writes in the background).
+    fn give(&self, p: &Principal, held: &Held, give: Give);
     /// The tenant's usage as it may see it.
-    fn usage(&self, tenant: &str) -> Usage;
+    fn usage<'a>(&'a self, tenant: &'a str) -> Pending<'a, Usage>;
 }
 
 /// The limits that apply to each tenant and its users.
-struct Policy {
+pub(super) struct Policy {
     defaults: LimitsConfig,
     tenants: HashMap<String, (LimitSet, LimitSet)>,
 }
 
 impl Policy {
-    fn of(&self, tenant: &str) -> (LimitSet, LimitSet) {
+    pub(super) fn new(auth: &AuthConfig, defaults: &LimitsConfig) -> Self {
+        let tenants = auth
+            .tenants
+            .iter()
+            .map(|(name, t)| {
+                let limits = (
+                    t.limits.over(defaults.tenant),
+                    t.user_limits.over(defaults.user),
+                );
+                (name.clone(), limits)
+            })
+            .collect();
+        Self {
+            defaults: defaults.clone(),
+            tenants,
+        }
+    }
+
+    pub(super) fn of(&self, tenant: &str) -> (LimitSet, LimitSet) {
         self.tenants
             .get(tenant)
             .copied()
@@ -184,22 +214,8 @@ pub struct LocalLimits {
 
 impl LocalLimits {
     pub fn new(auth: &AuthConfig, defaults: &LimitsConfig) -> Self {
-        let tenants = auth
-            .tenants
-            .iter()
-            .map(|(name, t)| {
-                let limits = (
-                    t.limits.over(defaults.tenant),
-                    t.user_limits.over(defaults.user),
-                );
-                (name.clone(), limits)
-            })
-            .collect();
         Self {
-            policy: Policy {
-                defaults: defaults.clone(),
-                tenants,
-            },
+            policy: Policy::new(auth, defaults),
             tenants: DashMap::new(),
         }
     }
@@ -226,7 +242,29 @@ fn lock(m: &Mutex<TenantAccounts>) -> std::sync::MutexGuard<'_, TenantAccounts> 
 }
 
 impl LimitStore for LocalLimits {
-    fn take(&self, p: &Principal, take: Take) -> Result<(), LimitError> {
+    fn take<'a>(&'a self, p: &'a Principal, take: Take) -> Pending<'a, Result<Held, LimitError>> {
+        let taken = self.take_now(p, take).map(|()| Held::default());
+        Box::pin(std::future::ready(taken))
+    }
+
+    fn give(&self, p: &Principal, _held: &Held, give: Give) {
+        let Some(accounts) = self.tenants.get(&p.tenant).map(|a| a.clone()) else {
+            return;
+        };
+        let mut g = lock(&accounts);
+        g.tenant.give(give);
+        if let Some(user) = g.users.get_mut(&p.user) {
+            user.give(give);
+        }
+    }
+
+    fn usage<'a>(&'a self, tenant: &'a str) -> Pending<'a, Usage> {
+        Box::pin(std::future::ready(self.usage_now(tenant)))
+    }
+}
+
+impl LocalLimits {
+    fn take_now(&self, p: &Principal, take: Take) -> Result<(), LimitError> {
         let now = Instant::now();
         let accounts = self.accounts(&p.tenant, now);
         let mut g = lock(&accounts);
@@ -244,6 +282,7 @@ impl LimitStore for LocalLimits {
                     limit,
                     scope,
                     retry_after,
+                    store_down: false,
                 });
             }
         }
@@ -252,18 +291,7 @@ impl LimitStore for LocalLimits {
         Ok(())
     }
 
-    fn give(&self, p: &Principal, give: Give) {
-        let Some(accounts) = self.tenants.get(&p.tenant).map(|a| a.clone()) else {
-            return;
-        };
-        let mut g = lock(&accounts);
-        g.tenant.give(give);
-        if let Some(user) = g.users.get_mut(&p.user) {
-            user.give(give);
-        }
-    }
-
-    fn usage(&self, tenant: &str) -> Usage {
+    fn usage_now(&self, tenant: &str) -> Usage {
         let (limits, _) = self.policy.of(tenant);
         let accounts = self.tenants.get(tenant).map(|a| a.clone());
         let (usd_today, usd_reserved, tokens_total, turns, conns) = match accounts {

@@ -317,7 +317,7 @@ impl Session {
                 ),
             });
         }
-        if let Err((message, retry_after)) = self.may_join() {
+        if let Err((message, retry_after)) = self.may_join().await {
             crate::metrics::ws_error(ErrorCode::RateLimited.as_str());
             let error = EventBody::error(ErrorCode::RateLimited, message, retry_after);
             self.send_event(None, error);
@@ -346,7 +346,7 @@ impl Session {
 
     /// A join is a request (`requests_per_min`), and one connection may open only
     /// `rooms.opens_per_connection_per_min` rooms a minute.
-    fn may_join(&mut self) -> Result<(), (String, Option<Duration>)> {
+    async fn may_join(&mut self) -> Result<(), (String, Option<Duration>)> {
         if let Err(wait) = self.opens.take(std::time::Instant::now()) {
             let max = self.state.config.rooms.opens_per_connection_per_min;
             let message = format!(
@@ -358,6 +358,7 @@ impl Session {
         let limits = &self.state.limits;
         limits
             .request(&self.caller.principal)
+            .await
             .map_err(|e| (e.to_string(), e.retry_after))
     }
 
@@ -396,17 +397,17 @@ impl Session {
         }
         let limits = &self.state.limits;
         let principal = &self.caller.principal;
-        let permit = match limits
-            .request(principal)
-            .and_then(|()| limits.turn(principal))
-        {
+        let permit = match limits.request(principal).await {
+            Ok(()) => limits.turn(principal).await,
+            Err(e) => Err(e),
+        };
+        let permit = match permit {
             Ok(p) => p,
             Err(e) => {
-                crate::metrics::ws_error(ErrorCode::RateLimited.as_str());
-                return self.send_event(
-                    None,
-                    EventBody::error(ErrorCode::RateLimited, e.to_string(), e.retry_after),
-                );
+                let code = ErrorCode::from(&e);
+                crate::metrics::ws_error(code.as_str());
+                let error = EventBody::error(code, e.to_string(), e.retry_after);
+                return self.send_event(None, error);
             }
         };
         let prompt = Prompt {

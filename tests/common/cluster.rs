@@ -130,35 +130,61 @@ impl Drop for Redis {
     }
 }
 
-/// One confab process.
-pub struct Node {
-    pub id: String,
-    pub port: u16,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
 /// The config every node gets: the test's upstream, dev mode, no retrieval, cluster mode on
 /// Redis with a short lease (so the tests that kill a node are quick).
 pub fn node_config(dir: &Path, upstream: &str, redis_url: &str, lease_ms: u64) -> PathBuf {
-    write_config(dir, upstream, redis_url, lease_ms, false)
+    NodeConfig::new(upstream, redis_url, lease_ms).write(dir)
 }
 
 /// [`node_config`] with retrieval (the embedding model from the default assets folder, one
 /// worker; each node's embedded store in its own folder) and the answer cache on.
 pub fn node_config_with_retrieval(dir: &Path, upstream: &str, redis_url: &str) -> PathBuf {
-    write_config(dir, upstream, redis_url, 2_000, true)
+    NodeConfig {
+        retrieval: true,
+        ..NodeConfig::new(upstream, redis_url, 2_000)
+    }
+    .write(dir)
 }
 
-fn write_config(dir: &Path, upstream: &str, redis_url: &str, lease_ms: u64, rag: bool) -> PathBuf {
-    let path = dir.join("node.toml");
-    let (retrieval, cache) = if rag {
-        ("enabled = true\n[embedding]\nworkers = 1", "true")
-    } else {
-        ("enabled = false", "false")
-    };
-    let toml = format!(
-        r#"
+/// What varies between the cluster tests' node configs.
+pub struct NodeConfig {
+    pub upstream: String,
+    pub redis_url: String,
+    pub lease_ms: u64,
+    /// Retrieval and the answer cache on.
+    pub retrieval: bool,
+    /// Extra lines of the mock provider's section (prices, `max_tokens`).
+    pub provider: String,
+    /// The `[auth]` section and its tenants; empty: dev mode.
+    pub auth: String,
+}
+
+impl NodeConfig {
+    pub fn new(upstream: &str, redis_url: &str, lease_ms: u64) -> Self {
+        Self {
+            upstream: upstream.into(),
+            redis_url: redis_url.into(),
+            lease_ms,
+            retrieval: false,
+            provider: String::new(),
+            auth: String::new(),
+        }
+    }
+
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("node.toml");
+        let (retrieval, cache) = if self.retrieval {
+            ("enabled = true\n[embedding]\nworkers = 1", "true")
+        } else {
+            ("enabled = false", "false")
+        };
+        let auth = if self.auth.is_empty() {
+            "[auth]\ndev_mode = true"
+        } else {
+            &self.auth
+        };
+        let toml = format!(
+            r#"
 [providers.mock]
 kind = "openai"
 base_url = "{upstream}"
@@ -167,14 +193,13 @@ max_retries = 0
 first_token_timeout_ms = 5000
 idle_timeout_ms = 5000
 total_timeout_ms = 60000
+{provider}
 [chains.default]
 links = ["mock"]
 [retrieval]
 {retrieval}
 [cache]
 enabled = {cache}
-[auth]
-dev_mode = true
 [server]
 shutdown_grace_ms = 1000
 [cluster]
@@ -182,10 +207,24 @@ backend = "redis"
 redis_url = "{redis_url}"
 lease_ms = {lease_ms}
 op_timeout_ms = 500
-"#
-    );
-    std::fs::write(&path, toml).expect("write node config");
-    path
+{auth}
+"#,
+            upstream = self.upstream,
+            provider = self.provider,
+            redis_url = self.redis_url,
+            lease_ms = self.lease_ms,
+        );
+        std::fs::write(&path, toml).expect("write node config");
+        path
+    }
+}
+
+/// One confab process.
+pub struct Node {
+    pub id: String,
+    pub port: u16,
+    child: Option<Child>,
+    log: PathBuf,
 }
 
 impl Node {

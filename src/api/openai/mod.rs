@@ -51,7 +51,7 @@ impl OpenAiApi {
         req: Json<ChatCompletionRequest>,
     ) -> CompletionResponse {
         let req = req.0;
-        let (turn, sink, rx) = match self.turn(&req, principal.0) {
+        let (turn, sink, rx) = match self.turn(&req, principal.0).await {
             Ok(t) => t,
             Err(resp) => return *resp,
         };
@@ -88,7 +88,7 @@ type Prepared = (TurnRequest, ClientSink, Receiver<EventBody>);
 impl OpenAiApi {
     /// Checks the request (model, messages, prompt size, the caller's turn limit) and
     /// builds its turn with the sink it streams into.
-    fn turn(
+    async fn turn(
         &self,
         req: &ChatCompletionRequest,
         principal: &Principal,
@@ -123,14 +123,9 @@ impl OpenAiApi {
                 Some("messages"),
             )));
         }
-        let permit = state.limits.turn(principal).map_err(|e| {
+        let permit = state.limits.turn(principal).await.map_err(|e| {
             let retry = e.retry_after_secs();
-            Box::new(fail_retry(
-                ErrorCode::RateLimited,
-                e.to_string(),
-                None,
-                retry,
-            ))
+            Box::new(fail_retry(ErrorCode::from(&e), e.to_string(), None, retry))
         })?;
         let (sink, rx) = ClientSink::new(principal.tenant.to_string(), history, SINK_CAPACITY);
         let turn = TurnRequest {
