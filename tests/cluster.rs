@@ -661,3 +661,24 @@ async fn an_upload_on_one_node_makes_the_other_nodes_caches_miss_within_a_second
     );
     drop((a, c, redis));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_room_is_full_when_all_nodes_together_hold_max_members() {
+    let mock = MockUpstream::start(0, Behavior::text(&["ok"]))
+        .await
+        .expect("mock");
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = node_config(dir.path(), &mock.base_url(), &redis.url(), LEASE_MS);
+    let env = [("CONFAB__ROOMS__MAX_MEMBERS", "2")];
+    let n0 = Node::start_with("n0", &config, &env).await;
+    let n1 = Node::start_with("n1", &config, &env).await;
+    let mut a = member(&n0, "full", "a").await;
+    let _b = member(&n1, "full", "b").await;
+    let _ = a.until_type("presence").await;
+    let mut c = Client::connect(&n0.ws_url()).await;
+    c.send(json!({"type": "join", "room": "full", "name": "c"}))
+        .await;
+    let err = c.until_type("error").await.pop().unwrap();
+    assert_eq!(err["code"], "room_full", "{err}");
+}

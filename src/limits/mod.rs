@@ -158,7 +158,10 @@ impl Limiter {
 
     async fn take(&self, p: &Principal, take: Take) -> Result<Held, LimitError> {
         self.store.take(p, take).await.inspect_err(|e| {
-            crate::metrics::rate_limited(&p.tenant, e.limit.as_str(), e.scope);
+            // A store that cannot be asked limited nobody: that is the cluster's metrics.
+            if !e.store_down {
+                crate::metrics::rate_limited(&p.tenant, e.limit.as_str(), e.scope);
+            }
         })
     }
 

@@ -62,6 +62,13 @@ impl RoomState {
     pub fn head(&self) -> u64 {
         self.log.head()
     }
+
+    /// Members of the room: this node's, or in cluster mode every node's (as the last
+    /// roster said).
+    fn member_count(&self) -> usize {
+        let roster = self.view.as_ref().map_or(0, |v| v.roster.len());
+        self.members.len().max(roster)
+    }
 }
 
 pub(super) struct RoomState {
@@ -178,7 +185,7 @@ impl Room {
         if st.retired {
             return Err(Refusal::Retired);
         }
-        if st.members.len() >= self.cfg.max_members {
+        if st.member_count() >= self.cfg.max_members {
             return Err(Refusal::Code(ErrorCode::RoomFull));
         }
         st.last_activity = Instant::now();
@@ -205,7 +212,7 @@ impl Room {
         }
         // Viewers that went away are otherwise noticed only at the next event.
         st.viewers.retain(|v| !v.tx.is_closed());
-        if st.members.len() + st.viewers.len() >= self.cfg.max_members {
+        if st.member_count() + st.viewers.len() >= self.cfg.max_members {
             return Err(Refusal::Code(ErrorCode::RoomFull));
         }
         if self.catch_up(&st, &handle, resume) {

@@ -230,6 +230,11 @@ pub struct Node {
 impl Node {
     /// Starts `confab serve` with `config`, named `id`, and waits until it is ready.
     pub async fn start(id: &str, config: &Path) -> Self {
+        Self::start_with(id, config, &[]).await
+    }
+
+    /// [`Node::start`] with extra `CONFAB__…` variables.
+    pub async fn start_with(id: &str, config: &Path, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let log_path = config.with_file_name(format!("{id}.log"));
         let log = std::fs::File::create(&log_path).expect("node log");
@@ -244,6 +249,7 @@ impl Node {
                 config.with_file_name(format!("{id}-data")),
             )
             .env("CONFAB__LOG__LEVEL", "confab=debug,info")
+            .envs(env.iter().copied())
             .stdout(log)
             .stderr(Stdio::null())
             .spawn()
