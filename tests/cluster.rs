@@ -682,3 +682,31 @@ async fn a_room_is_full_when_all_nodes_together_hold_max_members() {
     let err = c.until_type("error").await.pop().unwrap();
     assert_eq!(err["code"], "room_full", "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_that_hangs_fails_prompts_fast_and_the_nodes_recover_when_it_answers() {
+    let c = cluster(2, Behavior::tokens(3, Duration::from_millis(5))).await;
+    let mut a = member(&c.nodes[0], "h", "a").await;
+    let mut b = member(&c.nodes[1], "h", "b").await;
+    let _ = a.until_type("presence").await;
+    c.redis.freeze(true);
+    for n in &c.nodes {
+        n.wait_ready(false).await;
+    }
+    // No answer from Redis: a clear error within the call timeout, not a hang.
+    let t0 = Instant::now();
+    a.send(json!({"type": "prompt", "text": "while frozen"}))
+        .await;
+    let err = a.until_type("error").await.pop().unwrap();
+    assert_eq!(err["code"], "cluster_unavailable", "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    c.redis.freeze(false);
+    for n in &c.nodes {
+        n.wait_ready(true).await;
+    }
+    a.send(json!({"type": "prompt", "text": "thawed"})).await;
+    let evs = b.until_end().await;
+    assert_eq!(evs.last().unwrap()["finish_reason"], "stop", "{evs:?}");
+    assert_eq!(runs(&c.mock, "thawed"), 1);
+    assert_eq!(runs(&c.mock, "while frozen"), 0);
+}

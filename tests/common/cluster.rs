@@ -97,6 +97,16 @@ impl Redis {
         }
     }
 
+    /// SIGSTOP / SIGCONT: a Redis that hangs (a partition, a long pause) without closing
+    /// its connections.
+    pub fn freeze(&self, frozen: bool) {
+        use rustix::process::{Pid, Signal, kill_process};
+        let sig = if frozen { Signal::STOP } else { Signal::CONT };
+        if let Some(c) = &self.child {
+            kill_process(Pid::from_child(c), sig).expect("signal redis");
+        }
+    }
+
     /// SIGKILL: everything it held is gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
