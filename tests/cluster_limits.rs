@@ -145,7 +145,7 @@ async fn a_daily_budget_holds_over_100_concurrent_turns_on_three_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_turns_hold_cluster_wide_and_a_killed_node_gives_its_slots_back() {
     let reply = Behavior::tokens(100, Duration::from_millis(50));
-    let (mut nodes, _mock, _redis, _dir) =
+    let (mut nodes, mock, _redis, _dir) =
         nodes(reply, "concurrent_turns = 2, usd_per_day = 1000.0").await;
     let http = reqwest::Client::new();
     // Two long turns, on node 0 and node 1.
@@ -154,8 +154,9 @@ async fn concurrent_turns_hold_cluster_wide_and_a_killed_node_gives_its_slots_ba
         let (http, url) = (http.clone(), node.http(""));
         running.push(tokio::spawn(async move { ask(&http, &url, i).await.0 }));
     }
+    // Both counted and both streaming (a turn reserves before it calls the upstream).
     let deadline = Instant::now() + Duration::from_secs(5);
-    while usage(&http, &nodes[2]).await["concurrent_turns"] != 2 {
+    while usage(&http, &nodes[2]).await["concurrent_turns"] != 2 || mock.requests().len() < 2 {
         assert!(Instant::now() < deadline, "both turns counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

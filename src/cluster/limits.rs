@@ -34,11 +34,14 @@ local function live(z)
   redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
   return redis.call('ZCARD', z)
 end
-local function reserved(s)
+local function sweep_res(s)
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', res[s], '-inf', now)) do
     redis.call('HDEL', resv[s], id)
   end
   redis.call('ZREMRANGEBYSCORE', res[s], '-inf', now)
+end
+local function reserved(s)
+  sweep_res(s)
   local sum = 0
   for _, v in ipairs(redis.call('HVALS', resv[s])) do sum = sum + tonumber(v) end
   return sum
@@ -102,12 +105,16 @@ local function apply(s)
     local rpm = lim(s, 1)
     if rpm then set_level(s, 'req', level(s, 'req', rpm) - 1) end
   elseif kind == 'connection' then
+    live(conns[s])
     redis.call('ZADD', conns[s], now + lease, id)
   elseif kind == 'turn' then
+    live(turns[s])
     redis.call('ZADD', turns[s], now + lease, id)
   else
     local tpm = lim(s, 2)
     if tpm then set_level(s, 'tok', level(s, 'tok', tpm) - est_t) end
+    -- Leases of a node that died are swept here too, whether or not a limit is set.
+    sweep_res(s)
     redis.call('ZADD', res[s], now + lease, id)
     redis.call('HSET', resv[s], id, ARGV[6])
   end

@@ -56,8 +56,15 @@ impl Redis {
             dir,
             aof,
         };
-        r.restart().await;
-        r
+        // Another test may take the port between `free_port` and the bind: try another.
+        for _ in 0..5 {
+            if r.launch().await {
+                return r;
+            }
+            r.kill();
+            r.port = free_port();
+        }
+        panic!("redis-server did not start");
     }
 
     pub fn url(&self) -> String {
@@ -66,6 +73,12 @@ impl Redis {
 
     /// Starts (again) on the same port: empty, or with what its append-only file holds.
     pub async fn restart(&mut self) {
+        assert!(self.launch().await, "redis-server did not restart");
+    }
+
+    /// Spawns redis-server on `self.port`; true once it answers and is this one (its data
+    /// folder is ours), not another test's server on a reused port.
+    async fn launch(&mut self) -> bool {
         let persistence: &[&str] = if self.aof {
             &["--appendonly", "yes", "--appendfsync", "always"]
         } else {
@@ -83,18 +96,24 @@ impl Redis {
             .expect("redis-server starts");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let ours = self.dir.path().canonicalize().unwrap_or_default();
+        while Instant::now() < deadline {
             if let Ok(mut c) = self.connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut c)
+                && let Ok((_, dir)) = redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("dir")
+                    .query_async::<(String, String)>(&mut c)
                     .await
-                    .is_ok()
             {
-                return;
+                return Path::new(&dir) == ours;
             }
-            assert!(Instant::now() < deadline, "redis-server did not start");
+            let exited = self.child.as_mut().map(|c| c.try_wait());
+            if matches!(exited, Some(Ok(Some(_)))) {
+                return false;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        false
     }
 
     /// SIGSTOP / SIGCONT: a Redis that hangs (a partition, a long pause) without closing
@@ -245,14 +264,14 @@ impl Node {
 
     /// [`Node::start`] with extra `CONFAB__…` variables.
     pub async fn start_with(id: &str, config: &Path, env: &[(&str, &str)]) -> Self {
-        let port = free_port();
         let log_path = config.with_file_name(format!("{id}.log"));
         let log = std::fs::File::create(&log_path).expect("node log");
         let child = Command::new(env!("CARGO_BIN_EXE_confab"))
             .arg("serve")
             .arg("--config")
             .arg(config)
-            .env("CONFAB__SERVER__BIND", format!("127.0.0.1:{port}"))
+            // Port 0: the node picks a free port and logs it (no race with other tests).
+            .env("CONFAB__SERVER__BIND", "127.0.0.1:0")
             .env("CONFAB__CLUSTER__NODE_ID", id)
             .env(
                 "CONFAB__VECTOR__DATA_DIR",
@@ -264,14 +283,37 @@ impl Node {
             .stderr(Stdio::null())
             .spawn()
             .expect("confab starts");
-        let node = Self {
+        let mut node = Self {
             id: id.into(),
-            port,
+            port: 0,
             child: Some(child),
             log: log_path,
         };
+        node.port = node.bound_port().await;
         node.wait_ready(true).await;
         node
+    }
+
+    /// The port the node logged it listens on (`confab listening addr=127.0.0.1:PORT`).
+    async fn bound_port(&self) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let log = strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default());
+            let port = log
+                .lines()
+                .filter(|l| l.contains("confab listening"))
+                .find_map(|l| {
+                    let addr = l.split("addr=").nth(1)?;
+                    let port = addr.split(':').nth(1)?;
+                    let digits: String = port.chars().take_while(char::is_ascii_digit).collect();
+                    digits.parse().ok()
+                });
+            if let Some(p) = port {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("node {} did not say where it listens", self.id);
     }
 
     pub fn ws_url(&self) -> String {
@@ -332,6 +374,24 @@ impl Node {
             let _ = c.wait();
         }
     }
+}
+
+/// The text of a log without its colour codes (`ESC [ … m`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for Node {
