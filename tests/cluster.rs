@@ -175,25 +175,30 @@ async fn resume_on_another_node_yields_exactly_the_missed_events() {
     assert_eq!(replayed, expected);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_node_killed_mid_turn_is_ended_by_another_and_the_queue_moves_on() {
-    let mut c = cluster(3, slow_reply(60)).await;
+/// A member on each of `c`'s three nodes in `room`; node 0's member asks `first`, node 1's
+/// `second`. Returns the members, the turn id of `first` once it streams (as member
+/// `watch` saw it), and the index of the node running it (the lease holder).
+async fn running_turn(
+    c: &Cluster,
+    room: &str,
+    (first, second): (&str, &str),
+    watch: usize,
+) -> (Vec<Client>, Option<String>, usize) {
     let mut members = Vec::new();
     for (i, node) in c.nodes.iter().enumerate() {
-        members.push(member(node, "k", &format!("m{i}")).await);
+        members.push(member(node, room, &format!("m{i}")).await);
     }
     members[0]
-        .send(json!({"type": "prompt", "text": "P1 doomed"}))
+        .send(json!({"type": "prompt", "text": first}))
         .await;
     members[1]
-        .send(json!({"type": "prompt", "text": "P2 next"}))
+        .send(json!({"type": "prompt", "text": second}))
         .await;
-    // Wait until P1 streams, then find and kill the node that runs it.
-    let mut p1 = None;
-    while p1.is_none() {
-        let ev = members[1].recv().await;
+    let mut turn = None;
+    while turn.is_none() {
+        let ev = members[watch].recv().await;
         if ev["type"] == "delta" {
-            p1 = ev["turn_id"].as_str().map(str::to_string);
+            turn = ev["turn_id"].as_str().map(str::to_string);
         }
     }
     let holder = c
@@ -201,7 +206,15 @@ async fn a_node_killed_mid_turn_is_ended_by_another_and_the_queue_moves_on() {
         .lease_holder()
         .await
         .expect("a node holds the lease");
-    let victim = c.nodes.iter().position(|n| n.id == holder).unwrap();
+    let runner = c.nodes.iter().position(|n| n.id == holder).unwrap();
+    (members, turn, runner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_mid_turn_is_ended_by_another_and_the_queue_moves_on() {
+    let mut c = cluster(3, slow_reply(60)).await;
+    // Wait until P1 streams, then kill the node that runs it.
+    let (mut members, p1, victim) = running_turn(&c, "k", ("P1 doomed", "P2 next"), 1).await;
     c.nodes[victim].kill();
     let killed = Instant::now();
     let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
@@ -458,29 +471,7 @@ async fn an_sse_follower_on_another_node_sees_the_room() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_node_that_wakes_up_cannot_write_into_the_turn_another_node_ended() {
     let c = cluster(3, slow_reply(60)).await;
-    let mut members = Vec::new();
-    for (i, node) in c.nodes.iter().enumerate() {
-        members.push(member(node, "z", &format!("m{i}")).await);
-    }
-    members[0]
-        .send(json!({"type": "prompt", "text": "Z1 frozen"}))
-        .await;
-    members[1]
-        .send(json!({"type": "prompt", "text": "Z2 after"}))
-        .await;
-    let mut z1 = None;
-    while z1.is_none() {
-        let ev = members[2].recv().await;
-        if ev["type"] == "delta" {
-            z1 = ev["turn_id"].as_str().map(str::to_string);
-        }
-    }
-    let holder = c
-        .redis
-        .lease_holder()
-        .await
-        .expect("a node holds the lease");
-    let frozen = c.nodes.iter().position(|n| n.id == holder).unwrap();
+    let (mut members, z1, frozen) = running_turn(&c, "z", ("Z1 frozen", "Z2 after"), 2).await;
     c.nodes[frozen].freeze();
     let watcher = (0..3).find(|i| *i != frozen).unwrap();
     let evs = members[watcher].until_end().await;

@@ -29,8 +29,7 @@ impl Cluster {
         inv.key(self.corpus_key())
             .arg(tenant)
             .arg(self.corpus_channel());
-        let mut conn = self.conn.clone();
-        match self.timed(inv.invoke_async::<Value>(&mut conn)).await? {
+        match self.invoke(&inv).await? {
             Value::Int(n) => Ok(n.max(0) as u64),
             other => Err(ClusterError::Reply(format!("corpus bump: {other:?}"))),
         }
@@ -50,9 +49,6 @@ impl Cluster {
         &self,
         tx: tokio::sync::mpsc::Sender<BusMsg>,
     ) -> Result<Subscription, ClusterError> {
-        let channel = self.corpus_channel();
-        let sub = self.bus.register(&channel, tx);
-        self.timed(self.bus.subscribe(&channel)).await?;
-        Ok(sub)
+        self.subscribe_channel(&self.corpus_channel(), tx).await
     }
 }

@@ -249,11 +249,6 @@ impl Cluster {
         inv
     }
 
-    async fn limit_run(&self, inv: &ScriptInvocation<'_>) -> Result<Value, ClusterError> {
-        let mut conn = self.conn.clone();
-        self.timed(inv.invoke_async::<Value>(&mut conn)).await
-    }
-
     /// Takes `kind` (request, connection, turn, reserve) from both accounts, or neither.
     pub async fn limit_take(
         &self,
@@ -267,7 +262,7 @@ impl Cluster {
         inv.arg(id).arg(estimate.0).arg(estimate.1.to_string());
         limit_args(&mut inv, limits.0);
         limit_args(&mut inv, limits.1);
-        let Value::Array(reply) = self.limit_run(&inv).await? else {
+        let Value::Array(reply) = self.invoke(&inv).await? else {
             return Err(ClusterError::Reply("limit take".into()));
         };
         let text = |v: Option<&Value>| match v {
@@ -303,7 +298,7 @@ impl Cluster {
             .arg(settle.2.to_string())
             .arg(opt(tokens_per_min.0))
             .arg(opt(tokens_per_min.1));
-        self.limit_run(&inv).await.map(|_| ())
+        self.invoke(&inv).await.map(|_| ())
     }
 
     /// Starts the leases of what this node holds in these accounts again.
@@ -316,13 +311,13 @@ impl Cluster {
         for (kind, id) in held {
             inv.arg(*kind).arg(id);
         }
-        self.limit_run(&inv).await.map(|_| ())
+        self.invoke(&inv).await.map(|_| ())
     }
 
     /// The tenant's usage, cluster-wide.
     pub async fn limit_usage(&self, keys: &LimitKeys) -> Result<LimitUsage, ClusterError> {
         let inv = self.limit_call(&USAGE_SCRIPT, keys, "usage");
-        let Value::Array(v) = self.limit_run(&inv).await? else {
+        let Value::Array(v) = self.invoke(&inv).await? else {
             return Err(ClusterError::Reply("limit usage".into()));
         };
         let float = |i: usize| match v.get(i) {

@@ -166,9 +166,28 @@ impl Cluster {
         keys: &RoomKeys,
         tx: tokio::sync::mpsc::Sender<BusMsg>,
     ) -> Result<Subscription, ClusterError> {
-        let sub = self.bus.register(&keys.channel, tx);
-        self.timed(self.bus.subscribe(&keys.channel)).await?;
+        self.subscribe_channel(&keys.channel, tx).await
+    }
+
+    /// Routes `channel`'s messages to `tx` until the subscription drops.
+    async fn subscribe_channel(
+        &self,
+        channel: &str,
+        tx: tokio::sync::mpsc::Sender<BusMsg>,
+    ) -> Result<Subscription, ClusterError> {
+        let sub = self.bus.register(channel, tx);
+        self.timed(self.bus.subscribe(channel)).await?;
         Ok(sub)
+    }
+
+    /// Runs one script invocation within the call timeout.
+    async fn invoke(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<redis::Value, ClusterError> {
+        let mut conn = self.conn.clone();
+        self.timed(inv.invoke_async::<redis::Value>(&mut conn))
+            .await
     }
 
     /// Relays an ephemeral message (typing) to the room's other nodes: published, not stored.

@@ -104,11 +104,6 @@ impl Cluster {
         inv
     }
 
-    async fn run(&self, inv: &ScriptInvocation<'_>) -> Result<Value, ClusterError> {
-        let mut conn = self.conn.clone();
-        self.timed(inv.invoke_async::<Value>(&mut conn)).await
-    }
-
     /// Appends events in order; the epoch and each event's seq (0: refused, its turn is no
     /// longer the running one).
     pub async fn emit(
@@ -125,7 +120,7 @@ impl Cluster {
                 .arg(&e.turn_id)
                 .arg(&e.history);
         }
-        let reply = array(self.run(&inv).await?)?;
+        let reply = array(self.invoke(&inv).await?)?;
         let mut it = reply.into_iter();
         let epoch = text(it.next())?;
         let seqs = it.map(|v| int(Some(v))).collect::<Result<_, _>>()?;
@@ -149,7 +144,7 @@ impl Cluster {
             .arg(message.1)
             .arg(turn_id)
             .arg(turn_json);
-        let mut it = array(self.run(&inv).await?)?.into_iter();
+        let mut it = array(self.invoke(&inv).await?)?.into_iter();
         match text(it.next())?.as_str() {
             "ok" => Ok(Submitted::Queued(int(it.next())?)),
             "duplicate" => Ok(Submitted::Duplicate),
@@ -162,7 +157,7 @@ impl Cluster {
     pub async fn claim(&self, keys: &RoomKeys) -> Result<Claim, ClusterError> {
         let mut inv = self.invocation(&self.scripts.claim, keys);
         inv.arg(&self.node).arg(self.lease_ttl_ms());
-        let mut it = array(self.run(&inv).await?)?.into_iter();
+        let mut it = array(self.invoke(&inv).await?)?.into_iter();
         match text(it.next())?.as_str() {
             "held" => Ok(Claim::Held),
             "idle" => Ok(Claim::Idle),
@@ -179,7 +174,7 @@ impl Cluster {
     pub async fn renew(&self, keys: &RoomKeys) -> Result<bool, ClusterError> {
         let mut inv = self.invocation(&self.scripts.renew, keys);
         inv.arg(&self.node).arg(self.lease_ttl_ms());
-        Ok(int(Some(self.run(&inv).await?))? == 1)
+        Ok(int(Some(self.invoke(&inv).await?))? == 1)
     }
 
     /// How long the lease lives after a renewal: a little under `lease_ms`, so that with
@@ -203,7 +198,7 @@ impl Cluster {
     ) -> Result<Cancelled, ClusterError> {
         let mut inv = self.invocation(&self.scripts.cancel, keys);
         inv.arg(turn_id).arg(end.0).arg(end.1);
-        match text(Some(self.run(&inv).await?))?.as_str() {
+        match text(Some(self.invoke(&inv).await?))?.as_str() {
             "queued" => Ok(Cancelled::Queued),
             "running" => Ok(Cancelled::Running),
             _ => Ok(Cancelled::Unknown),
@@ -235,7 +230,7 @@ impl Cluster {
         for (sid, member) in mine {
             inv.arg(sid).arg(member);
         }
-        int(Some(self.run(&inv).await?))
+        int(Some(self.invoke(&inv).await?))
     }
 
     /// The room's state for a node that opens it.
@@ -243,7 +238,7 @@ impl Cluster {
         let mut inv = self.invocation(&self.scripts.load, keys);
         inv.arg(crate::protocol::unix_ms())
             .arg(self.params.max_bytes);
-        let mut it = array(self.run(&inv).await?)?.into_iter();
+        let mut it = array(self.invoke(&inv).await?)?.into_iter();
         let epoch = text(it.next())?;
         let head = int(it.next())?;
         let hist_seq = int(it.next())?;
@@ -273,7 +268,7 @@ impl Cluster {
     ) -> Result<Option<(String, u64, Vec<LogFrame>)>, ClusterError> {
         let mut inv = self.invocation(&self.scripts.range, keys);
         inv.arg(format!("{}-1", after + 1)).arg(Self::RANGE_BATCH);
-        let mut it = array(self.run(&inv).await?)?.into_iter();
+        let mut it = array(self.invoke(&inv).await?)?.into_iter();
         let epoch = text(it.next())?;
         if epoch.is_empty() {
             return Ok(None);

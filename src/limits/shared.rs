@@ -55,7 +55,11 @@ impl SharedLimits {
             Take::Turn => ("turn", (0, 0.0)),
             Take::Reserve(Estimate { tokens, usd }) => ("reserve", (tokens, usd)),
         };
-        let id: Arc<str> = Arc::from(Uuid::new_v4().simple().to_string());
+        // Only what is held until given back needs an id.
+        let id: Arc<str> = match take {
+            Take::Request => Arc::from(""),
+            _ => Arc::from(Uuid::new_v4().simple().to_string()),
+        };
         let keys = self.cluster.limit_keys(&p.tenant, &p.user);
         let limits = (&limits.0, &limits.1);
         match self
@@ -149,20 +153,9 @@ impl LimitStore for SharedLimits {
 
     fn usage<'a>(&'a self, tenant: &'a str) -> Pending<'a, Usage> {
         Box::pin(async move {
-            let (limits, _) = self.policy.of(tenant);
             let keys = self.cluster.limit_keys(tenant, "");
-            let (usd_today, usd_reserved, tokens_total, turns, conns) =
-                self.cluster.limit_usage(&keys).await.unwrap_or_default();
-            Usage {
-                tenant: tenant.to_string(),
-                usd_today,
-                usd_reserved,
-                usd_per_day: limits.usd_per_day,
-                tokens_total,
-                tokens_per_min: limits.tokens_per_min,
-                concurrent_turns: turns,
-                ws_connections: conns,
-            }
+            let counts = self.cluster.limit_usage(&keys).await.unwrap_or_default();
+            self.policy.usage(tenant, counts)
         })
     }
 }

@@ -89,6 +89,23 @@ impl Policy {
         }
     }
 
+    /// The tenant's usage from its counts — (settled USD today, reserved USD, tokens,
+    /// turns, connections) — with the limits it may see.
+    pub(super) fn usage(&self, tenant: &str, counts: (f64, f64, u64, u32, u32)) -> Usage {
+        let (limits, _) = self.of(tenant);
+        let (usd_today, usd_reserved, tokens_total, turns, conns) = counts;
+        Usage {
+            tenant: tenant.to_string(),
+            usd_today,
+            usd_reserved,
+            usd_per_day: limits.usd_per_day,
+            tokens_total,
+            tokens_per_min: limits.tokens_per_min,
+            concurrent_turns: turns,
+            ws_connections: conns,
+        }
+    }
+
     pub(super) fn of(&self, tenant: &str) -> (LimitSet, LimitSet) {
         self.tenants
             .get(tenant)
@@ -292,9 +309,8 @@ impl LocalLimits {
     }
 
     fn usage_now(&self, tenant: &str) -> Usage {
-        let (limits, _) = self.policy.of(tenant);
         let accounts = self.tenants.get(tenant).map(|a| a.clone());
-        let (usd_today, usd_reserved, tokens_total, turns, conns) = match accounts {
+        let counts = match accounts {
             Some(a) => {
                 let mut g = lock(&a);
                 let t = &mut g.tenant;
@@ -309,15 +325,6 @@ impl LocalLimits {
             }
             None => (0.0, 0.0, 0, 0, 0),
         };
-        Usage {
-            tenant: tenant.to_string(),
-            usd_today,
-            usd_reserved,
-            usd_per_day: limits.usd_per_day,
-            tokens_total,
-            tokens_per_min: limits.tokens_per_min,
-            concurrent_turns: turns,
-            ws_connections: conns,
-        }
+        self.policy.usage(tenant, counts)
     }
 }

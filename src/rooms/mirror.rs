@@ -11,7 +11,7 @@ use super::{Outbound, Prompt, Room};
 use crate::chat::{Rejection, TurnOwner};
 use crate::cluster::{Cancelled, Loaded, LogFrame, Submitted};
 use crate::error::ErrorCode;
-use crate::protocol::{EventBody, FinishReason, ServerEvent, TurnSnapshot, unix_ms};
+use crate::protocol::{EventBody, FinishReason, ServerEvent, TurnSnapshot};
 
 impl Room {
     /// Takes one event of the shared log: delivered when it is the next seq.
@@ -188,17 +188,6 @@ impl Room {
                 crate::metrics::cluster_error("cancel");
                 Err(ErrorCode::from(&e))
             }
-        }
-    }
-
-    /// A room event of this room, not yet numbered.
-    fn event(&self, turn_id: Option<Uuid>, body: EventBody) -> ServerEvent {
-        ServerEvent {
-            room: Some(self.key.name.clone()),
-            seq: None,
-            ts: unix_ms(),
-            turn_id,
-            body,
         }
     }
 

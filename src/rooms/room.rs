@@ -159,6 +159,17 @@ impl Room {
         }
     }
 
+    /// An event of this room, not yet numbered.
+    pub(super) fn event(&self, turn_id: Option<Uuid>, body: EventBody) -> ServerEvent {
+        ServerEvent {
+            room: Some(self.key.name.clone()),
+            seq: None,
+            ts: unix_ms(),
+            turn_id,
+            body,
+        }
+    }
+
     /// The cluster side, in cluster mode.
     pub(super) fn shared(&self) -> Option<&Arc<Shared>> {
         match &self.mode {
@@ -308,16 +319,11 @@ impl Room {
             return;
         }
         entry.last_typing = if active { Some(now) } else { None };
-        let ev = ServerEvent {
-            room: Some(self.key.name.clone()),
-            seq: None,
-            ts: unix_ms(),
-            turn_id: None,
-            body: EventBody::Typing {
-                member: entry.member.clone(),
-                active,
-            },
+        let body = EventBody::Typing {
+            member: entry.member.clone(),
+            active,
         };
+        let ev = self.event(None, body);
         let text = ev.encode();
         if let Some(shared) = self.shared() {
             return shared.relay(session_id, &text);
@@ -452,13 +458,7 @@ impl Room {
         history: Option<&TurnSnapshot>,
     ) -> u64 {
         let kind = body.kind();
-        let mut ev = ServerEvent {
-            room: Some(self.key.name.clone()),
-            seq: None,
-            ts: unix_ms(),
-            turn_id,
-            body,
-        };
+        let mut ev = self.event(turn_id, body);
         if let Some(shared) = self.shared() {
             if !shared.emit(&ev, history) {
                 crate::metrics::cluster_error("outbox_full");

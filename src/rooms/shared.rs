@@ -31,7 +31,7 @@ use crate::cluster::{BusMsg, Claim, Cluster, ClusterError, Emit, LogFrame, RoomK
 use crate::config::Quality;
 use crate::error::ErrorCode;
 use crate::lifecycle::Lifecycle;
-use crate::protocol::{EventBody, Member, ServerEvent, TurnSnapshot, unix_ms};
+use crate::protocol::{EventBody, Member, ServerEvent, TurnSnapshot};
 
 /// Room messages waiting for the pump; beyond this the room is marked lagged and catches up
 /// from the stream.
@@ -297,15 +297,12 @@ async fn write_events(room: &Weak<Room>, shared: &Shared, events: Vec<Emit>) {
 async fn write_presence(room: &Weak<Room>, shared: &Shared, left: Vec<String>, force: bool) {
     let Some(room) = room.upgrade() else { return };
     let mine = room.local_members();
-    let ev = ServerEvent {
-        room: Some(room.key.name.clone()),
-        seq: None,
-        ts: unix_ms(),
-        turn_id: None,
-        body: EventBody::Presence {
+    let ev = room.event(
+        None,
+        EventBody::Presence {
             members: Vec::new(),
         },
-    };
+    );
     let Some((head, tail)) = ev.encode_around_seq() else {
         return;
     };
