@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confab::config::{Config, SearchMode};
-use confab::ingest::{DocStatus, Ingestor};
+use confab::ingest::{DocStatus, IngestSetup, Ingestor};
 use confab::retrieval::Retrieval;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -110,9 +110,12 @@ async fn main() {
     let stop = CancellationToken::new();
     let ingest = Ingestor::start(
         retrieval.clone(),
-        cfg.ingest.clone(),
-        &cfg.vector.data_dir,
-        &cfg.embedding.model_dir.join("tokenizer.json"),
+        IngestSetup {
+            cfg: cfg.ingest.clone(),
+            data_dir: &cfg.vector.data_dir,
+            tokenizer_json: &cfg.embedding.model_dir.join("tokenizer.json"),
+            cluster: None,
+        },
         stop.clone(),
         &tracker,
     )
@@ -150,7 +153,8 @@ async fn main() {
         let r = ingest
             .wait(TENANT, uuid, Duration::from_secs(3600))
             .await
-            .unwrap();
+            .unwrap()
+            .expect("the document");
         match r.status {
             DocStatus::Indexed => chunks += u64::from(r.chunks),
             _ => failed += 1,

@@ -38,7 +38,7 @@ pub use config::Config;
 
 use crate::app::AppState;
 use crate::chat::chain::Models;
-use crate::config::ms;
+use crate::config::{VectorBackend, ms};
 use crate::providers::ProviderError;
 
 /// Why the server could not start.
@@ -97,6 +97,12 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Runn
     let life = std::sync::Arc::new(lifecycle::Lifecycle::default());
     let cluster = cluster::Cluster::start(&config, life.background.clone())?;
     let retrieval = start_retrieval(&config, cluster.as_ref(), &life).await?;
+    if cluster.is_some() && retrieval.is_some() && config.vector.backend == VectorBackend::Edge {
+        tracing::warn!(
+            "cluster.backend = \"redis\" with vector.backend = \"edge\": document records and jobs are shared, \
+             but each node searches only the chunks it indexed itself; run several nodes with vector.backend = \"remote\""
+        );
+    }
     let bind = config.server.bind;
     let acceptor = net::NoDelayAcceptor::bind(bind)
         .await
@@ -108,9 +114,12 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Runn
         Some(r) => Some(
             ingest::Ingestor::start(
                 r.clone(),
-                config.ingest.clone(),
-                &config.vector.data_dir,
-                &config.embedding.model_dir.join("tokenizer.json"),
+                ingest::IngestSetup {
+                    cfg: config.ingest.clone(),
+                    data_dir: &config.vector.data_dir,
+                    tokenizer_json: &config.embedding.model_dir.join("tokenizer.json"),
+                    cluster: cluster.clone().map(|c| (c, config.cluster.upload_bytes)),
+                },
                 life.background.clone(),
                 &life.workers,
             )

@@ -608,8 +608,26 @@ async fn ask(node: &Node, room: &str, prompt: &str) -> Value {
         .expect("a start")
 }
 
+/// Asks `q` on `node` in fresh rooms until an answer is not from the cache, within a second
+/// of the first try.
+async fn misses_within_a_second(node: &Node, q: &str, what: &str) {
+    let t0 = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        if ask(node, &format!("{what}{n}"), q).await["cached"].is_null() {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "after the {what}, node {} still answers from its cache",
+            node.id
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_upload_on_one_node_makes_the_other_nodes_caches_miss_within_a_second() {
+async fn an_upload_or_a_delete_on_one_node_makes_the_other_nodes_caches_miss_within_a_second() {
     let mock = MockUpstream::start(0, Behavior::text(&["The WAL ", "replays."]))
         .await
         .expect("mock");
@@ -627,29 +645,30 @@ async fn an_upload_on_one_node_makes_the_other_nodes_caches_miss_within_a_second
         !ask(&c, "r2", q).await["cached"].is_null(),
         "then the cache"
     );
-    let upload = reqwest::Client::new()
+    let http = reqwest::Client::new();
+    let upload = http
         .post(a.http("/v1/documents?wait=true"))
         .json(&json!({"title": "Larkspur", "text": "After a crash, Larkspur replays its WAL."}))
         .send()
         .await
         .unwrap();
     assert!(upload.status().is_success(), "{}", upload.status());
-    let t0 = Instant::now();
-    let mut n = 0;
-    loop {
-        n += 1;
-        if ask(&c, &format!("after{n}"), q).await["cached"].is_null() {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(1),
-            "node c still answers from its cache"
-        );
-    }
+    let doc: Value = upload.json().await.unwrap();
+    assert_eq!(doc["status"], "indexed", "{doc}");
+    misses_within_a_second(&c, q, "upload").await;
     assert!(
         !ask(&c, "again", q).await["cached"].is_null(),
         "cached again, at the new version"
     );
+    // A delete on A: C no longer answers from what it cached while the document existed.
+    let id = doc["id"].as_str().unwrap();
+    let deleted = http
+        .delete(a.http(&format!("/v1/documents/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 200);
+    misses_within_a_second(&c, q, "delete").await;
     drop((a, c, redis));
 }
 

@@ -282,8 +282,9 @@ impl DocumentsApi {
         };
         let record = if wait.0 == Some(true) && !record.status.is_final() {
             match ing.wait(tenant, &record.id, WAIT_LIMIT).await {
-                Some(r) => r,
-                None => return failed(&IngestError::Cancelled),
+                Ok(Some(r)) => r,
+                Ok(None) => return failed(&IngestError::Cancelled),
+                Err(e) => return failed(&e),
             }
         } else {
             record
@@ -304,12 +305,12 @@ impl DocumentsApi {
         let Some(ing) = self.ingest() else {
             return disabled();
         };
-        let documents = ing
-            .list(&principal.0.tenant)
-            .into_iter()
-            .map(Into::into)
-            .collect();
-        ListResponse::Ok(Json(DocumentList { documents }))
+        match ing.list(&principal.0.tenant).await {
+            Ok(all) => ListResponse::Ok(Json(DocumentList {
+                documents: all.into_iter().map(Into::into).collect(),
+            })),
+            Err(e) => failed(&e),
+        }
     }
 
     /// One document: status, progress and the reason of a failure.
@@ -323,9 +324,10 @@ impl DocumentsApi {
         let Some(ing) = self.ingest() else {
             return disabled();
         };
-        match ing.get(&principal.0.tenant, &id.0) {
-            Some(r) => DocumentResponse::Ok(Json(r.into())),
-            None => failed(&IngestError::NotFound),
+        match ing.get(&principal.0.tenant, &id.0).await {
+            Ok(Some(r)) => DocumentResponse::Ok(Json(r.into())),
+            Ok(None) => failed(&IngestError::NotFound),
+            Err(e) => failed(&e),
         }
     }
 

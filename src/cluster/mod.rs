@@ -7,6 +7,7 @@
 
 mod bus;
 mod corpus;
+mod docs;
 mod keys;
 mod limits;
 mod ops;
@@ -20,6 +21,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, ProtocolVersion};
 
 pub use bus::{BusMsg, Subscription, ephemeral};
+pub use docs::{Accepted, JobEntry, NewUpload, Renewed};
 pub use keys::RoomKeys;
 pub use limits::{LimitKeys, LimitUsage, Refused};
 pub use ops::{Cancelled, Claim, Emit, Loaded, LogFrame, RoomParams, Submitted};
@@ -44,9 +46,14 @@ impl From<&ClusterError> for ErrorCode {
     }
 }
 
+/// Longest a worker's blocking read waits for a new job before it looks again.
+pub const JOB_WAIT: Duration = Duration::from_secs(1);
+
 /// The node's handle on the shared store. Cheap to share.
 pub struct Cluster {
     conn: ConnectionManager,
+    /// For blocking reads only (workers waiting for jobs), so they never hold up `conn`.
+    blocking: ConnectionManager,
     bus: Arc<bus::Bus>,
     scripts: scripts::Scripts,
     pub node: String,
@@ -79,6 +86,8 @@ impl Cluster {
                 .set_max_delay(Duration::from_millis(500))
         };
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), base())?;
+        let blocking_cfg = base().set_response_timeout(Some(op_timeout + JOB_WAIT));
+        let blocking = ConnectionManager::new_lazy_with_config(client.clone(), blocking_cfg)?;
         let bus = Arc::new(bus::Bus::default());
         let router = bus.clone();
         let sub_cfg = base()
@@ -91,6 +100,7 @@ impl Cluster {
         bus.attach(sub);
         Ok(Arc::new(Self {
             conn,
+            blocking,
             bus,
             scripts: scripts::Scripts::new(),
             node: cfg.node_id.clone(),

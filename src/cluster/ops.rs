@@ -282,14 +282,14 @@ fn reply(what: &str, v: &Option<Value>) -> ClusterError {
     ClusterError::Reply(format!("expected {what}, got {v:?}"))
 }
 
-fn array(v: Value) -> Result<Vec<Value>, ClusterError> {
+pub(super) fn array(v: Value) -> Result<Vec<Value>, ClusterError> {
     match v {
         Value::Array(items) | Value::Set(items) => Ok(items),
         other => Err(reply("an array", &Some(other))),
     }
 }
 
-fn text(v: Option<Value>) -> Result<String, ClusterError> {
+pub(super) fn text(v: Option<Value>) -> Result<String, ClusterError> {
     match v {
         Some(Value::BulkString(b)) => {
             String::from_utf8(b).map_err(|e| ClusterError::Reply(e.to_string()))
@@ -302,7 +302,7 @@ fn text(v: Option<Value>) -> Result<String, ClusterError> {
     }
 }
 
-fn int(v: Option<Value>) -> Result<u64, ClusterError> {
+pub(super) fn int(v: Option<Value>) -> Result<u64, ClusterError> {
     match v {
         Some(Value::Int(n)) => Ok(n.max(0) as u64),
         Some(Value::BulkString(b)) => std::str::from_utf8(&b)
@@ -313,7 +313,7 @@ fn int(v: Option<Value>) -> Result<u64, ClusterError> {
     }
 }
 
-fn texts(v: Option<Value>) -> Result<Vec<String>, ClusterError> {
+pub(super) fn texts(v: Option<Value>) -> Result<Vec<String>, ClusterError> {
     match v {
         Some(v) => array(v)?.into_iter().map(|x| text(Some(x))).collect(),
         None => Ok(Vec::new()),

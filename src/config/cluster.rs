@@ -40,6 +40,10 @@ pub struct ClusterConfig {
     /// Events a room may have waiting to be written to Redis before new ones are refused
     /// (the running turn is cut short): a slow Redis cannot make a node buffer without bound.
     pub outbox_events: usize,
+    /// Most bytes of uploads Redis holds, cluster-wide, for ingestion jobs not yet ended
+    /// (each upload is at most `ingest.max_upload_bytes`); past it uploads are refused as
+    /// `overloaded` until jobs finish.
+    pub upload_bytes: u64,
 }
 
 impl Default for ClusterConfig {
@@ -52,6 +56,7 @@ impl Default for ClusterConfig {
             lease_ms: 5_000,
             op_timeout_ms: 2_000,
             outbox_events: 4_096,
+            upload_bytes: 512 << 20,
         }
     }
 }
@@ -61,6 +66,7 @@ impl ClusterConfig {
         positive(&[
             ("cluster.op_timeout_ms", self.op_timeout_ms),
             ("cluster.outbox_events", self.outbox_events as u64),
+            ("cluster.upload_bytes", self.upload_bytes),
         ])?;
         if self.lease_ms < 500 {
             return Err(invalid("cluster.lease_ms", "must be at least 500"));

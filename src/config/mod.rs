@@ -333,6 +333,14 @@ impl Config {
                 "must be off with cluster.backend = \"redis\": every node serves every room",
             ));
         }
+        if self.cluster.backend == ClusterBackend::Redis
+            && self.cluster.upload_bytes < self.ingest.max_upload_bytes as u64
+        {
+            return Err(invalid(
+                "cluster.upload_bytes",
+                "must be at least ingest.max_upload_bytes, or no upload that large would fit",
+            ));
+        }
         self.auth.validate(&self.limits)?;
         if self.embedding.gpu && !cfg!(feature = "gpu") {
             return Err(invalid(
@@ -579,6 +587,10 @@ mod tests {
             let err = Config::load(None).err().map(|e| e.to_string());
             assert!(err.is_some_and(|e| e.contains("ws.room_routing")));
             jail.set_env("CONFAB__WS__ROOM_ROUTING", "false");
+            jail.set_env("CONFAB__CLUSTER__UPLOAD_BYTES", "1000");
+            let err = Config::load(None).err().map(|e| e.to_string());
+            assert!(err.is_some_and(|e| e.contains("cluster.upload_bytes")));
+            jail.set_env("CONFAB__CLUSTER__UPLOAD_BYTES", "536870912");
             jail.set_env("CONFAB__CLUSTER__REDIS_URL", "http://nope");
             assert!(Config::load(None).is_err(), "not a redis URL");
             Ok(())

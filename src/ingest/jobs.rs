@@ -8,8 +8,11 @@ use futures_util::future::try_join_all;
 use tokio_util::sync::CancellationToken;
 
 use super::parse::Bounds;
+use super::records::is_job_of;
 use super::registry::{DocStatus, DocumentRecord};
-use super::{Chunk, IngestError, Ingestor, JobRef};
+use super::workers::Renewal;
+use super::{Chunk, IngestError, Ingestor};
+use crate::cluster::JobEntry;
 use crate::embedding::{EmbedError, Priority};
 use crate::retrieval::RetrievalError;
 use crate::vector::ChunkPoint;
@@ -25,79 +28,109 @@ struct Parsed {
 const OVERLOAD_PATIENCE: Duration = Duration::from_secs(120);
 
 impl Ingestor {
-    /// Runs a job to its end and records the outcome.
-    pub(super) async fn process(&self, job: JobRef, stop: &CancellationToken) {
-        let Some(rec) = self.records.get(&job.tenant, &job.id) else {
-            self.uploads.drop(&job.tenant, &job.id, job.version);
-            return; // deleted while queued
+    /// Runs a job to its end and records the outcome. `renewal`: cluster mode, where the
+    /// job's entry is renewed while it runs and may be lost to another node.
+    pub(super) async fn process(
+        &self,
+        job: JobEntry,
+        stop: &CancellationToken,
+        renewal: Option<&Renewal>,
+    ) {
+        let rec = match self.records.get(&job.tenant, &job.id).await {
+            Ok(Some(r)) if is_job_of(&r, &job) && !r.status.is_final() => r,
+            // Deleted or replaced while queued (the newer version has its own job), or
+            // finished by a node that froze and came back.
+            Ok(_) => return self.records.finish(&job).await,
+            Err(e) => {
+                // Cluster mode: the entry stays pending and is taken again after the lease.
+                tracing::warn!(doc = %job.id, error = %e, "cannot start an ingestion job");
+                return;
+            }
         };
-        if rec.version != job.version {
-            self.uploads.drop(&job.tenant, &job.id, job.version);
-            return; // replaced while queued; the newer version has its own job
+        if let Some(why) = super::poisoned(&rec, &job) {
+            return self.fail_poisoned(&job, why).await;
         }
         let key = (job.tenant.clone(), job.id.clone());
-        let cancel = stop.child_token();
+        let cancel = renewal.map_or_else(|| stop.child_token(), |r| r.cancel.clone());
         {
             let mut g = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            g.insert(key.clone(), cancel.clone());
+            g.insert(key.clone(), (job.version, cancel.clone()));
         }
         let t0 = Instant::now();
-        let result = self.run(&job, &rec, &cancel).await;
+        let result = self.run(&job, &rec, &cancel, renewal).await;
         {
             let mut g = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            g.remove(&key);
+            // Only this job's own entry: a newer version's job may have taken the key.
+            if g.get(&key).is_some_and(|(v, _)| *v == job.version) {
+                g.remove(&key);
+            }
         }
         crate::metrics::ingest_job(t0.elapsed());
         match result {
             Ok(chunks) => {
                 crate::metrics::ingested("indexed", chunks);
-                self.uploads.drop(&job.tenant, &job.id, job.version);
+                self.records.finish(&job).await;
             }
-            Err(_) if stop.is_cancelled() => {
-                // Shutdown: the record stays unfinished and the upload stays, so the job runs
-                // again at the next start.
-                return;
-            }
-            Err(e) => {
-                crate::metrics::ingested("failed", 0);
-                if let Err(de) = self
-                    .retrieval
-                    .store
-                    .delete_version(&job.tenant, &job.id, job.version)
-                    .await
-                {
-                    tracing::warn!(error = %de, "cannot remove the chunks of a failed job");
-                }
-                // Cancelled: replaced by a newer version or deleted; nothing to record.
-                if !matches!(e, IngestError::Cancelled) {
-                    tracing::warn!(doc = %job.id, error = %e, "ingestion failed");
-                    let _ = self.records.update(&job.tenant, &job.id, |r| {
-                        if r.version == job.version {
-                            r.status = DocStatus::Failed;
-                            r.error = Some(e.to_string());
-                        }
-                    });
-                }
-                self.uploads.drop(&job.tenant, &job.id, job.version);
-            }
+            // Another node took the job over: its chunks, record and entry are its own now.
+            Err(_) if renewal.is_some_and(Renewal::is_lost) => return,
+            // Shutdown: the job runs again (next start, or another node), upload kept.
+            Err(_) if stop.is_cancelled() => return self.records.stopped(&job).await,
+            Err(e) => self.failed(&job, e).await,
         }
         self.changed.notify_waiters();
     }
 
-    /// Changes the job's record while it is still the job's version.
-    fn update(&self, job: &JobRef, f: impl FnOnce(&mut DocumentRecord)) -> Result<(), IngestError> {
-        self.records
-            .update_version(&job.tenant, &job.id, job.version, f)
-            .map(|_| ())
+    /// A job that failed or was cancelled: its version's chunks go (unless that version is
+    /// live: a node that took the job over published it), the record says why (unless it
+    /// was replaced or deleted), and the job is over.
+    async fn failed(&self, job: &JobEntry, e: IngestError) {
+        crate::metrics::ingested("failed", 0);
+        let live = match self.records.get(&job.tenant, &job.id).await {
+            Ok(Some(r)) => r.live_version == Some(job.version),
+            _ => false,
+        };
+        if !live
+            && let Err(de) = self
+                .retrieval
+                .store
+                .delete_version(&job.tenant, &job.id, job.version)
+                .await
+        {
+            tracing::warn!(error = %de, "cannot remove the chunks of a failed job");
+        }
+        if matches!(e, IngestError::Cancelled) {
+            tracing::debug!(doc = %job.id, version = job.version, "ingestion job cancelled");
+        } else {
+            tracing::warn!(doc = %job.id, error = %e, "ingestion failed");
+            let why = e.to_string();
+            let _ = self
+                .records
+                .update_job(job, |r| {
+                    r.status = DocStatus::Failed;
+                    r.error = Some(why.clone());
+                })
+                .await;
+        }
+        self.records.finish(job).await;
+    }
+
+    /// Changes the job's record while it is still the job's.
+    async fn update(
+        &self,
+        job: &JobEntry,
+        f: impl FnMut(&mut DocumentRecord) + Send,
+    ) -> Result<(), IngestError> {
+        self.records.update_job(job, f).await.map(|_| ())
     }
 
     async fn run(
         &self,
-        job: &JobRef,
+        job: &JobEntry,
         rec: &DocumentRecord,
         cancel: &CancellationToken,
+        renewal: Option<&Renewal>,
     ) -> Result<usize, IngestError> {
-        self.update(job, |r| r.status = DocStatus::Parsing)?;
+        self.update(job, |r| r.status = DocStatus::Parsing).await?;
         let parsed = self.parse_and_chunk(job, rec, cancel).await?;
         if parsed.chunks.is_empty() {
             return Err(IngestError::Parse("the document has no text".into()));
@@ -106,15 +139,16 @@ impl Ingestor {
         let title = parsed.title.clone();
         self.update(job, |r| {
             r.status = DocStatus::Embedding;
-            r.title = title;
+            r.title = title.clone();
             r.chunks_total = total as u32;
             r.chunks_done = 0;
-        })?;
+        })
+        .await?;
         self.index(job, parsed, cancel).await?;
         if cancel.is_cancelled() {
             return Err(IngestError::Cancelled);
         }
-        self.publish(job, total).await?;
+        self.publish(job, total, renewal).await?;
         Ok(total)
     }
 
@@ -122,7 +156,7 @@ impl Ingestor {
     /// chunks on a blocking thread, with each chunk's sparse vector.
     async fn parse_and_chunk(
         &self,
-        job: &JobRef,
+        job: &JobEntry,
         rec: &DocumentRecord,
         cancel: &CancellationToken,
     ) -> Result<Parsed, IngestError> {
@@ -133,7 +167,7 @@ impl Ingestor {
             self.cfg.max_text_ratio,
             self.cfg.max_inflate_ratio,
         );
-        self.update(job, |r| r.parse_attempts += 1)?;
+        self.update(job, |r| r.parse_attempts += 1).await?;
         // Cancelled (deleted, replaced, shutdown): the child is killed as its future drops.
         let parsed = tokio::select! {
             p = self.sandbox.parse(kind, bytes, bounds) => p,
@@ -141,7 +175,8 @@ impl Ingestor {
         };
         self.update(job, |r| {
             r.parse_attempts = r.parse_attempts.saturating_sub(1)
-        })?;
+        })
+        .await?;
         let parsed = parsed?;
         let (chunker, retrieval) = (self.chunker.clone(), self.retrieval.clone());
         let (name, max_chunks) = (name.to_string(), self.cfg.max_chunks);
@@ -171,7 +206,7 @@ impl Ingestor {
     /// Embeds in parallel batches and upserts the chunks as pending (invisible to search).
     async fn index(
         &self,
-        job: &JobRef,
+        job: &JobEntry,
         parsed: Parsed,
         cancel: &CancellationToken,
     ) -> Result<(), IngestError> {
@@ -204,22 +239,17 @@ impl Ingestor {
                 self.upsert(std::mem::replace(&mut pending, rest)).await?;
             }
             done += group.len();
-            self.records.touch(&job.tenant, &job.id, |r| {
-                if r.version == job.version {
-                    r.chunks_done = done as u32;
-                }
-            });
+            self.records
+                .touch(job, |r| r.chunks_done = done as u32)
+                .await;
         }
         self.upsert(pending).await
     }
 
     /// The upload's bytes as stored, checked against the checksum recorded when it was
     /// accepted (a torn or replaced file is not indexed as if it were the upload).
-    async fn stored_upload(&self, job: &JobRef, sha256: &str) -> Result<Vec<u8>, IngestError> {
-        let path = self.uploads.path(&job.tenant, &job.id, job.version);
-        let bytes = tokio::fs::read(&path)
-            .await
-            .map_err(|e| IngestError::Internal(format!("cannot read the upload: {e}")))?;
+    async fn stored_upload(&self, job: &JobEntry, sha256: &str) -> Result<Vec<u8>, IngestError> {
+        let bytes = self.records.upload(job).await?;
         let (bytes, hex) = super::sha256_hex(bytes).await?;
         if hex != sha256 {
             return Err(IngestError::Internal(
@@ -230,29 +260,43 @@ impl Ingestor {
     }
 
     /// Makes the new version searchable (and the old one not), durably, and says so. Under
-    /// the publish lock and only while the record is still at this version: an older job
+    /// the document's lock and only while the record is still this job's and not yet
+    /// indexed (and, in cluster mode, while this node still holds the job): an older job
     /// finishing late never replaces a newer version's chunks (publishing removes every
-    /// other version's).
-    async fn publish(&self, job: &JobRef, total: usize) -> Result<(), IngestError> {
-        let _one_at_a_time = self.publishing.lock().await;
-        match self.records.get(&job.tenant, &job.id) {
-            Some(r) if r.version == job.version => {}
-            _ => return Err(IngestError::Cancelled),
-        }
-        let store = &self.retrieval.store;
-        store
-            .publish(&job.tenant, &job.id, job.version)
+    /// other version's), and a job is indexed once.
+    async fn publish(
+        &self,
+        job: &JobEntry,
+        total: usize,
+        renewal: Option<&Renewal>,
+    ) -> Result<(), IngestError> {
+        self.locked(&job.tenant, &job.id, async {
+            match self.records.get(&job.tenant, &job.id).await? {
+                Some(r) if is_job_of(&r, job) && r.status != DocStatus::Indexed => {}
+                _ => return Err(IngestError::Cancelled),
+            }
+            if let Some(renewal) = renewal
+                && !renewal.still_held().await?
+            {
+                return Err(IngestError::Cancelled);
+            }
+            let store = &self.retrieval.store;
+            store
+                .publish(&job.tenant, &job.id, job.version)
+                .await
+                .map_err(RetrievalError::from)?;
+            store.flush().await.map_err(RetrievalError::from)?;
+            self.retrieval.bump_version(&job.tenant);
+            self.update(job, |r| {
+                r.status = DocStatus::Indexed;
+                r.live_version = Some(job.version);
+                r.chunks = total as u32;
+                r.chunks_done = total as u32;
+                r.error = None;
+            })
             .await
-            .map_err(RetrievalError::from)?;
-        store.flush().await.map_err(RetrievalError::from)?;
-        self.retrieval.bump_version(&job.tenant);
-        self.update(job, |r| {
-            r.status = DocStatus::Indexed;
-            r.live_version = Some(job.version);
-            r.chunks = total as u32;
-            r.chunks_done = total as u32;
-            r.error = None;
         })
+        .await
     }
 
     /// Embeds a window of chunks as `parallel_batches` concurrent requests, waiting politely

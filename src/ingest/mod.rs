@@ -4,22 +4,27 @@
 //! Uploads are answered at once with a `queued` record; jobs run through a bounded queue on
 //! a few workers. The same bytes uploaded again are a no-op; a new upload under the same name
 //! is a new version that replaces the old chunks only once it is fully indexed. A job cut by
-//! a crash or shutdown runs again at the next start (its upload is kept until it ends).
+//! a crash or shutdown runs again (its upload is kept until it ends): at the next start on
+//! one node, or on another node within the lease in cluster mode, where records, uploads
+//! and jobs live in Redis (`shared.rs`).
 
 pub mod chunk;
 pub mod detect;
 mod jobs;
+mod local;
 pub mod parse;
 mod records;
 pub mod registry;
 pub mod sandbox;
+mod shared;
+mod workers;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::IngestConfig;
@@ -29,8 +34,10 @@ pub use chunk::{Chunk, Chunker};
 pub use detect::DocKind;
 pub use registry::{DocStatus, DocumentRecord};
 
+use crate::cluster::{Cluster, JobEntry};
 use crate::error::ErrorCode;
-pub use records::{Claim, RecordStore};
+pub use records::Claim;
+use records::Records;
 use registry::{LocalRecords, Uploads, now_ms};
 
 /// Why an upload or a job failed.
@@ -46,20 +53,20 @@ pub enum IngestError {
     NotFound,
     #[error("the ingestion queue is full ({0} jobs waiting); try again later")]
     Overloaded(usize),
+    #[error(
+        "uploads waiting for ingestion hold {held} bytes cluster-wide and this one does not fit \
+         (cluster.upload_bytes = {limit}); try again later"
+    )]
+    UploadsFull { held: u64, limit: u64 },
     #[error(transparent)]
     Retrieval(#[from] RetrievalError),
     #[error("the job was cancelled (the document was deleted or replaced)")]
     Cancelled,
     #[error("ingestion: {0}")]
     Internal(String),
-}
-
-/// A job: one version of one document.
-#[derive(Debug, Clone)]
-struct JobRef {
-    tenant: String,
-    id: String,
-    version: u64,
+    /// The shared store (cluster mode) cannot be reached, or is contended.
+    #[error("document store: {0}")]
+    Unavailable(String),
 }
 
 /// An upload that passed the size and type checks.
@@ -91,6 +98,7 @@ impl Upload<'_> {
             chunks_done: 0,
             error: None,
             parse_attempts: 0,
+            job: uuid::Uuid::new_v4().simple().to_string(),
             created_ms: previous.map_or(now, |p| p.created_ms),
             updated_ms: now,
         }
@@ -108,8 +116,13 @@ async fn sha256_hex(bytes: Vec<u8>) -> Result<(Vec<u8>, String), IngestError> {
     .map_err(|e| IngestError::Internal(format!("hashing task failed: {e}")))
 }
 
-/// Parses interrupted by the server's death after which a job is failed at start.
+/// Parses interrupted by the server's death after which a job is failed, not run again.
 const MAX_PARSE_ATTEMPTS: u32 = 2;
+
+/// Nodes that may take one job and stop before finishing it (die, freeze) before the job is
+/// failed rather than passed to another node: a poison document cannot take the cluster
+/// down node after node.
+const MAX_DELIVERIES: u64 = 3;
 
 /// How uploads are parsed: in a child process (the default), or in this one.
 fn sandbox_of(cfg: &IngestConfig) -> Result<sandbox::Sandbox, IngestError> {
@@ -141,108 +154,121 @@ fn upload_name(name: &str, sha256: &str) -> String {
 
 /// The ingestion service; cheap to share behind an `Arc`.
 pub struct Ingestor {
-    records: Box<dyn RecordStore>,
-    uploads: Uploads,
+    records: Records,
     sandbox: sandbox::Sandbox,
     retrieval: Arc<Retrieval>,
     chunker: Arc<Chunker>,
     cfg: IngestConfig,
-    queue: mpsc::Sender<JobRef>,
-    /// Cancels the running job of a document when it is replaced or deleted.
-    running: Mutex<HashMap<(String, String), CancellationToken>>,
-    /// Woken on every final state, for callers that wait.
+    /// Cancels the running job of a document when it is replaced or deleted through this
+    /// node (other nodes' jobs notice when they renew their entry).
+    /// By document: the version running here and its job's token.
+    running: Mutex<HashMap<(String, String), (u64, CancellationToken)>>,
+    /// Woken on every final state this node sees, for callers that wait.
     changed: Notify,
-    /// Publishes and deletes, one at a time: each checks the record's version first.
+    /// Publishes and deletes on this node, one at a time (across nodes: the document lock).
     publishing: tokio::sync::Mutex<()>,
 }
 
+/// Where an ingestor keeps its documents and how its workers run.
+pub struct IngestSetup<'a> {
+    pub cfg: IngestConfig,
+    /// Local records and uploads live under `<data_dir>/documents`.
+    pub data_dir: &'a std::path::Path,
+    pub tokenizer_json: &'a std::path::Path,
+    /// Cluster mode: records, uploads and jobs in Redis, which holds at most `upload_bytes`
+    /// of uploads waiting for their jobs.
+    pub cluster: Option<(Arc<Cluster>, u64)>,
+}
+
 impl Ingestor {
-    /// Opens the records under `<data_dir>/documents`, re-queues interrupted jobs and starts
-    /// the workers on `tracker`; they stop when `stop` is cancelled.
+    /// Opens the records (re-queuing a local node's interrupted jobs) and starts the workers
+    /// on `tracker`; they stop when `stop` is cancelled.
     pub async fn start(
         retrieval: Arc<Retrieval>,
-        cfg: IngestConfig,
-        data_dir: &std::path::Path,
-        tokenizer_json: &std::path::Path,
+        setup: IngestSetup<'_>,
         stop: CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
     ) -> Result<Arc<Self>, IngestError> {
+        let cfg = setup.cfg;
         let sandbox = sandbox_of(&cfg)?;
         sandbox.probe().await?;
-        let root = data_dir.join("documents");
-        let records: Box<dyn RecordStore> = Box::new(LocalRecords::open(root.clone())?);
-        let chunker = Chunker::new(tokenizer_json, cfg.chunk_tokens, cfg.overlap_tokens)?;
-        let resume: Vec<DocumentRecord> = records
-            .all()
-            .into_iter()
-            .filter(|r| !r.status.is_final())
-            .collect();
-        let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(resume.len()));
+        let chunker = Chunker::new(setup.tokenizer_json, cfg.chunk_tokens, cfg.overlap_tokens)?;
+        let (records, local) = match setup.cluster {
+            Some((cluster, bytes)) => (workers::shared(cluster, &cfg, bytes), None),
+            None => {
+                let (records, rx, resume) = workers::local(setup.data_dir, &cfg)?;
+                (records, Some((rx, resume)))
+            }
+        };
         let me = Arc::new(Self {
             records,
-            uploads: Uploads::new(root),
             sandbox,
             retrieval,
             chunker: Arc::new(chunker),
             cfg,
-            queue: tx,
             running: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             publishing: tokio::sync::Mutex::new(()),
         });
-        for r in resume {
-            me.recover(r);
-        }
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        for _ in 0..me.cfg.workers {
-            let (me, rx, stop) = (me.clone(), rx.clone(), stop.clone());
-            tracker.spawn(async move {
-                loop {
-                    let job = tokio::select! {
-                        _ = stop.cancelled() => break,
-                        job = async { rx.lock().await.recv().await } => job,
-                    };
-                    let Some(job) = job else { break };
-                    me.process(job, &stop).await;
+        match local {
+            Some((rx, resume)) => {
+                for r in resume {
+                    me.recover(r).await;
                 }
-            });
+                workers::spawn_local(&me, rx, stop, tracker);
+            }
+            None => workers::spawn_shared(&me, stop, tracker),
         }
         Ok(me)
     }
 
-    /// A job found unfinished at start runs again if its upload was kept — unless its
-    /// parse was interrupted twice (the server died in it both times): then it is failed
-    /// for good, so a poison document cannot keep the server in a crash loop.
-    fn recover(&self, r: DocumentRecord) {
-        if r.parse_attempts >= MAX_PARSE_ATTEMPTS {
-            tracing::warn!(doc = %r.id, attempts = r.parse_attempts, "failing a job that interrupted the server while parsing");
-            let _ = self.records.update(&r.tenant, &r.id, |r| {
-                r.status = DocStatus::Failed;
-                r.error = Some("interrupted the server twice while parsing; not run again".into());
-                r.parse_attempts = 0;
-            });
-            self.uploads.drop(&r.tenant, &r.id, r.version);
-            crate::metrics::ingested("failed", 0);
+    /// A job found unfinished at a local start runs again if its upload was kept — unless
+    /// its parse was interrupted twice (see [`Self::poisoned`]).
+    async fn recover(&self, r: DocumentRecord) {
+        let job = local::job_of(&r);
+        if let Some(why) = poisoned(&r, &job) {
+            self.fail_poisoned(&job, why).await;
             return;
         }
-        let job = JobRef {
-            tenant: r.tenant.clone(),
-            id: r.id.clone(),
-            version: r.version,
+        let Records::Local(l) = &self.records else {
+            return;
         };
-        let kept = self.uploads.path(&r.tenant, &r.id, r.version).exists();
-        if kept && self.queue.try_send(job).is_ok() {
+        let kept = l.uploads.path(&r.tenant, &r.id, r.version).exists();
+        if kept && l.queue.try_send(job).is_ok() {
             tracing::info!(doc = %r.id, version = r.version, "resuming an interrupted ingestion job");
-            let _ = self.records.update(&r.tenant, &r.id, |r| {
-                r.status = DocStatus::Queued;
-                r.chunks_done = 0;
-            });
+            let _ = self
+                .records
+                .update(&r.tenant, &r.id, |r| {
+                    r.status = DocStatus::Queued;
+                    r.chunks_done = 0;
+                })
+                .await;
         } else {
-            let _ = self.records.update(&r.tenant, &r.id, |r| {
-                r.status = DocStatus::Failed;
-                r.error = Some("interrupted by a restart, and the upload was not kept".into());
-            });
+            let _ = self
+                .records
+                .update(&r.tenant, &r.id, |r| {
+                    r.status = DocStatus::Failed;
+                    r.error = Some("interrupted by a restart, and the upload was not kept".into());
+                })
+                .await;
         }
+    }
+
+    /// Fails a job that keeps taking its server down, so it cannot keep a node (or node
+    /// after node) in a crash loop.
+    async fn fail_poisoned(&self, job: &JobEntry, why: &str) {
+        tracing::warn!(doc = %job.id, deliveries = job.deliveries, why, "failing a job instead of running it again");
+        let _ = self
+            .records
+            .update_job(job, |r| {
+                r.status = DocStatus::Failed;
+                r.error = Some(why.to_string());
+                r.parse_attempts = 0;
+            })
+            .await;
+        self.records.finish(job).await;
+        crate::metrics::ingested("failed", 0);
+        self.changed.notify_waiters();
     }
 
     /// The chunker (benchmarks and tests size chunks with it).
@@ -250,12 +276,12 @@ impl Ingestor {
         &self.chunker
     }
 
-    pub fn get(&self, tenant: &str, id: &str) -> Option<DocumentRecord> {
-        self.records.get(tenant, id)
+    pub async fn get(&self, tenant: &str, id: &str) -> Result<Option<DocumentRecord>, IngestError> {
+        self.records.get(tenant, id).await
     }
 
-    pub fn list(&self, tenant: &str) -> Vec<DocumentRecord> {
-        self.records.list(tenant)
+    pub async fn list(&self, tenant: &str) -> Result<Vec<DocumentRecord>, IngestError> {
+        self.records.list(tenant).await
     }
 
     /// Accepts an upload: checks size and type, then queues a job. The same bytes already
@@ -283,101 +309,124 @@ impl Ingestor {
             bytes,
             sha256,
         };
-        self.accept(upload)
-    }
-
-    /// Decides, atomically: the same bytes, a new version, or a new document; then keeps
-    /// the bytes and queues the job, undoing the record if either fails.
-    fn accept(&self, up: Upload<'_>) -> Result<DocumentRecord, IngestError> {
-        let tenant = up.tenant;
         let id = uuid::Uuid::new_v5(
             &uuid::Uuid::NAMESPACE_OID,
-            format!("{tenant}\u{1f}{}", up.name).as_bytes(),
+            format!("{tenant}\u{1f}{}", upload.name).as_bytes(),
         )
         .to_string();
-        let claim = self
-            .records
-            .claim(tenant, &id, &up.sha256, &mut |prev| up.record(&id, prev));
-        let (record, previous) = match claim {
+        match self.records.accept(&upload, &id).await? {
             Claim::Same(same) => {
                 crate::metrics::ingested("unchanged", 0);
-                return Ok(same);
+                Ok(same)
             }
-            Claim::New { record, previous } => (record, previous),
-        };
-        let undo = |e: IngestError| {
-            self.records
-                .restore(tenant, &id, previous.clone().map(|p| *p));
-            self.uploads.drop(tenant, &id, record.version);
-            e
-        };
-        if let Some(old) = self.running_token(tenant, &id) {
-            old.cancel();
+            Claim::New(record) => {
+                // The replaced version's job, if it runs here, stops at once (not the new
+                // version's, which a worker may have taken already).
+                if let Some((v, old)) = self.running_token(tenant, &id)
+                    && v < record.version
+                {
+                    old.cancel();
+                }
+                Ok(record)
+            }
         }
-        self.uploads
-            .save(tenant, &id, record.version, &up.bytes)
-            .map_err(undo)?;
-        self.records.persist(&record).map_err(undo)?;
-        let job = JobRef {
-            tenant: tenant.to_string(),
-            id: id.clone(),
-            version: record.version,
-        };
-        if self.queue.try_send(job).is_err() {
-            let waiting = self.queue.max_capacity() - self.queue.capacity();
-            return Err(undo(IngestError::Overloaded(waiting)));
-        }
-        crate::metrics::ingest_queue(self.queue.max_capacity() - self.queue.capacity());
-        Ok(record)
     }
 
-    fn running_token(&self, tenant: &str, id: &str) -> Option<CancellationToken> {
+    fn running_token(&self, tenant: &str, id: &str) -> Option<(u64, CancellationToken)> {
         let g = self.running.lock().unwrap_or_else(|p| p.into_inner());
         g.get(&(tenant.to_string(), id.to_string())).cloned()
+    }
+
+    /// Runs `step` holding the document's lock: this node's publishing lock and, in cluster
+    /// mode, the document's lock in Redis.
+    async fn locked<T>(
+        &self,
+        tenant: &str,
+        id: &str,
+        step: impl std::future::Future<Output = Result<T, IngestError>>,
+    ) -> Result<T, IngestError> {
+        let _one_at_a_time = self.publishing.lock().await;
+        let Records::Shared(s) = &self.records else {
+            return step.await;
+        };
+        let token = s.lock(tenant, id).await?;
+        let out = step.await;
+        s.unlock(tenant, id, &token).await;
+        out
     }
 
     /// Deletes a document: cancels its job, removes every chunk, then the record — so a
     /// failure leaves the record there to delete again, never chunks nobody can delete.
     pub async fn delete(&self, tenant: &str, id: &str) -> Result<DocumentRecord, IngestError> {
-        if self.records.get(tenant, id).is_none() {
+        if self.records.get(tenant, id).await?.is_none() {
             return Err(IngestError::NotFound);
         }
-        if let Some(t) = self.running_token(tenant, id) {
+        if let Some((_, t)) = self.running_token(tenant, id) {
             t.cancel();
         }
-        let _one_at_a_time = self.publishing.lock().await;
-        let store = &self.retrieval.store;
-        store
-            .delete_document(tenant, id)
-            .await
-            .map_err(RetrievalError::from)?;
-        store.flush().await.map_err(RetrievalError::from)?;
         let record = self
-            .records
-            .remove(tenant, id)
-            .ok_or(IngestError::NotFound)?;
-        self.uploads.drop(tenant, id, record.version);
+            .locked(tenant, id, async {
+                let store = &self.retrieval.store;
+                store
+                    .delete_document(tenant, id)
+                    .await
+                    .map_err(RetrievalError::from)?;
+                store.flush().await.map_err(RetrievalError::from)?;
+                self.records
+                    .remove(tenant, id)
+                    .await?
+                    .ok_or(IngestError::NotFound)
+            })
+            .await?;
         self.retrieval.bump_version(tenant);
         self.changed.notify_waiters();
         Ok(record)
     }
 
     /// Waits until the document reaches a final state (or `timeout` passes) and returns it.
-    pub async fn wait(&self, tenant: &str, id: &str, timeout: Duration) -> Option<DocumentRecord> {
+    /// In cluster mode another node may run the job: its record is read again every
+    /// [`WAIT_POLL`].
+    pub async fn wait(
+        &self,
+        tenant: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Option<DocumentRecord>, IngestError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let poll = match self.records {
+            Records::Local(_) => timeout,
+            Records::Shared(_) => WAIT_POLL,
+        };
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let r = self.records.get(tenant, id)?;
-            if r.status.is_final() {
-                return Some(r);
+            let Some(r) = self.records.get(tenant, id).await? else {
+                return Ok(None);
+            };
+            if r.status.is_final() || tokio::time::Instant::now() >= deadline {
+                return Ok(Some(r));
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.records.get(tenant, id);
-            }
+            let next = deadline.min(tokio::time::Instant::now() + poll);
+            let _ = tokio::time::timeout_at(next, notified).await;
         }
     }
+}
+
+/// How often a waiter in cluster mode reads a record another node may be changing.
+const WAIT_POLL: Duration = Duration::from_millis(200);
+
+/// Why a job must not run again, if it must not: its parse was interrupted twice (the
+/// server died in it both times), or nodes took it and stopped without finishing it too
+/// often.
+fn poisoned(r: &DocumentRecord, job: &JobEntry) -> Option<&'static str> {
+    if r.parse_attempts >= MAX_PARSE_ATTEMPTS {
+        return Some("interrupted the server twice while parsing; not run again");
+    }
+    if job.deliveries > MAX_DELIVERIES {
+        return Some("taken by three nodes that stopped before finishing it; not run again");
+    }
+    None
 }
 
 impl From<&IngestError> for ErrorCode {
@@ -388,8 +437,9 @@ impl From<&IngestError> for ErrorCode {
             I::Unsupported(_) => ErrorCode::UnsupportedDocument,
             I::Parse(_) => ErrorCode::DocumentUnreadable,
             I::NotFound => ErrorCode::NotFound,
-            I::Overloaded(_) => ErrorCode::Overloaded,
+            I::Overloaded(_) | I::UploadsFull { .. } => ErrorCode::Overloaded,
             I::Retrieval(r) => ErrorCode::from(r),
+            I::Unavailable(_) => ErrorCode::ClusterUnavailable,
             I::Cancelled | I::Internal(_) => ErrorCode::Internal,
         }
     }

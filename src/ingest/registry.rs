@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-use super::records::{Claim, RecordStore};
 use super::{DocKind, IngestError};
 
 /// Where a document is in the pipeline.
@@ -65,6 +64,11 @@ pub struct DocumentRecord {
     /// the server died while parsing it (the crash-loop guard reads it).
     #[serde(default)]
     pub parse_attempts: u32,
+    /// A token of the upload that queued the current version: a job runs, and writes the
+    /// record, only while the record still carries its token (a job queued twice, or taken
+    /// over from a node that froze, can tell the record is no longer its own).
+    #[serde(default)]
+    pub job: String,
     pub created_ms: u64,
     pub updated_ms: u64,
 }
@@ -162,58 +166,65 @@ fn read_record(path: &Path) -> Option<DocumentRecord> {
     }
 }
 
-impl RecordStore for LocalRecords {
-    fn get(&self, tenant: &str, id: &str) -> Option<DocumentRecord> {
+/// What a local claim found: the same bytes, or a new record held in memory (persist it
+/// next) with what it replaced, to restore if the upload is refused.
+pub(super) enum Claimed {
+    Same(DocumentRecord),
+    New {
+        record: DocumentRecord,
+        previous: Option<Box<DocumentRecord>>,
+    },
+}
+
+impl LocalRecords {
+    pub(super) fn get(&self, tenant: &str, id: &str) -> Option<DocumentRecord> {
         self.tenants.get(tenant)?.get(id).cloned()
     }
 
-    fn list(&self, tenant: &str) -> Vec<DocumentRecord> {
-        let mut v: Vec<_> = self
-            .tenants
+    pub(super) fn list(&self, tenant: &str) -> Vec<DocumentRecord> {
+        self.tenants
             .get(tenant)
             .map(|t| t.values().cloned().collect())
-            .unwrap_or_default();
-        v.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(a.name.cmp(&b.name)));
-        v
+            .unwrap_or_default()
     }
 
-    fn all(&self) -> Vec<DocumentRecord> {
+    pub(super) fn all(&self) -> Vec<DocumentRecord> {
         self.tenants
             .iter()
             .flat_map(|t| t.values().cloned().collect::<Vec<_>>())
             .collect()
     }
 
-    fn claim(
+    pub(super) fn claim(
         &self,
         tenant: &str,
         id: &str,
         sha256: &str,
         make: &mut dyn FnMut(Option<&DocumentRecord>) -> DocumentRecord,
-    ) -> Claim {
+    ) -> Claimed {
         let mut records = self.tenants.entry(tenant.to_string()).or_default();
         if let Some(same) = records
             .values()
             .find(|r| r.sha256 == sha256 && r.status != DocStatus::Failed)
         {
-            return Claim::Same(same.clone());
+            return Claimed::Same(same.clone());
         }
         let previous = records.get(id).cloned().map(Box::new);
         let record = make(previous.as_deref());
         records.insert(id.to_string(), record.clone());
-        Claim::New { record, previous }
+        Claimed::New { record, previous }
     }
 
-    fn persist(&self, r: &DocumentRecord) -> Result<(), IngestError> {
+    pub(super) fn persist(&self, r: &DocumentRecord) -> Result<(), IngestError> {
         self.write(&r.tenant, &r.id)
     }
 
-    fn change(
+    pub(super) fn change(
         &self,
         tenant: &str,
         id: &str,
         persist: bool,
-        f: &mut dyn FnMut(&mut DocumentRecord),
+        f: &mut (dyn FnMut(&mut DocumentRecord) + Send),
     ) -> Result<Option<DocumentRecord>, IngestError> {
         let rec = {
             let Some(mut records) = self.tenants.get_mut(tenant) else {
@@ -233,14 +244,14 @@ impl RecordStore for LocalRecords {
         Ok(Some(rec))
     }
 
-    fn remove(&self, tenant: &str, id: &str) -> Option<DocumentRecord> {
+    pub(super) fn remove(&self, tenant: &str, id: &str) -> Option<DocumentRecord> {
         let _one_writer = self.disk.lock().unwrap_or_else(|p| p.into_inner());
         let r = self.tenants.get_mut(tenant)?.remove(id)?;
         let _ = std::fs::remove_file(self.record_path(tenant, id));
         Some(r)
     }
 
-    fn restore(&self, tenant: &str, id: &str, previous: Option<DocumentRecord>) {
+    pub(super) fn restore(&self, tenant: &str, id: &str, previous: Option<DocumentRecord>) {
         match previous {
             Some(p) => {
                 self.tenants

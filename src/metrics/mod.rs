@@ -48,6 +48,7 @@ pub const INGEST_DOCUMENTS_TOTAL: &str = "confab_ingest_documents_total";
 pub const INGEST_CHUNKS_TOTAL: &str = "confab_ingest_chunks_total";
 pub const INGEST_QUEUE_JOBS: &str = "confab_ingest_queue_jobs";
 pub const INGEST_JOB_DURATION_SECONDS: &str = "confab_ingest_job_duration_seconds";
+pub const INGEST_JOBS_RECLAIMED_TOTAL: &str = "confab_ingest_jobs_reclaimed_total";
 pub const CACHE_LOOKUPS_TOTAL: &str = "confab_cache_lookups_total";
 pub const CACHE_SAVED_USD_TOTAL: &str = "confab_cache_saved_usd_total";
 pub const CACHE_ENTRIES: &str = "confab_cache_entries";
@@ -237,7 +238,7 @@ const CATALOGUE: &[(&str, Kind, &str)] = &[
     (
         INGEST_QUEUE_JOBS,
         Kind::Gauge,
-        "Ingestion jobs waiting, seen at the last upload.",
+        "Ingestion jobs waiting, seen at the last upload (cluster mode: queued or running, cluster-wide).",
     ),
     (
         INGEST_JOB_DURATION_SECONDS,
@@ -245,6 +246,11 @@ const CATALOGUE: &[(&str, Kind, &str)] = &[
         "Ingestion job duration, parse to publish.",
     ),
     (INGEST_CHUNKS_TOTAL, Kind::Counter, "Chunks indexed."),
+    (
+        INGEST_JOBS_RECLAIMED_TOTAL,
+        Kind::Counter,
+        "Cluster mode: ingestion jobs this node took over from a node that stopped renewing them.",
+    ),
     (
         CACHE_LOOKUPS_TOTAL,
         Kind::Counter,
@@ -383,6 +389,7 @@ fn init_fixed_series() {
     for outcome in ["indexed", "failed"] {
         counter!(INGEST_DOCUMENTS_TOTAL, "outcome" => outcome).absolute(0);
     }
+    counter!(INGEST_JOBS_RECLAIMED_TOTAL).absolute(0);
     for layer in ["exact", "semantic", "retrieval"] {
         for result in ["hit", "miss"] {
             counter!(CACHE_LOOKUPS_TOTAL, "layer" => layer, "result" => result).absolute(0);
@@ -577,6 +584,10 @@ pub fn ingest_queue(jobs: usize) {
 
 pub fn ingest_job(took: Duration) {
     histogram!(INGEST_JOB_DURATION_SECONDS).record(took.as_secs_f64());
+}
+
+pub fn ingest_reclaimed() {
+    counter!(INGEST_JOBS_RECLAIMED_TOTAL).increment(1);
 }
 
 pub fn ingested(outcome: &'static str, chunks: usize) {

@@ -153,6 +153,41 @@ impl Redis {
     }
 }
 
+impl Redis {
+    /// The nodes (consumers) holding the ingestion jobs that are running now.
+    pub async fn job_holders(&self) -> Vec<String> {
+        let Ok(mut c) = self.connection().await else {
+            return Vec::new();
+        };
+        let pending: redis::RedisResult<Vec<(String, String, u64, u64)>> = redis::cmd("XPENDING")
+            .arg(JOBS)
+            .arg("workers")
+            .arg("-")
+            .arg("+")
+            .arg(100)
+            .query_async(&mut c)
+            .await;
+        pending
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(_, node, _, _)| node)
+            .collect()
+    }
+
+    /// Ingestion jobs queued or running.
+    pub async fn jobs_left(&self) -> u64 {
+        let mut c = self.connection().await.expect("redis");
+        redis::cmd("XLEN")
+            .arg(JOBS)
+            .query_async(&mut c)
+            .await
+            .expect("XLEN")
+    }
+}
+
+/// The ingestion job stream under the default key prefix.
+const JOBS: &str = "confab:docs:{docs}:jobs";
+
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
@@ -365,6 +400,17 @@ impl Node {
             rustix::process::kill_process(rustix::process::Pid::from_child(c), sig)
                 .expect("signal the node");
         }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// SIGKILL: no drain, no goodbye.
