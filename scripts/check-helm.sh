@@ -65,7 +65,9 @@ for d in docs:
             assert e["port"] in ports, f"ServiceMonitor port {e['port']} not in {ports}"
             assert e["path"] == "/metrics"
 PY
-  cargo run --quiet --locked --bin confab -- check --config "$out/$set.confab.json"
+  # The pod gets the Redis URL from a Secret, as an environment variable: give it one.
+  CONFAB__CLUSTER__REDIS_URL=redis://redis.example:6379 \
+    cargo run --quiet --locked --bin confab -- check --config "$out/$set.confab.json"
   if [ -f "$out/$set.rules.yml" ]; then promtool check rules "$out/$set.rules.yml" | grep -E "SUCCESS|FAILED"; fi
 done
 
@@ -73,7 +75,8 @@ echo "== checkov (kubernetes policies) on the rendered manifests"
 # Accepted, each with its reason (see README, "Install with Helm"):
 #   CKV_K8S_15  pull policy Always: IfNotPresent with immutable tags or digests is the safer choice
 #   CKV_K8S_43  image digest: supported (image.digest, used in remote-ha); the default is the tag
-#   CKV_K8S_35  secret as env: only the Qdrant API key (the vector config has no key file yet)
+#   CKV_K8S_35  secret as env: only the Qdrant API key and the Redis URL (neither config
+#               section reads a key file yet)
 "$venv/bin/checkov" -d "$out" --framework kubernetes --compact --quiet --skip-download \
   --skip-check CKV_K8S_15,CKV_K8S_43,CKV_K8S_35
 
@@ -83,12 +86,14 @@ refused() {
     echo "accepted, but must be refused: $*" >&2
     exit 1
   fi
-  echo "   refused ($*): $(grep -m1 -oE '(Invalid type|Does not match|must be|needs|runs one pod|serves one keyless)[^\"]*' "$out/refused.log" || head -1 "$out/refused.log")"
+  echo "   refused ($*): $(grep -m1 -oE '(Invalid type|Does not match|must be|needs|runs one pod|serves one keyless|set url or)[^\"]*' "$out/refused.log" || head -1 "$out/refused.log")"
 }
 refused -f helm/ci/bad-type.yaml
 refused --set vectorStore.mode=sqlite
 refused --set replicaCount=3
 refused --set vectorStore.mode=remote
+refused -f helm/ci/remote-ha.yaml --set cluster.redis.existingSecret=
+refused -f helm/ci/remote-ha.yaml --set cluster.redis.url=redis://redis:6379
 refused --set terminationGracePeriodSeconds=10
 refused --set localLlm.enabled=true
 refused -f helm/ci/monitoring.yaml --set auth.tenants=null

@@ -40,9 +40,14 @@ app.kubernetes.io/component: server
 {{- if eq .Values.vectorStore.mode "embedded" }}true{{ end -}}
 {{- end -}}
 
-{{/* More than one pod can serve rooms: WebSockets are routed by room. */}}
+{{/* More than one pod serves requests. */}}
 {{- define "confab.multiReplica" -}}
 {{- if and (not (include "confab.embedded" .)) (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) }}true{{ end -}}
+{{- end -}}
+
+{{/* Cluster mode: shared state in Redis. */}}
+{{- define "confab.cluster" -}}
+{{- if or .Values.cluster.redis.url .Values.cluster.redis.existingSecret }}true{{ end -}}
 {{- end -}}
 
 {{/* Refuse value combinations that would install something broken. */}}
@@ -56,6 +61,12 @@ app.kubernetes.io/component: server
 {{- end -}}
 {{- else if not .Values.vectorStore.remote.url -}}
 {{- fail "vectorStore.mode=remote needs vectorStore.remote.url" -}}
+{{- end -}}
+{{- if and (include "confab.multiReplica" .) (not (include "confab.cluster" .)) -}}
+{{- fail "replicaCount > 1 (or autoscaling) needs cluster mode: set cluster.redis.url or cluster.redis.existingSecret (without Redis each pod would hold its own rooms, limits and documents)" -}}
+{{- end -}}
+{{- if and .Values.cluster.redis.url .Values.cluster.redis.existingSecret -}}
+{{- fail "cluster.redis: set url or existingSecret, not both" -}}
 {{- end -}}
 {{- if and .Values.localLlm.enabled (not .Values.localLlm.model.existingClaim) -}}
 {{- fail "localLlm.enabled needs localLlm.model.existingClaim: a PVC holding the GGUF model" -}}
@@ -131,8 +142,13 @@ app.kubernetes.io/component: server
 {{- $_ := set $auth "tenants" $tenants -}}
 {{- end -}}
 {{- $_ := set $cfg "auth" $auth -}}
-{{- $ws := deepCopy (default dict $cfg.ws) -}}
-{{- $_ := set $ws "room_routing" (eq (include "confab.multiReplica" .) "true") -}}
-{{- $_ := set $cfg "ws" $ws -}}
+{{- if include "confab.cluster" . -}}
+{{- $cluster := deepCopy (default dict $cfg.cluster) -}}
+{{- $_ := set $cluster "backend" "redis" -}}
+{{- if .Values.cluster.redis.url -}}
+{{- $_ := set $cluster "redis_url" .Values.cluster.redis.url -}}
+{{- end -}}
+{{- $_ := set $cfg "cluster" $cluster -}}
+{{- end -}}
 {{- toPrettyJson $cfg -}}
 {{- end -}}
