@@ -217,6 +217,42 @@ async fn a_job_whose_node_is_killed_is_finished_by_another_node_once() {
     assert_eq!(document(&survivors[1], &id).await.1["status"], "indexed");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_frozen_in_a_job_past_the_lease_loses_it_and_leaves_the_finished_record_alone() {
+    let c = nodes(3).await;
+    let (_, doc) = upload(&c.nodes[0], "Manual", &long_text(1000)).await;
+    let id = doc["id"].as_str().unwrap().to_string();
+    follow(&c.nodes[0], &id, Duration::from_secs(60), |d| {
+        d["status"] == "embedding" && d["chunks_done"].as_u64() > Some(0)
+    })
+    .await;
+    let holder = c.redis.job_holders().await;
+    let i = c.nodes.iter().position(|n| n.id == holder[0]).unwrap();
+    c.nodes[i].freeze();
+    // Another node takes the job over once the lease has run out, and finishes it.
+    let other = &c.nodes[(i + 1) % 3];
+    let done = follow(other, &id, Duration::from_secs(120), settled).await;
+    assert_eq!(done["status"], "indexed", "{done}");
+    assert_eq!(done["chunks_done"], done["chunks_total"], "{done}");
+    // The frozen node wakes in the middle of its copy of the job: it finds the job is no
+    // longer its own and stops, writing nothing to the record.
+    c.nodes[i].thaw();
+    tokio::time::sleep(LEASE * 2).await;
+    let (_, after) = document(other, &id).await;
+    assert_eq!(after, done, "the woken node changed the finished record");
+    let (mut indexed, mut reclaimed) = (0.0, 0.0);
+    for n in &c.nodes {
+        indexed += metric(n, "confab_ingest_documents_total{outcome=\"indexed\"}").await;
+        reclaimed += metric(n, "confab_ingest_jobs_reclaimed_total").await;
+    }
+    assert_eq!(
+        (indexed, reclaimed),
+        (1.0, 1.0),
+        "indexed once, taken over once"
+    );
+    assert_eq!(c.redis.jobs_left().await, 0);
+}
+
 /// HTML nested deep enough to keep a parser busy for a moment.
 fn deep_html() -> Vec<u8> {
     let depth = 210_000;

@@ -37,7 +37,7 @@ impl Ingestor {
         renewal: Option<&Renewal>,
     ) {
         let rec = match self.records.get(&job.tenant, &job.id).await {
-            Ok(Some(r)) if is_job_of(&r, &job) && !r.status.is_final() => r,
+            Ok(Some(r)) if is_job_of(&r, &job) => r,
             // Deleted or replaced while queued (the newer version has its own job), or
             // finished by a node that froze and came back.
             Ok(_) => return self.records.finish(&job).await,
@@ -144,7 +144,7 @@ impl Ingestor {
             r.chunks_done = 0;
         })
         .await?;
-        self.index(job, parsed, cancel).await?;
+        self.index(job, parsed, cancel, renewal).await?;
         if cancel.is_cancelled() {
             return Err(IngestError::Cancelled);
         }
@@ -209,6 +209,7 @@ impl Ingestor {
         job: &JobEntry,
         parsed: Parsed,
         cancel: &CancellationToken,
+        renewal: Option<&Renewal>,
     ) -> Result<(), IngestError> {
         let mut sparse = parsed.sparse.into_iter();
         let mut pending: Vec<ChunkPoint> = Vec::new();
@@ -236,14 +237,15 @@ impl Ingestor {
             }
             while pending.len() >= self.cfg.upsert_batch {
                 let rest = pending.split_off(self.cfg.upsert_batch);
-                self.upsert(std::mem::replace(&mut pending, rest)).await?;
+                self.upsert(std::mem::replace(&mut pending, rest), renewal)
+                    .await?;
             }
             done += group.len();
             self.records
                 .touch(job, |r| r.chunks_done = done as u32)
                 .await;
         }
-        self.upsert(pending).await
+        self.upsert(pending, renewal).await
     }
 
     /// The upload's bytes as stored, checked against the checksum recorded when it was
@@ -272,7 +274,7 @@ impl Ingestor {
     ) -> Result<(), IngestError> {
         self.locked(&job.tenant, &job.id, async {
             match self.records.get(&job.tenant, &job.id).await? {
-                Some(r) if is_job_of(&r, job) && r.status != DocStatus::Indexed => {}
+                Some(r) if is_job_of(&r, job) => {}
                 _ => return Err(IngestError::Cancelled),
             }
             if let Some(renewal) = renewal
@@ -320,7 +322,19 @@ impl Ingestor {
         }
     }
 
-    async fn upsert(&self, points: Vec<ChunkPoint>) -> Result<(), IngestError> {
+    /// Writes pending chunks — in cluster mode only while this node still holds the job: a
+    /// node that froze past the lease and woke must not write over the chunks of the node
+    /// that took its job over (and may have published them).
+    async fn upsert(
+        &self,
+        points: Vec<ChunkPoint>,
+        renewal: Option<&Renewal>,
+    ) -> Result<(), IngestError> {
+        if let Some(r) = renewal
+            && !r.still_held().await?
+        {
+            return Err(IngestError::Cancelled);
+        }
         self.retrieval
             .store
             .upsert(points)

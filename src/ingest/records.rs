@@ -115,22 +115,25 @@ impl Records {
     }
 
     /// Changes the record durably only while it is still the job's (its version, queued by
-    /// this upload): a job never writes over a newer upload's record. `Cancelled` when it is
-    /// gone or newer.
+    /// this upload, not ended): a job never writes over a newer upload's record, nor over
+    /// its own once it ended. `Cancelled` when it is gone, newer or ended.
     pub async fn update_job(
         &self,
         job: &JobEntry,
         mut f: impl FnMut(&mut DocumentRecord) + Send,
     ) -> Result<DocumentRecord, IngestError> {
+        // Set on each try (a shared store may apply the change again to a fresher record).
+        let mut applied = false;
         let changed = self
             .change(&job.tenant, &job.id, true, &mut |r| {
-                if is_job_of(r, job) {
+                applied = is_job_of(r, job);
+                if applied {
                     f(r)
                 }
             })
             .await?;
         match changed {
-            Some(r) if is_job_of(&r, job) => Ok(r),
+            Some(r) if applied => Ok(r),
             other => {
                 tracing::debug!(
                     doc = %job.id,
@@ -155,7 +158,9 @@ impl Records {
     }
 }
 
-/// Whether the record is still the one this job was queued for.
+/// Whether the record is still the one this job was queued for, and still open: once a job
+/// has ended (indexed or failed, perhaps by a node that took it over from one that froze),
+/// nothing of that job writes to the record again.
 pub fn is_job_of(r: &DocumentRecord, job: &JobEntry) -> bool {
-    r.version == job.version && r.job == job.nonce
+    r.version == job.version && r.job == job.nonce && !r.status.is_final()
 }

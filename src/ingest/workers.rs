@@ -112,13 +112,13 @@ pub fn spawn_shared(me: &Arc<Ingestor>, stop: CancellationToken, tracker: &TaskT
                         crate::metrics::ingest_reclaimed();
                     }
                     let (me, cluster, stop) = (me.clone(), cluster.clone(), stop.clone());
-                    let running = running.clone();
-                    running.insert(job.entry.clone());
+                    let taken = Taken::new(&running, &job.entry);
                     jobs.spawn(async move {
+                        // Both guards go with the task, even if the job panics: the renewal
+                        // stops and the entry is no longer this node's to keep.
+                        let _taken = taken;
                         let renewal = Renewal::start(cluster, job.clone(), &stop);
-                        me.process(job.clone(), &stop, Some(&renewal)).await;
-                        renewal.stop();
-                        running.remove(&job.entry);
+                        me.process(job, &stop, Some(&renewal)).await;
                         drop(permit);
                     });
                 }
@@ -196,8 +196,33 @@ impl Renewal {
     pub fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Acquire)
     }
+}
 
-    fn stop(self) {
+impl Drop for Renewal {
+    fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// An entry this node runs, listed while the guard lives (so the node never takes its own
+/// running job over).
+struct Taken {
+    running: Arc<dashmap::DashSet<String>>,
+    entry: String,
+}
+
+impl Taken {
+    fn new(running: &Arc<dashmap::DashSet<String>>, entry: &str) -> Self {
+        running.insert(entry.to_string());
+        Self {
+            running: running.clone(),
+            entry: entry.to_string(),
+        }
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        self.running.remove(&self.entry);
     }
 }
