@@ -423,3 +423,23 @@ async fn documents_answer_cluster_unavailable_while_redis_hangs_and_recover_afte
     let (status, d) = document(n, &id).await;
     assert_eq!((status, &d["status"]), (200, &json!("indexed")), "{d}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_cut_by_a_redis_pause_runs_again_instead_of_failing_the_document() {
+    // Small upsert batches: the job checks it holds its entry (a Redis call) after every
+    // group of chunks it embeds, so a pause longer than one group is sure to meet one.
+    let c = nodes_with(1, &[("CONFAB__INGEST__UPSERT_BATCH", "16")]).await;
+    let n = &c.nodes[0];
+    let (_, doc) = upload(n, "Manual", &long_text(1000)).await;
+    let id = doc["id"].as_str().unwrap().to_string();
+    follow(n, &id, Duration::from_secs(60), |d| {
+        d["status"] == "embedding" && d["chunks_done"].as_u64() > Some(0)
+    })
+    .await;
+    c.redis.freeze(true);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    c.redis.freeze(false);
+    let done = follow(n, &id, Duration::from_secs(120), settled).await;
+    assert_eq!(done["status"], "indexed", "{done}");
+    assert_eq!(done["chunks"], done["chunks_total"], "{done}");
+}

@@ -75,6 +75,12 @@ impl Ingestor {
             Err(_) if renewal.is_some_and(Renewal::is_lost) => return,
             // Shutdown: the job runs again (next start, or another node), upload kept.
             Err(_) if stop.is_cancelled() => return self.records.stopped(&job).await,
+            // Redis failed mid-job (cluster mode): not the document's fault. The entry stays
+            // pending and is taken again once the lease has passed.
+            Err(IngestError::Unavailable(e)) => {
+                tracing::warn!(doc = %job.id, error = %e, "the document store failed during a job; it runs again after the lease");
+                return;
+            }
             Err(e) => self.failed(&job, e).await,
         }
         self.changed.notify_waiters();
