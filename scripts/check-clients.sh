@@ -73,7 +73,8 @@ echo "== schemathesis (every operation but the endless SSE stream, every check)"
 echo "== openai Python SDK"
 printf '# Greenhouse care\n\nOrchids in the east greenhouse are watered with rain water every Tuesday morning.\n' >"$work/greenhouse.md"
 curl -fsS -H "Authorization: Bearer $key_a" -F "file=@$work/greenhouse.md" "$url/v1/documents?wait=true" >/dev/null
-CONFAB_URL="$url" CONFAB_API_KEY="$key_b" "$venv/bin/python" tests/clients/openai_sdk.py
+CONFAB_URL="$url" CONFAB_API_KEY="$key_b" MOCK_URL="http://127.0.0.1:$mock_port" \
+  "$venv/bin/python" tests/clients/openai_sdk.py
 
 echo "== headless Chromium: two participants"
 artifacts="${ARTIFACTS:-${CARGO_TARGET_DIR:-target}/artifacts}"

@@ -190,3 +190,186 @@ async fn a_failure_after_text_ends_the_stream_with_an_error_chunk() {
         .expect("error chunk");
     assert_eq!(err["error"]["code"], "upstream_cut", "{err}");
 }
+
+#[tokio::test]
+async fn sampling_settings_reach_the_upstream_and_skip_the_cache() {
+    let srv = TestServer::start(Behavior::text(&["ok"])).await;
+    let body = json!({"model": "default", "messages": [{"role": "user", "content": "knobs?"}],
+        "temperature": 0.3, "top_p": 0.5, "max_tokens": 7, "max_completion_tokens": 9,
+        "stop": "END", "seed": 42, "presence_penalty": 0.1, "frequency_penalty": -0.2,
+        "response_format": {"type": "json_object"}});
+    for _ in 0..2 {
+        let (status, _, text) = complete(&srv, body.clone()).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    let seen = srv.mock.requests();
+    assert_eq!(
+        seen.len(),
+        2,
+        "the same knobs twice: the upstream both times, no cache"
+    );
+    let r = &seen[1];
+    assert_eq!(r["temperature"], 0.3);
+    assert_eq!(r["top_p"], 0.5);
+    assert_eq!(r["max_tokens"], 7, "the smaller of the two caps");
+    assert_eq!(r["stop"], json!(["END"]));
+    assert_eq!(r["seed"], 42);
+    assert_eq!(r["presence_penalty"], 0.1);
+    assert_eq!(r["frequency_penalty"], -0.2);
+    assert_eq!(r["response_format"], json!({"type": "json_object"}));
+    // Without knobs, the provider's own settings and the cache as before.
+    let plain = json!({"model": "default", "messages": [{"role": "user", "content": "plain?"}]});
+    for _ in 0..2 {
+        assert_eq!(complete(&srv, plain.clone()).await.0, 200);
+    }
+    let seen = srv.mock.requests();
+    assert_eq!(seen.len(), 3, "the second plain request is a cache hit");
+    assert!(seen[2].get("temperature").is_none(), "{}", seen[2]);
+    assert_eq!(seen[2]["max_tokens"], 512, "the configured cap");
+}
+
+#[tokio::test]
+async fn bad_settings_are_a_400_naming_them_and_json_never_falls_back_to_plain_text() {
+    let srv = TestServer::start(Behavior::Status {
+        code: 500,
+        retry_after: None,
+    })
+    .await;
+    let ask = |extra: Value| {
+        let mut b = json!({"model": "default", "messages": [{"role": "user", "content": "q"}]});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    for (bad, param) in [
+        (json!({"temperature": 2.5}), "temperature"),
+        (json!({"n": 2}), "n"),
+        (json!({"stop": ["a", "b", "c", "d", "e"]}), "stop"),
+        (
+            json!({"response_format": {"type": "json_schema"}}),
+            "response_format",
+        ),
+        (
+            json!({"response_format": {"type": "yaml"}}),
+            "ResponseFormat",
+        ),
+    ] {
+        let (status, _, text) = complete(&srv, ask(bad.clone())).await;
+        assert_eq!(status, 400, "{bad}: {text}");
+        assert!(text.contains(param), "{bad}: {text}");
+    }
+    assert!(
+        srv.mock.requests().is_empty(),
+        "nothing refused reached the upstream"
+    );
+    // The model fails: a plain question gets the extractive fallback's answer, a JSON one an
+    // error (the fallback would answer in plain text).
+    let (status, _, text) = complete(&srv, ask(json!({}))).await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["confab"]["provider"], "extractive", "{v}");
+    let (status, _, text) = complete(
+        &srv,
+        ask(json!({"response_format": {"type": "json_object"}})),
+    )
+    .await;
+    assert!(status >= 500, "{status}: {text}");
+}
+
+#[tokio::test]
+async fn a_gateway_chain_speaks_with_the_clients_system_prompt_and_rag_adds_it_after_confabs() {
+    let srv = TestServer::start(Behavior::text(&["ok"])).await;
+    let messages = json!([
+        {"role": "system", "content": "You are a pirate."},
+        {"role": "user", "content": "Who are you?"}]);
+    let (status, _, text) = complete(&srv, json!({"model": "default", "messages": messages})).await;
+    assert_eq!(status, 200, "{text}");
+    let sent = &srv.mock.requests()[0]["messages"];
+    assert_eq!(
+        sent[0],
+        json!({"role": "system", "content": "You are a pirate."}),
+        "{sent}"
+    );
+    assert!(
+        !sent.to_string().contains("shared chat room"),
+        "confab's room prompt is not sent to a gateway chain: {sent}"
+    );
+    // Another system prompt, another conversation: not the first one's cached answer.
+    let other = json!([
+        {"role": "system", "content": "You are a poet."},
+        {"role": "user", "content": "Who are you?"}]);
+    assert_eq!(
+        complete(&srv, json!({"model": "default", "messages": other}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(srv.mock.requests().len(), 2);
+    // The RAG alias: confab's system prompt first, then the client's.
+    let (status, _, text) =
+        complete(&srv, json!({"model": "confab-rag", "messages": messages})).await;
+    assert_eq!(status, 200, "{text}");
+    let sent = &srv.mock.requests()[2]["messages"];
+    assert_eq!(sent[0]["role"], "system");
+    assert!(
+        sent[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("shared chat room"),
+        "{sent}"
+    );
+    assert_eq!(
+        sent[1],
+        json!({"role": "system", "content": "You are a pirate."}),
+        "{sent}"
+    );
+}
+
+#[tokio::test]
+async fn anthropic_links_get_the_settings_they_have_and_refuse_the_others() {
+    let srv = TestServer::start_with(Behavior::text(&["ok"]), |c| {
+        let mut p = c.providers["mock"].clone();
+        p.kind = confab::config::ProviderKind::Anthropic;
+        c.providers.insert("claude".into(), p);
+        common::chain(c, &["claude"]);
+    })
+    .await;
+    let body = json!({"model": "default", "messages": [{"role": "user", "content": "q"}],
+        "temperature": 0.5, "top_p": 0.9, "max_tokens": 5, "stop": ["END"]});
+    let (status, _, text) = complete(&srv, body).await;
+    assert_eq!(status, 200, "{text}");
+    let r = &srv.mock.requests()[0];
+    assert_eq!(r["temperature"], 0.5, "{r}");
+    assert_eq!(r["top_p"], 0.9, "{r}");
+    assert_eq!(r["max_tokens"], 5, "{r}");
+    assert_eq!(r["stop_sequences"], json!(["END"]), "{r}");
+    assert!(r.get("stop").is_none() && r.get("seed").is_none(), "{r}");
+    for (bad, param) in [
+        (json!({"seed": 1}), "seed"),
+        (json!({"temperature": 1.5}), "temperature"),
+        (json!({"presence_penalty": 0.5}), "presence_penalty"),
+        (
+            json!({"response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+    ] {
+        let mut b = json!({"model": "default", "messages": [{"role": "user", "content": "q"}]});
+        b.as_object_mut()
+            .unwrap()
+            .extend(bad.as_object().unwrap().clone());
+        let (status, _, text) = complete(&srv, b).await;
+        assert_eq!(status, 400, "{bad}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["param"], param, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("claude"),
+            "{v}"
+        );
+    }
+    assert_eq!(
+        srv.mock.requests().len(),
+        1,
+        "refused requests never reach the upstream"
+    );
+}

@@ -101,6 +101,7 @@ impl MockUpstream {
             .at("/v1/models", poem::get(models))
             .at("/v1/chat/completions", post(completions))
             .at("/v1/messages", post(messages))
+            .at("/mock/requests", poem::get(received))
             .data(state.clone());
         tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
         Ok(Self { addr, state })
@@ -159,6 +160,12 @@ fn models() -> poem::web::Json<serde_json::Value> {
         "object": "list",
         "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}],
     }))
+}
+
+/// Every request body received so far, for tests that run the mock as a process.
+#[handler]
+async fn received(Data(state): Data<&Arc<MockState>>) -> Json<Vec<serde_json::Value>> {
+    Json(lock(&state.requests).clone())
 }
 
 #[handler]

@@ -80,11 +80,15 @@ pub fn normalize(prompt: &str) -> String {
         .to_string()
 }
 
-/// A hash of the conversation the model sees before the question: every earlier turn as it
+/// A hash of the conversation the model sees before the question: the system prompt (whether
+/// confab's own opens it, and the client's own messages) and every earlier turn as it
 /// is sent, its speaker's name included. The same question after different turns is a
 /// different question.
-pub fn conversation_state(history: &[TurnSnapshot]) -> u64 {
+pub fn conversation_state(system: (bool, &[String]), history: &[TurnSnapshot]) -> u64 {
     let mut h = DefaultHasher::new();
+    // The system prompt (confab's or not, and the client's own) changes the answer as much
+    // as the history does.
+    system.hash(&mut h);
     for t in history {
         t.from.name.hash(&mut h);
         normalize(&t.prompt).hash(&mut h);

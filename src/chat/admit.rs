@@ -43,7 +43,10 @@ impl TurnEngine {
                 .retrieval
                 .as_ref()
                 .map_or(0, |r| r.corpus_version(&tenant)),
-            conversation: conversation_state(&history),
+            conversation: conversation_state(
+                (req.uses_own_system_prompt(), &req.client_system),
+                &history,
+            ),
             chain: chain.name.clone(),
             retrieval: retrieves,
         });

@@ -116,6 +116,10 @@ pub(super) async fn run(g: &Generation<'_>, mut progress: Progress) -> Generated
     let mut last = None;
     let mut last_failure = None;
     for (i, link) in g.chain.links.iter().enumerate().skip(g.start) {
+        // The extractive fallback answers in plain text: not for a requested JSON format.
+        if link.is_extractive() && g.request.sampling.wants_json() {
+            continue;
+        }
         last = Some(link.clone());
         if !link.breaker.try_acquire() {
             crate::metrics::provider_attempt(&link.name, "circuit_open");

@@ -73,6 +73,25 @@ impl TurnEngine {
         self.models.chain(name).is_some()
     }
 
+    /// The first of the client's sampling settings that a link of `chain` cannot honour:
+    /// the setting, the link and why.
+    pub fn refuses(
+        &self,
+        chain: &str,
+        sampling: &crate::providers::Sampling,
+    ) -> Option<(&'static str, String, &'static str)> {
+        let chain = self.models.chain(chain)?;
+        chain.links.iter().find_map(|l| {
+            let kind = if l.is_extractive() {
+                crate::config::ProviderKind::Extractive
+            } else {
+                l.entry.kind
+            };
+            let (setting, why) = sampling.unsupported(kind)?;
+            Some((setting, l.name.clone(), why))
+        })
+    }
+
     /// The circuit breaker of a provider: closed, open or half_open.
     pub fn breaker_state(&self, provider: &str) -> Option<&'static str> {
         self.models.link(provider).map(|l| match l.breaker.state() {

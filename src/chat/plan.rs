@@ -12,7 +12,7 @@ use crate::limits::{Estimate, Reservation};
 use crate::protocol::{
     EventBody, SCREEN_PROMPT, ScreenFlag, ScreenInput, ScreenOutput, ToolInput, ToolOutput,
 };
-use crate::providers::ChatRequest;
+use crate::providers::{ChatRequest, Sampling};
 
 /// How the turn will be generated.
 pub(super) struct Plan {
@@ -44,7 +44,7 @@ impl TurnEngine {
             quality: turn.req.quality,
         };
         let start = self.models.start_index(turn.chain, route);
-        let estimate = self.estimate(turn.chain, start, prompt_tokens);
+        let estimate = self.estimate(turn.chain, start, prompt_tokens, &request.sampling);
         let reservation = self
             .limits
             .reserve(&turn.req.owner.principal, estimate)
@@ -65,16 +65,22 @@ impl TurnEngine {
     /// The most a turn may cost: its prompt (with a margin over the estimate) and the
     /// output cap, at every link from `start` on — each attempt that consumes tokens is
     /// billed, so a turn that escalates pays for each link it tried. The local extractive
-    /// link costs nothing.
-    pub(super) fn estimate(&self, chain: &Chain, start: usize, prompt_tokens: u64) -> Estimate {
+    /// link costs nothing. The output cap is the client's where it set one lower.
+    pub(super) fn estimate(
+        &self,
+        chain: &Chain,
+        start: usize,
+        prompt_tokens: u64,
+        sampling: &Sampling,
+    ) -> Estimate {
         let prompt = prompt_tokens + prompt_tokens / 4 + 16;
         chain.links[start..]
             .iter()
             .filter(|l| !l.is_extractive())
             .fold(Estimate::default(), |acc, l| {
-                let out = match l.entry.max_tokens {
-                    0 => self.limits.default_output_tokens(),
-                    n => u64::from(n),
+                let out = match sampling.output_cap(l.entry.max_tokens) {
+                    None => self.limits.default_output_tokens(),
+                    Some(n) => u64::from(n),
                 };
                 let usd = l.entry.cost_usd(prompt, out);
                 Estimate {

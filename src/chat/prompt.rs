@@ -55,17 +55,26 @@ pub fn build_request(
     } else {
         SOURCES_RULES
     };
-    let system = [system, rules]
+    // A chain used as a gateway speaks with the client's system prompt, if it sent one.
+    let own = if turn.uses_own_system_prompt() {
+        system
+    } else {
+        ""
+    };
+    let system = [own, rules]
         .iter()
         .filter(|s| !s.is_empty())
         .copied()
         .collect::<Vec<_>>()
         .join("\n\n");
-    if !system.is_empty() {
-        messages.push(ChatMessage {
-            role: Role::System,
-            content: system,
-        });
+    let client = turn.client_system.iter().filter(|s| !s.trim().is_empty());
+    for content in std::iter::once(&system).chain(client) {
+        if !content.is_empty() {
+            messages.push(ChatMessage {
+                role: Role::System,
+                content: content.clone(),
+            });
+        }
     }
     if !sources.is_empty() {
         messages.extend(example());
@@ -107,6 +116,7 @@ pub fn build_request(
         messages,
         query: turn.prompt.clone(),
         sources,
+        sampling: turn.sampling.clone(),
     }
 }
 

@@ -9,6 +9,7 @@ use crate::auth::Principal;
 use crate::config::Quality;
 use crate::limits::Permit;
 use crate::protocol::Member;
+use crate::providers::Sampling;
 
 /// One prompt to answer.
 #[derive(Debug, Clone)]
@@ -26,7 +27,20 @@ pub struct TurnRequest {
     /// The conversation came from the client (the OpenAI endpoint's earlier messages), not
     /// from turns this server ran: it is screened like the prompt.
     pub client_history: bool,
+    /// The client's sampling settings (the OpenAI endpoint); rooms use the providers'.
+    pub sampling: Sampling,
+    /// The client's own system messages (the OpenAI endpoint): with retrieval they follow
+    /// confab's system prompt; without (a chain used as a gateway) they replace it.
+    pub client_system: Vec<String>,
     pub owner: TurnOwner,
+}
+
+impl TurnRequest {
+    /// Whether confab's own system prompt opens the conversation: always with retrieval
+    /// (its rules for sources), and otherwise unless the client sent its own.
+    pub fn uses_own_system_prompt(&self) -> bool {
+        self.retrieval || self.client_system.is_empty()
+    }
 }
 
 /// Who asked: the tenant and user whose budgets the turn spends, and their concurrent-turn

@@ -171,6 +171,8 @@ fn request(prompt: &str) -> TurnRequest {
         chain: None,
         retrieval: false,
         client_history: false,
+        sampling: Default::default(),
+        client_system: Vec::new(),
         owner: TurnOwner {
             principal: Principal {
                 tenant: Arc::from("acme"),
@@ -378,15 +380,15 @@ async fn the_estimate_covers_every_link_that_may_be_tried() {
     });
     let e = engine(&cfg);
     let chain = e.models.chain("default").unwrap();
-    let from_dear = e.estimate(chain, 0, 100);
-    let from_cheap = e.estimate(chain, 1, 100);
+    let from_dear = e.estimate(chain, 0, 100, &Default::default());
+    let from_cheap = e.estimate(chain, 1, 100, &Default::default());
     // 100 prompt tokens + 25% + 16 = 141 for each link; `dear` may write 1,000 tokens at
     // 100 USD/Mtok, `mock` 512 at 2 USD/Mtok (1 USD/Mtok in).
     assert_eq!(from_dear.tokens, (141 + 1_000) + (141 + 512));
     let usd = (141.0 + 100_000.0) / 1e6 + (141.0 + 1_024.0) / 1e6;
     assert!((from_dear.usd - usd).abs() < 1e-12, "{from_dear:?}");
     assert!(from_cheap.usd < from_dear.usd);
-    let extractive_only = e.estimate(chain, chain.links.len() - 1, 100);
+    let extractive_only = e.estimate(chain, chain.links.len() - 1, 100, &Default::default());
     assert_eq!((extractive_only.tokens, extractive_only.usd), (0, 0.0));
 }
 

@@ -59,13 +59,18 @@ impl AnthropicProvider {
                 _ => messages.push(m.clone()),
             }
         }
-        let body = serde_json::json!({
+        let max_tokens = req
+            .sampling
+            .output_cap(self.max_tokens)
+            .unwrap_or(self.max_tokens);
+        let mut body = serde_json::json!({
             "model": self.model,
-            "max_tokens": self.max_tokens,
+            "max_tokens": max_tokens.max(1),
             "system": system.join("\n\n"),
             "messages": messages,
             "stream": true,
         });
+        req.sampling.anthropic_fields(&mut body);
         let rb = self
             .http
             .post(&self.url)

@@ -10,6 +10,7 @@ pub mod extractive;
 mod http;
 mod openai;
 pub mod probe;
+mod sampling;
 
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ pub use anthropic::{AnthropicProvider, AnthropicStream};
 pub use breaker::{BreakerState, CircuitBreaker};
 pub use extractive::ExtractiveStream;
 pub use openai::{OpenAiProvider, OpenAiStream};
+pub use sampling::Sampling;
 
 use crate::config::{ProviderEntry, ProviderKind};
 use crate::error::ErrorCode;
@@ -60,6 +62,8 @@ pub struct ChatRequest {
     pub query: String,
     /// Retrieved passages, already numbered and listed in the messages.
     pub sources: Vec<Source>,
+    /// The client's sampling settings (the OpenAI endpoint's; rooms send none).
+    pub sampling: Sampling,
 }
 
 /// Why the upstream stopped generating.

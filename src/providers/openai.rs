@@ -45,9 +45,10 @@ impl OpenAiProvider {
             "stream": true,
             "stream_options": {"include_usage": true},
         });
-        if self.max_tokens > 0 {
-            body["max_tokens"] = self.max_tokens.into();
+        if let Some(cap) = req.sampling.output_cap(self.max_tokens) {
+            body["max_tokens"] = cap.into();
         }
+        req.sampling.openai_fields(&mut body);
         let mut rb = self.http.post(&self.url).json(&body);
         if !self.api_key.is_empty() {
             rb = rb.bearer_auth(self.api_key.expose());

@@ -130,6 +130,8 @@ impl Prompt {
             chain: None,
             retrieval: true,
             client_history: false,
+            sampling: Default::default(),
+            client_system: Vec::new(),
             owner,
         }
     }

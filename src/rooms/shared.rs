@@ -491,6 +491,8 @@ fn parse_item(item: &str) -> Option<(TurnRequest, u64)> {
         chain: None,
         retrieval: true,
         client_history: false,
+        sampling: Default::default(),
+        client_system: Vec::new(),
         owner: TurnOwner {
             principal: crate::auth::Principal {
                 tenant: Arc::from(q.tenant),

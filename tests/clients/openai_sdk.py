@@ -47,6 +47,27 @@ assert "".join(pieces) == text, pieces
 assert len(pieces) > 3, "streamed in pieces"
 assert finish == "stop" and usage and usage.completion_tokens > 0
 
+# Sampling settings reach the upstream: the mock lists what it received.
+mock = os.environ.get("MOCK_URL")
+resp = client.chat.completions.create(
+    model="default",
+    messages=[{"role": "system", "content": "Answer as a gardener."},
+              {"role": "user", "content": "Which day are the orchids watered?"}],
+    temperature=0.25, top_p=0.5, max_tokens=6, stop=["END"], seed=3,
+)
+assert resp.choices[0].message.content, resp
+if mock:
+    import json, urllib.request
+    seen = json.load(urllib.request.urlopen(f"{mock}/mock/requests"))[-1]
+    assert seen["temperature"] == 0.25 and seen["top_p"] == 0.5, seen
+    assert seen["max_tokens"] == 6 and seen["stop"] == ["END"] and seen["seed"] == 3, seen
+    assert seen["messages"][0] == {"role": "system", "content": "Answer as a gardener."}, seen
+try:
+    client.chat.completions.create(model="default", messages=[{"role": "user", "content": "hi"}], n=2)
+    sys.exit("n=2 must be refused")
+except openai.BadRequestError as e:
+    assert "n" in str(e), e
+
 # Errors arrive as the SDK's exceptions.
 try:
     client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
@@ -54,4 +75,5 @@ try:
 except openai.NotFoundError as e:
     assert e.body["type"] == "not_found_error", e.body
 
-print(f"openai SDK {openai.__version__}: models, whole answer, streamed answer ({len(pieces)} chunks), errors: ok")
+print(f"openai SDK {openai.__version__}: models, whole answer, streamed answer ({len(pieces)} chunks), "
+      f"sampling settings{' (seen upstream)' if mock else ''}, errors: ok")

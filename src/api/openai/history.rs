@@ -6,6 +6,15 @@ use uuid::Uuid;
 use super::types::ChatMessageIn;
 use crate::protocol::{FinishReason, Member, TurnSnapshot};
 
+/// The client's system (and developer) messages, in order.
+pub(super) fn system_messages(messages: &[ChatMessageIn]) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|m| m.role == "system" || m.role == "developer")
+        .map(|m| m.content.0.clone())
+        .collect()
+}
+
 /// The conversation before the last user message, as the turn engine's history.
 pub(super) fn history(
     messages: &[ChatMessageIn],

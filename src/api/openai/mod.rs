@@ -8,6 +8,7 @@
 //! `stream` (events → chunks).
 
 mod history;
+mod sampling;
 mod sink;
 mod stream;
 mod summary;
@@ -111,6 +112,7 @@ impl OpenAiApi {
             let refusal = fail(ErrorCode::ShuttingDown, "server is shutting down", None);
             return Err(Box::new(refusal));
         }
+        let sampling = self.sampling(req, &chain)?;
         let speaker = speaker(req);
         let (history, prompt) = history::history(&req.messages, &speaker)
             .map_err(|e| Box::new(fail(ErrorCode::InvalidMessage, e, Some("messages"))))?;
@@ -133,16 +135,43 @@ impl OpenAiApi {
             from: speaker,
             prompt,
             quality: None,
-            use_cache: true,
+            // Sampling settings change the answer: such turns neither read nor fill the cache.
+            use_cache: sampling.is_default(),
             chain: Some(chain),
             retrieval: rag,
             client_history: true,
+            sampling,
+            client_system: history::system_messages(&req.messages),
             owner: TurnOwner {
                 principal: principal.clone(),
                 permit: Some(std::sync::Arc::new(permit)),
             },
         };
         Ok((turn, sink, rx))
+    }
+}
+
+impl OpenAiApi {
+    /// The request's sampling settings, if every link of `chain` can honour them.
+    fn sampling(
+        &self,
+        req: &ChatCompletionRequest,
+        chain: &str,
+    ) -> Result<crate::providers::Sampling, Box<CompletionResponse>> {
+        let invalid = |message: String, param: &str| {
+            Box::new(fail(ErrorCode::InvalidMessage, message, Some(param)))
+        };
+        let s = sampling::sampling(req).map_err(|(m, p)| invalid(m, p))?;
+        match self.state.engine.refuses(chain, &s) {
+            None => Ok(s),
+            Some((setting, link, why)) => Err(invalid(
+                format!(
+                    "{setting} cannot be honoured by link {link:?} of chain {chain:?} ({why}); \
+                     leave it out or use a chain without that link"
+                ),
+                setting,
+            )),
+        }
     }
 }
 

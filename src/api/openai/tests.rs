@@ -74,6 +74,16 @@ fn request(stream: bool) -> ChatCompletionRequest {
         stream: Some(stream),
         stream_options: None,
         user: None,
+        temperature: None,
+        top_p: None,
+        max_tokens: None,
+        max_completion_tokens: None,
+        stop: None,
+        seed: None,
+        presence_penalty: None,
+        frequency_penalty: None,
+        response_format: None,
+        n: None,
     }
 }
 

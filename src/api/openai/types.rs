@@ -4,7 +4,8 @@
 use futures_util::stream::BoxStream;
 use poem::http::StatusCode;
 use poem_openapi::payload::{EventStream, Json};
-use poem_openapi::{ApiResponse, Object};
+use poem_openapi::types::Any;
+use poem_openapi::{ApiResponse, Object, Union};
 
 use crate::api::strict::Str;
 use crate::error::ErrorCode;
@@ -23,8 +24,29 @@ pub struct StreamOptions {
     pub include_usage: Option<bool>,
 }
 
-/// The OpenAI request; fields confab does not use (temperature, top_p, n…) are accepted and
-/// ignored.
+/// `stop`: one sequence or up to four.
+#[derive(Debug, Clone, Union)]
+pub enum StopSequences {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `response_format`: `{"type": "text"}`, `{"type": "json_object"}`, or
+/// `{"type": "json_schema", "json_schema": {"name": …, "schema": {…}, "strict": …}}`.
+#[derive(Debug, Clone, Object)]
+pub struct ResponseFormat {
+    #[oai(
+        rename = "type",
+        validator(pattern = "^(text|json_object|json_schema)$")
+    )]
+    pub kind: String,
+    #[oai(nullable)]
+    pub json_schema: Option<Any<serde_json::Value>>,
+}
+
+/// The OpenAI request. The sampling settings are sent to the chain's upstreams (translated
+/// for Anthropic); a setting one of the chain's links cannot honour is refused with 400,
+/// never dropped. Fields confab does not know are ignored.
 #[derive(Debug, Clone, Object)]
 pub struct ChatCompletionRequest {
     /// A chain name, or the RAG alias (`openai.rag_model`, default `confab-rag`).
@@ -37,6 +59,30 @@ pub struct ChatCompletionRequest {
     /// Shown as the speaker's name in the conversation sent upstream.
     #[oai(nullable)]
     pub user: Option<Str>,
+    /// 0–2 (Anthropic links: 0–1).
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "2")))]
+    pub temperature: Option<f64>,
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "1")))]
+    pub top_p: Option<f64>,
+    /// Output cap; the provider's configured `max_tokens` still bounds it.
+    #[oai(nullable, validator(minimum(value = "1")))]
+    pub max_tokens: Option<u32>,
+    /// The newer name of `max_tokens`; both given: the smaller.
+    #[oai(nullable, validator(minimum(value = "1")))]
+    pub max_completion_tokens: Option<u32>,
+    #[oai(nullable)]
+    pub stop: Option<StopSequences>,
+    #[oai(nullable)]
+    pub seed: Option<i64>,
+    #[oai(nullable, validator(minimum(value = "-2"), maximum(value = "2")))]
+    pub presence_penalty: Option<f64>,
+    #[oai(nullable, validator(minimum(value = "-2"), maximum(value = "2")))]
+    pub frequency_penalty: Option<f64>,
+    #[oai(nullable)]
+    pub response_format: Option<ResponseFormat>,
+    /// Choices to generate: only 1.
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "1")))]
+    pub n: Option<u32>,
 }
 
 #[derive(Debug, Clone, Object)]
