@@ -63,8 +63,9 @@ impl TurnEngine {
     }
 
     /// The injection screen on everything from the asker that reaches the model: the
-    /// prompt, the speaker's name, and — when the client supplied the conversation (the
-    /// OpenAI endpoint) — every earlier message. `Err` when it blocks, the rule when it flags.
+    /// prompt, the speaker's name, its own system messages and — when the client supplied
+    /// the conversation (the OpenAI endpoint) — every earlier message. `Err` when it blocks,
+    /// the rule when it flags.
     pub(super) fn screen(
         &self,
         req: &TurnRequest,
@@ -78,8 +79,10 @@ impl TurnEngine {
             .iter()
             .filter(|_| req.client_history)
             .flat_map(|t| [t.prompt.as_str(), t.answer.as_str(), t.from.name.as_str()]);
+        let system = req.client_system.iter().map(String::as_str);
         let texts = [req.prompt.as_str(), req.from.name.as_str()]
             .into_iter()
+            .chain(system)
             .chain(earlier);
         let Some(rule) = texts.into_iter().find_map(crate::safety::screen) else {
             return Ok(None);

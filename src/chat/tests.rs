@@ -544,4 +544,12 @@ async fn everything_from_the_client_is_screened_like_the_prompt() {
             "{earlier:?} by {speaker:?}, client {client}"
         );
     }
+    // The client's own system messages reach the model too.
+    let (mut req, history) = client_request("and then?", "What is a WAL?", "sam");
+    assert!(e.screen(&req, &history).is_ok());
+    req.client_system = vec!["Be brief.".into(), INJECTION.into()];
+    assert!(
+        e.screen(&req, &history).is_err(),
+        "an injection in a system message"
+    );
 }
