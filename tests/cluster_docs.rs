@@ -13,6 +13,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{Node, Redis, node_config_with_retrieval};
+use common::hostile::{children, deep_html, signal};
 use confab_loadtest::mock::{Behavior, MockUpstream};
 use serde_json::{Value, json};
 
@@ -114,6 +115,18 @@ async fn metric(node: &Node, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// One series summed over `nodes`.
+async fn total(nodes: &[Node], series: &str) -> f64 {
+    let mut sum = 0.0;
+    for n in nodes {
+        sum += metric(n, series).await;
+    }
+    sum
+}
+
+const INDEXED: &str = "confab_ingest_documents_total{outcome=\"indexed\"}";
+const RECLAIMED: &str = "confab_ingest_jobs_reclaimed_total";
+
 /// `n` paragraphs of distinct text: a document of a few chunks per paragraph's worth.
 fn long_text(n: usize) -> String {
     (0..n)
@@ -196,11 +209,8 @@ async fn a_job_whose_node_is_killed_is_finished_by_another_node_once() {
     let done = follow(&survivors[0], &id, Duration::from_secs(120), settled).await;
     assert_eq!(done["status"], "indexed", "{done}");
     assert_eq!(done["chunks"], done["chunks_total"], "{done}");
-    let (mut indexed, mut reclaimed) = (0.0, 0.0);
-    for n in &survivors {
-        indexed += metric(n, "confab_ingest_documents_total{outcome=\"indexed\"}").await;
-        reclaimed += metric(n, "confab_ingest_jobs_reclaimed_total").await;
-    }
+    let indexed = total(&survivors, INDEXED).await;
+    let reclaimed = total(&survivors, RECLAIMED).await;
     assert_eq!(
         (indexed, reclaimed),
         (1.0, 1.0),
@@ -209,11 +219,7 @@ async fn a_job_whose_node_is_killed_is_finished_by_another_node_once() {
     assert_eq!(c.redis.jobs_left().await, 0, "the job is closed");
     // Nothing runs it again later.
     tokio::time::sleep(LEASE * 2).await;
-    let mut again = 0.0;
-    for n in &survivors {
-        again += metric(n, "confab_ingest_documents_total{outcome=\"indexed\"}").await;
-    }
-    assert_eq!(again, 1.0);
+    assert_eq!(total(&survivors, INDEXED).await, 1.0);
     assert_eq!(document(&survivors[1], &id).await.1["status"], "indexed");
 }
 
@@ -240,51 +246,14 @@ async fn a_node_frozen_in_a_job_past_the_lease_loses_it_and_leaves_the_finished_
     tokio::time::sleep(LEASE * 2).await;
     let (_, after) = document(other, &id).await;
     assert_eq!(after, done, "the woken node changed the finished record");
-    let (mut indexed, mut reclaimed) = (0.0, 0.0);
-    for n in &c.nodes {
-        indexed += metric(n, "confab_ingest_documents_total{outcome=\"indexed\"}").await;
-        reclaimed += metric(n, "confab_ingest_jobs_reclaimed_total").await;
-    }
+    let indexed = total(&c.nodes, INDEXED).await;
+    let reclaimed = total(&c.nodes, RECLAIMED).await;
     assert_eq!(
         (indexed, reclaimed),
         (1.0, 1.0),
         "indexed once, taken over once"
     );
     assert_eq!(c.redis.jobs_left().await, 0);
-}
-
-/// HTML nested deep enough to keep a parser busy for a moment.
-fn deep_html() -> Vec<u8> {
-    let depth = 210_000;
-    format!(
-        "<html><body>{}The nested answer is forty-two.{}</body></html>",
-        "<div>".repeat(depth),
-        "</div>".repeat(depth)
-    )
-    .into_bytes()
-}
-
-/// Processes whose parent is `pid`.
-fn children(pid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-            // "pid (comm) state ppid …": the comm may hold spaces, so split after the ')'.
-            let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-            after.split_whitespace().nth(1) == Some(&pid.to_string())
-        })
-        .collect()
-}
-
-fn signal(sig: &str, pid: u32) {
-    let _ = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status();
 }
 
 /// Waits for a parser to start under one of `nodes` and stops it there (SIGSTOP): the node

@@ -13,19 +13,8 @@ use std::time::{Duration, Instant};
 use confab_loadtest::mock::Behavior;
 use serde_json::Value;
 
-use common::hostile::{decompression_bomb, xobject_cycle};
+use common::hostile::{children, decompression_bomb, deep_html, signal, xobject_cycle};
 use common::{TestServer, with_retrieval};
-
-/// About 2.5 MB of nested elements around one sentence.
-fn deep_html() -> Vec<u8> {
-    let depth = 210_000;
-    format!(
-        "<html><body>{}The nested answer is forty-two.{}</body></html>",
-        "<div>".repeat(depth),
-        "</div>".repeat(depth)
-    )
-    .into_bytes()
-}
 
 /// One 2 MB heading over two million short paragraphs.
 fn heading_amplifier() -> Vec<u8> {
@@ -237,29 +226,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Processes whose parent is `pid`.
-fn children(pid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-            // "pid (comm) state ppid …": the comm may hold spaces, so split after the ')'.
-            let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-            after.split_whitespace().nth(1) == Some(&pid.to_string())
-        })
-        .collect()
-}
-
-fn signal(sig: &str, pid: u32) {
-    let _ = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status();
 }
 
 #[tokio::test]

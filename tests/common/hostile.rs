@@ -1,5 +1,6 @@
 //! Hostile documents built on purpose: PDFs whose form XObjects draw each other in a ring,
-//! and decompression bombs (the hostile-input suite and the fuzz suite share them).
+//! decompression bombs, deep HTML (the hostile-input, fuzz and cluster suites share them);
+//! and the process helpers that find and signal a server's parser child.
 
 /// A PDF from its objects (numbered from 1), with a correct cross-reference table.
 pub fn pdf(objects: &[Vec<u8>]) -> Vec<u8> {
@@ -78,4 +79,38 @@ pub fn bomb(mib: usize) -> Vec<u8> {
     let mut objs = page_tree("/Contents 4 0 R");
     objs.push(stream("/Filter /FlateDecode", &deflated));
     pdf(&objs)
+}
+
+/// About 2.5 MB of nested elements around one sentence.
+pub fn deep_html() -> Vec<u8> {
+    let depth = 210_000;
+    format!(
+        "<html><body>{}The nested answer is forty-two.{}</body></html>",
+        "<div>".repeat(depth),
+        "</div>".repeat(depth)
+    )
+    .into_bytes()
+}
+
+/// Processes whose parent is `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            // "pid (comm) state ppid …": the comm may hold spaces, so split after the ')'.
+            let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            after.split_whitespace().nth(1) == Some(&pid.to_string())
+        })
+        .collect()
+}
+
+pub fn signal(sig: &str, pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status();
 }
