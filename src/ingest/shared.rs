@@ -42,11 +42,20 @@ fn contended() -> IngestError {
 }
 
 impl SharedDocs {
-    pub async fn get(&self, tenant: &str, id: &str) -> Result<Option<DocumentRecord>, IngestError> {
+    /// The record under `id`: the JSON as stored (what a compare-and-set compares) and parsed.
+    async fn read(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<(String, DocumentRecord)>, IngestError> {
         match self.cluster.doc_get(tenant, id).await.map_err(store_down)? {
-            Some(json) => parse(&json).map(Some),
+            Some(json) => parse(&json).map(|r| Some((json, r))),
             None => Ok(None),
         }
+    }
+
+    pub async fn get(&self, tenant: &str, id: &str) -> Result<Option<DocumentRecord>, IngestError> {
+        Ok(self.read(tenant, id).await?.map(|(_, r)| r))
     }
 
     pub async fn list(&self, tenant: &str) -> Result<Vec<DocumentRecord>, IngestError> {
@@ -116,10 +125,9 @@ impl SharedDocs {
         f: &mut (dyn FnMut(&mut DocumentRecord) + Send),
     ) -> Result<Option<DocumentRecord>, IngestError> {
         for _ in 0..ATTEMPTS {
-            let Some(old) = self.cluster.doc_get(tenant, id).await.map_err(store_down)? else {
+            let Some((old, mut r)) = self.read(tenant, id).await? else {
                 return Ok(None);
             };
-            let mut r = parse(&old)?;
             let before = r.clone();
             f(&mut r);
             if r == before {
@@ -143,10 +151,9 @@ impl SharedDocs {
         id: &str,
     ) -> Result<Option<DocumentRecord>, IngestError> {
         for _ in 0..ATTEMPTS {
-            let Some(old) = self.cluster.doc_get(tenant, id).await.map_err(store_down)? else {
+            let Some((old, r)) = self.read(tenant, id).await? else {
                 return Ok(None);
             };
-            let r = parse(&old)?;
             let removed = self
                 .cluster
                 .doc_remove(tenant, id, &old, (&r.sha256, r.version));

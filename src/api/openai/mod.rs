@@ -149,9 +149,7 @@ impl OpenAiApi {
         };
         Ok((turn, sink, rx))
     }
-}
 
-impl OpenAiApi {
     /// The request's sampling settings, if every link of `chain` can honour them.
     fn sampling(
         &self,
