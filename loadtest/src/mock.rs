@@ -43,6 +43,10 @@ pub enum Behavior {
     Cut { tokens: Vec<String>, gap: Duration },
     /// Streams `tokens` then a chunk that is not JSON.
     Malformed { tokens: Vec<String> },
+    /// Answers with calls of these tools, `(name, arguments JSON)`: each call opens with its
+    /// id and name, then its arguments in two pieces; the finish is `tool_calls`
+    /// (Anthropic: `tool_use` blocks and `stop_reason: tool_use`).
+    ToolCalls { calls: Vec<(String, String)> },
 }
 
 impl Behavior {
@@ -53,6 +57,46 @@ impl Behavior {
             ttft: Duration::ZERO,
             gap,
         }
+    }
+
+    /// A call of each `(name, arguments)`.
+    pub fn calls(calls: &[(&str, &str)]) -> Self {
+        Behavior::ToolCalls {
+            calls: calls
+                .iter()
+                .map(|(n, a)| (n.to_string(), a.to_string()))
+                .collect(),
+        }
+    }
+
+    /// A behaviour from its JSON form (`POST /mock/script`): `{"text": "a b"}`,
+    /// `{"tool_calls": [{"name": …, "arguments": "{…}"}]}`, `{"status": 500}`, `{"hang": true}`.
+    pub fn from_json(v: &serde_json::Value) -> Option<Self> {
+        if let Some(text) = v["text"].as_str() {
+            return Some(Behavior::Reply {
+                tokens: text.split_inclusive(' ').map(str::to_string).collect(),
+                ttft: Duration::ZERO,
+                gap: Duration::ZERO,
+            });
+        }
+        if let Some(calls) = v["tool_calls"].as_array() {
+            let calls = calls
+                .iter()
+                .map(|c| {
+                    let name = c["name"].as_str()?.to_string();
+                    Some((name, c["arguments"].as_str().unwrap_or("{}").to_string()))
+                })
+                .collect::<Option<Vec<_>>>()?;
+            return Some(Behavior::ToolCalls { calls });
+        }
+        if let Some(code) = v["status"].as_u64() {
+            let code = u16::try_from(code).ok()?;
+            return Some(Behavior::Status {
+                code,
+                retry_after: None,
+            });
+        }
+        (v["hang"] == true).then_some(Behavior::Hang)
     }
 
     /// A reply with the given text pieces and no delay.
@@ -102,6 +146,7 @@ impl MockUpstream {
             .at("/v1/chat/completions", post(completions))
             .at("/v1/messages", post(messages))
             .at("/mock/requests", poem::get(received))
+            .at("/mock/script", post(script))
             .data(state.clone());
         tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
         Ok(Self { addr, state })
@@ -168,6 +213,23 @@ async fn received(Data(state): Data<&Arc<MockState>>) -> Json<Vec<serde_json::Va
     Json(lock(&state.requests).clone())
 }
 
+/// Queues behaviours for the next requests (a JSON array of [`Behavior::from_json`] forms).
+#[handler]
+async fn script(
+    Json(body): Json<Vec<serde_json::Value>>,
+    Data(state): Data<&Arc<MockState>>,
+) -> Response {
+    let parsed: Option<Vec<Behavior>> = body.iter().map(Behavior::from_json).collect();
+    let Some(behaviors) = parsed else {
+        return Response::builder()
+            .status(StatusCode::BAD_REQUEST)
+            .body("unknown behaviour");
+    };
+    let n = behaviors.len();
+    lock(&state.script).extend(behaviors);
+    Response::builder().body(format!("{n} queued"))
+}
+
 #[handler]
 async fn completions(
     Json(body): Json<serde_json::Value>,
@@ -210,6 +272,15 @@ fn respond(body: serde_json::Value, state: &Arc<MockState>, dialect: Dialect) ->
         Behavior::Cut { tokens, gap } => Plan::new(tokens, Duration::ZERO, gap, End::Cut),
         Behavior::Malformed { tokens } => {
             Plan::new(tokens, Duration::ZERO, Duration::ZERO, End::Malformed)
+        }
+        Behavior::ToolCalls { calls } => {
+            let mut plan = Plan::new(Vec::new(), Duration::ZERO, Duration::ZERO, End::Finish);
+            plan.tail = call_chunks(&calls, id, dialect)
+                .into_iter()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .collect();
+            plan.ended = true;
+            plan
         }
     }
     .dialect(dialect);
@@ -373,6 +444,66 @@ impl Plan {
             End::Malformed => Some(Bytes::from_static(b"data: {\"choices\": [oops\n\n")),
         }
     }
+}
+
+/// The whole stream of a tool-call answer.
+fn call_chunks(calls: &[(String, String)], id: u64, dialect: Dialect) -> Vec<Bytes> {
+    use serde_json::json;
+    let halves = |a: &str| {
+        let mid = a
+            .char_indices()
+            .nth(a.chars().count() / 2)
+            .map_or(a.len(), |(i, _)| i);
+        [a[..mid].to_string(), a[mid..].to_string()]
+    };
+    let mut out = Vec::new();
+    if dialect == Dialect::Anthropic {
+        out.push(sse(&json!({"type": "message_start",
+            "message": {"id": format!("mock-{id}"), "usage": {"input_tokens": 10, "output_tokens": 1}}})));
+        for (k, (name, args)) in calls.iter().enumerate() {
+            out.push(sse(&json!({"type": "content_block_start", "index": k,
+                "content_block": {"type": "tool_use", "id": format!("toolu_mock_{id}_{k}"), "name": name, "input": {}}})));
+            for half in halves(args) {
+                out.push(sse(&json!({"type": "content_block_delta", "index": k,
+                    "delta": {"type": "input_json_delta", "partial_json": half}})));
+            }
+            out.push(sse(&json!({"type": "content_block_stop", "index": k})));
+        }
+        out.push(sse(
+            &json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+            "usage": {"output_tokens": 3 * calls.len()}}),
+        ));
+        out.push(sse(&json!({"type": "message_stop"})));
+        return out;
+    }
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        sse(
+            &json!({"id": format!("mock-{id}"), "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
+        )
+    };
+    out.push(chunk(json!({"role": "assistant", "content": null}), None));
+    for (k, (name, args)) in calls.iter().enumerate() {
+        out.push(chunk(
+            json!({"tool_calls": [{"index": k, "id": format!("call_mock_{id}_{k}"),
+            "type": "function", "function": {"name": name, "arguments": ""}}]}),
+            None,
+        ));
+        for half in halves(args) {
+            out.push(chunk(
+                json!({"tool_calls": [{"index": k, "function": {"arguments": half}}]}),
+                None,
+            ));
+        }
+    }
+    out.push(chunk(json!({}), Some("tool_calls")));
+    let n = 3 * calls.len();
+    out.push(sse(
+        &json!({"id": format!("mock-{id}"), "object": "chat.completion.chunk", "choices": [],
+        "usage": {"prompt_tokens": 10, "completion_tokens": n, "total_tokens": 10 + n}}),
+    ));
+    out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    out
 }
 
 fn sse(v: &serde_json::Value) -> Bytes {

@@ -80,10 +80,16 @@ impl TurnEngine {
             .filter(|_| req.client_history)
             .flat_map(|t| [t.prompt.as_str(), t.answer.as_str(), t.from.name.as_str()]);
         let system = req.client_system.iter().map(String::as_str);
+        // Tool results and the calls a client says the model made reach the model too.
+        let exchanged = req.conversation.iter().flatten().flat_map(|m| {
+            std::iter::once(m.content.as_str())
+                .chain(m.tool_calls.iter().map(|c| c.arguments.as_str()))
+        });
         let texts = [req.prompt.as_str(), req.from.name.as_str()]
             .into_iter()
             .chain(system)
-            .chain(earlier);
+            .chain(earlier)
+            .chain(exchanged);
         let Some(rule) = texts.into_iter().find_map(crate::safety::screen) else {
             return Ok(None);
         };

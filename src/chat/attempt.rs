@@ -12,7 +12,10 @@ use super::chain::{Chain, Link};
 use crate::config::{SafetyConfig, ms};
 use crate::error::ErrorCode;
 use crate::protocol::{AttemptOutcome, AttemptRecord};
-use crate::providers::{ChatRequest, ProviderError, ProviderStream, StreamEvent, UpstreamFinish};
+use crate::providers::{
+    CallBuilder, ChatRequest, ProviderError, ProviderStream, StreamEvent, ToolCallDelta,
+    UpstreamFinish,
+};
 use crate::safety::Redactor;
 
 /// What the turn has streamed so far, across attempts.
@@ -32,6 +35,8 @@ pub struct Progress {
     /// What each attempt that consumed upstream tokens cost, escalations and retries
     /// included: every one of them is billed, not just the last link.
     pub charges: Vec<Charge>,
+    /// The tool calls that reached the client, assembled from their pieces.
+    pub calls: CallBuilder,
 }
 
 /// The cost of one attempt.
@@ -75,6 +80,22 @@ impl Progress {
         Self {
             redactor: Redactor::new(safety.redact_secrets, safety.redact_emails),
             ..Self::default()
+        }
+    }
+
+    /// Something (text or a tool call) reached the client: the turn keeps its model.
+    pub fn committed(&self) -> bool {
+        self.deltas > 0 || !self.calls.is_empty()
+    }
+
+    /// Marks the first output of the turn and the gap since the previous one.
+    fn stamp(&mut self) {
+        let now = Instant::now();
+        if self.first_token.is_none() {
+            self.first_token = Some(now);
+        }
+        if let Some(prev) = self.last_token.replace(now) {
+            crate::metrics::inter_token(now.duration_since(prev));
         }
     }
 }
@@ -254,16 +275,28 @@ fn flush(a: &Attempt<'_>, progress: &mut Progress) {
 }
 
 fn emit(a: &Attempt<'_>, progress: &mut Progress, text: String) {
-    let now = Instant::now();
-    if progress.first_token.is_none() {
-        progress.first_token = Some(now);
-    }
-    if let Some(prev) = progress.last_token.replace(now) {
-        crate::metrics::inter_token(now.duration_since(prev));
-    }
+    progress.stamp();
     progress.deltas += 1;
     progress.answer.push_str(&text);
     a.sink.delta(a.turn_id, text);
+}
+
+/// A piece of a tool call goes to the client once the text before it is decided (the
+/// refusal probe) and released (the redactor's held word).
+fn call_piece(
+    a: &Attempt<'_>,
+    progress: &mut Progress,
+    probe: &mut RefusalProbe<'_>,
+    mut piece: ToolCallDelta,
+) -> Result<(), Refused> {
+    if let Some(text) = probe.close()? {
+        release(a, progress, text);
+    }
+    flush(a, progress);
+    progress.stamp();
+    progress.calls.push(&mut piece);
+    a.sink.tool_call(a.turn_id, piece);
+    Ok(())
 }
 
 /// Opens the upstream stream before the first-token deadline.
@@ -292,10 +325,10 @@ async fn next_event(
     a: &Attempt<'_>,
     clock: &Clock,
     stream: &mut ProviderStream,
-    deltas: u64,
+    started: bool,
 ) -> Result<Option<StreamEvent>, AttemptEnd> {
     let e = &a.link.entry;
-    let limit = if deltas == 0 {
+    let limit = if !started {
         clock.first
     } else {
         (Instant::now() + ms(e.idle_timeout_ms)).min(clock.whole)
@@ -306,7 +339,7 @@ async fn next_event(
         r = timeout_at(limit, stream.next()) => r,
     };
     match next {
-        Err(_) if deltas == 0 => Err(failed_timeout(first_token_late(a.link))),
+        Err(_) if !started => Err(failed_timeout(first_token_late(a.link))),
         Err(_) if limit >= clock.whole => Err(failed_timeout(format!(
             "{}: attempt exceeded its deadline",
             a.link.name
@@ -344,7 +377,7 @@ async fn metered(a: &Attempt<'_>, progress: &mut Progress, meter: &mut Meter) ->
     let mut probe = RefusalProbe::new(a.refusal_probe);
     let mut finish = None;
     loop {
-        let event = match next_event(a, &clock, &mut stream, progress.deltas).await {
+        let event = match next_event(a, &clock, &mut stream, progress.committed()).await {
             Ok(Some(ev)) => ev,
             Ok(None) => break,
             Err(end) => return end,
@@ -356,6 +389,12 @@ async fn metered(a: &Attempt<'_>, progress: &mut Progress, meter: &mut Meter) ->
                     Ok(Some(text)) => release(a, progress, text),
                     Ok(None) => {}
                     Err(Refused) => return AttemptEnd::Refused,
+                }
+            }
+            StreamEvent::ToolCall(piece) => {
+                meter.generated += 1;
+                if call_piece(a, progress, &mut probe, piece).is_err() {
+                    return AttemptEnd::Refused;
                 }
             }
             StreamEvent::Finish(f) => finish = Some(f),
@@ -371,10 +410,17 @@ async fn metered(a: &Attempt<'_>, progress: &mut Progress, meter: &mut Meter) ->
         Err(Refused) => return AttemptEnd::Refused,
     }
     flush(a, progress);
-    if progress.deltas == 0 {
+    if !progress.committed() {
         return AttemptEnd::Empty;
     }
-    AttemptEnd::Done(finish.unwrap_or(UpstreamFinish::Stop))
+    // An upstream that sent calls but said "stop" still asked for them; cut by length,
+    // the calls may be incomplete, and the finish says so.
+    let finish = match finish {
+        Some(UpstreamFinish::Length) => UpstreamFinish::Length,
+        _ if !progress.calls.is_empty() => UpstreamFinish::ToolCalls,
+        f => f.unwrap_or(UpstreamFinish::Stop),
+    };
+    AttemptEnd::Done(finish)
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ impl Outcome {
         match self {
             Outcome::Finished(UpstreamFinish::Stop) => FinishReason::Stop,
             Outcome::Finished(UpstreamFinish::Length) => FinishReason::Length,
+            Outcome::Finished(UpstreamFinish::ToolCalls) => FinishReason::ToolCalls,
             Outcome::Cancelled => FinishReason::Cancelled,
             Outcome::Failed(_) => FinishReason::Error,
         }
@@ -116,8 +117,10 @@ pub(super) async fn run(g: &Generation<'_>, mut progress: Progress) -> Generated
     let mut last = None;
     let mut last_failure = None;
     for (i, link) in g.chain.links.iter().enumerate().skip(g.start) {
-        // The extractive fallback answers in plain text: not for a requested JSON format.
-        if link.is_extractive() && g.request.sampling.wants_json() {
+        // The extractive fallback answers in plain text: not for a requested JSON format,
+        // nor when the answer must be a tool call.
+        let plain_only = g.request.sampling.wants_json() || g.request.tools.forces_call();
+        if link.is_extractive() && plain_only {
             continue;
         }
         last = Some(link.clone());
@@ -194,8 +197,8 @@ async fn try_link(
         };
         let retryable = timeout_msg.is_none() && error.as_ref().is_some_and(retry_helps);
         let failure = Failure::of_attempt(error.as_ref(), timeout_msg);
-        if progress.deltas > 0 {
-            // Text already reached clients: no silent switch to another model.
+        if progress.committed() {
+            // Text or a tool call already reached clients: no silent switch to another model.
             return LinkEnd::Final(Outcome::Failed(failure));
         }
         let may_retry = retryable

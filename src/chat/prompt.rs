@@ -15,17 +15,12 @@ say that you do not know.";
 /// 5 of 6 answers).
 fn example() -> [ChatMessage; 2] {
     [
-        ChatMessage {
-            role: Role::User,
-            content:
-                "Sources:\n[1] Pets: Cats sleep about 15 hours a day.\n[2] Birds: Parrots can \
-                      live for 60 years.\n\nQuestion from sam: How long can parrots live?"
-                    .into(),
-        },
-        ChatMessage {
-            role: Role::Assistant,
-            content: "Parrots can live for up to 60 years [2].".into(),
-        },
+        ChatMessage::text(
+            Role::User,
+            "Sources:\n[1] Pets: Cats sleep about 15 hours a day.\n[2] Birds: Parrots can \
+             live for 60 years.\n\nQuestion from sam: How long can parrots live?",
+        ),
+        ChatMessage::text(Role::Assistant, "Parrots can live for up to 60 years [2]."),
     ]
 }
 
@@ -43,18 +38,37 @@ fn place(s: &Source) -> String {
 }
 
 /// Speakers are named in the user messages because several people share the conversation.
+/// A room's history comes from its own turns; a client that sent the conversation (the
+/// OpenAI endpoint) has it forwarded as it was, tool calls and results included.
 pub fn build_request(
     system: &str,
     history: &[TurnSnapshot],
     turn: &TurnRequest,
     sources: Vec<Source>,
 ) -> ChatRequest {
-    let mut messages = Vec::with_capacity(history.len() * 2 + 4);
-    let rules = if sources.is_empty() {
-        ""
-    } else {
-        SOURCES_RULES
-    };
+    let mut messages = system_messages(system, turn, !sources.is_empty());
+    if !sources.is_empty() {
+        messages.extend(example());
+    }
+    match &turn.conversation {
+        Some(conversation) => messages.extend(client_conversation(conversation, turn, &sources)),
+        None => {
+            messages.extend(room_history(history));
+            messages.push(question(turn, &sources));
+        }
+    }
+    ChatRequest {
+        messages,
+        query: turn.prompt.clone(),
+        sources,
+        sampling: turn.sampling.clone(),
+        tools: turn.tools.clone(),
+    }
+}
+
+/// confab's system prompt (with the source rules when there are sources), then the client's.
+fn system_messages(system: &str, turn: &TurnRequest, grounded: bool) -> Vec<ChatMessage> {
+    let rules = if grounded { SOURCES_RULES } else { "" };
     // A chain used as a gateway speaks with the client's system prompt, if it sent one.
     let own = if turn.uses_own_system_prompt() {
         system
@@ -68,38 +82,58 @@ pub fn build_request(
         .collect::<Vec<_>>()
         .join("\n\n");
     let client = turn.client_system.iter().filter(|s| !s.trim().is_empty());
-    for content in std::iter::once(&system).chain(client) {
-        if !content.is_empty() {
-            messages.push(ChatMessage {
-                role: Role::System,
-                content: content.clone(),
-            });
-        }
-    }
-    if !sources.is_empty() {
-        messages.extend(example());
-    }
+    std::iter::once(&system)
+        .chain(client)
+        .filter(|c| !c.is_empty())
+        .map(|c| ChatMessage::text(Role::System, c.clone()))
+        .collect()
+}
+
+/// A room's earlier turns, an interrupted answer marked as such.
+fn room_history(history: &[TurnSnapshot]) -> Vec<ChatMessage> {
+    let mut messages = Vec::with_capacity(history.len() * 2);
     for past in history {
-        messages.push(ChatMessage {
-            role: Role::User,
-            content: format!("{}: {}", past.from.name, past.prompt),
-        });
+        let asked = format!("{}: {}", past.from.name, past.prompt);
+        messages.push(ChatMessage::text(Role::User, asked));
         if !past.answer.is_empty() {
             let mut answer = past.answer.clone();
             if past.partial || past.finish_reason == Some(FinishReason::Error) {
                 answer.push_str(" [answer interrupted]");
             }
-            messages.push(ChatMessage {
-                role: Role::Assistant,
-                content: answer,
-            });
+            messages.push(ChatMessage::text(Role::Assistant, answer));
         }
     }
+    messages
+}
+
+/// The client's conversation: user messages named, the last one asked with the sources;
+/// assistant messages (and their tool calls) and tool results as they came.
+fn client_conversation(
+    conversation: &[ChatMessage],
+    turn: &TurnRequest,
+    sources: &[Source],
+) -> Vec<ChatMessage> {
+    let last_user = conversation.iter().rposition(|m| m.role == Role::User);
+    conversation
+        .iter()
+        .enumerate()
+        .map(|(i, m)| match m.role {
+            Role::User if Some(i) == last_user => question(turn, sources),
+            Role::User => {
+                ChatMessage::text(Role::User, format!("{}: {}", turn.from.name, m.content))
+            }
+            _ => m.clone(),
+        })
+        .collect()
+}
+
+/// The prompt as the model is asked it: named, after the numbered sources when there are.
+fn question(turn: &TurnRequest, sources: &[Source]) -> ChatMessage {
     let content = if sources.is_empty() {
         format!("{}: {}", turn.from.name, turn.prompt)
     } else {
         let mut c = String::from("Sources:\n");
-        for s in &sources {
+        for s in sources {
             c.push_str(&format!("[{}] {}: {}\n", s.n, place(s), s.text));
         }
         c.push_str(&format!(
@@ -108,16 +142,7 @@ pub fn build_request(
         ));
         c
     };
-    messages.push(ChatMessage {
-        role: Role::User,
-        content,
-    });
-    ChatRequest {
-        messages,
-        query: turn.prompt.clone(),
-        sources,
-        sampling: turn.sampling.clone(),
-    }
+    ChatMessage::text(Role::User, content)
 }
 
 /// The text to embed for retrieval: short follow-ups get the previous prompt in front.
@@ -188,7 +213,18 @@ pub fn attribute(answer: &str, sources: &[Source]) -> Vec<usize> {
 
 /// A rough count (4 characters per token) used only when the upstream reports no usage.
 pub fn estimate_tokens(req: &ChatRequest) -> u64 {
-    let chars: usize = req.messages.iter().map(|m| m.content.chars().count()).sum();
+    let chars: usize = req
+        .messages
+        .iter()
+        .map(|m| {
+            let calls: usize = m
+                .tool_calls
+                .iter()
+                .map(|c| c.name.len() + c.arguments.len())
+                .sum();
+            m.content.chars().count() + calls
+        })
+        .sum();
     chars.div_ceil(4) as u64
 }
 

@@ -9,7 +9,7 @@ use crate::auth::Principal;
 use crate::config::Quality;
 use crate::limits::Permit;
 use crate::protocol::Member;
-use crate::providers::Sampling;
+use crate::providers::{ChatMessage, Sampling, Tools};
 
 /// One prompt to answer.
 #[derive(Debug, Clone)]
@@ -32,6 +32,12 @@ pub struct TurnRequest {
     /// The client's own system messages (the OpenAI endpoint): with retrieval they follow
     /// confab's system prompt; without (a chain used as a gateway) they replace it.
     pub client_system: Vec<String>,
+    /// Functions the client offers the model and runs itself (the OpenAI endpoint's
+    /// `tools`): a call ends the turn with `tool_calls` for the client to answer.
+    pub tools: Tools,
+    /// The client's conversation as it sent it (the OpenAI endpoint), its last user message
+    /// being `prompt`: forwarded with tool calls and results intact. `None`: a room's.
+    pub conversation: Option<Vec<ChatMessage>>,
     pub owner: TurnOwner,
 }
 

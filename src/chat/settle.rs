@@ -60,7 +60,7 @@ impl TurnEngine {
         turn.sink
             .turn_event(turn.req.turn_id, EventBody::Metrics(metrics));
         let finish_reason = generated.outcome.finish_reason();
-        let partial = generated.progress.deltas > 0
+        let partial = generated.progress.committed()
             && matches!(finish_reason, FinishReason::Cancelled | FinishReason::Error);
         turn.sink
             .finish_turn(turn.req.turn_id, finish_reason, partial);

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::TurnRequest;
 use crate::error::ErrorCode;
 use crate::protocol::{CacheInfo, EventBody, FinishReason, TurnSnapshot};
+use crate::providers::ToolCallDelta;
 
 /// The receiving end of one turn.
 pub trait TurnSink: Send + Sync {
@@ -21,6 +22,9 @@ pub trait TurnSink: Send + Sync {
     /// then already sent).
     fn begin_turn(&self, turn: &TurnRequest, start: TurnStart<'_>) -> bool;
     fn delta(&self, turn_id: Uuid, text: String);
+    /// A piece of a call of a client's tool (only turns with `tools` from the client: the
+    /// OpenAI endpoint); rooms offer none, so nothing reaches them.
+    fn tool_call(&self, _turn_id: Uuid, _piece: ToolCallDelta) {}
     fn turn_event(&self, turn_id: Uuid, body: EventBody);
     fn finish_turn(&self, turn_id: Uuid, finish_reason: FinishReason, partial: bool);
     /// Ends a turn that never started with `error` + `end`.

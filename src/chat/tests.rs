@@ -173,6 +173,8 @@ fn request(prompt: &str) -> TurnRequest {
         client_history: false,
         sampling: Default::default(),
         client_system: Vec::new(),
+        tools: Default::default(),
+        conversation: None,
         owner: TurnOwner {
             principal: Principal {
                 tenant: Arc::from("acme"),

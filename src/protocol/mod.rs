@@ -251,6 +251,8 @@ pub enum FinishReason {
     Length,
     Cancelled,
     Error,
+    /// The answer is calls of tools the client runs (the OpenAI endpoint's `tools`).
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -261,6 +263,7 @@ impl FinishReason {
             FinishReason::Length => "length",
             FinishReason::Cancelled => "cancelled",
             FinishReason::Error => "error",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 }

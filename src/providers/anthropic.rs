@@ -3,7 +3,11 @@
 use serde::Deserialize;
 
 use super::http::{self, Flow, Parsed, SseEvents};
-use super::{ChatMessage, ChatRequest, ProviderError, Role, StreamEvent, UpstreamFinish};
+use serde_json::{Value, json};
+
+use super::{
+    ChatMessage, ChatRequest, ProviderError, Role, StreamEvent, ToolCallDelta, UpstreamFinish,
+};
 use crate::config::{ProviderEntry, Secret};
 
 const API_VERSION: &str = "2023-06-01";
@@ -21,8 +25,17 @@ pub struct AnthropicProvider {
 /// An open message stream; dropping it closes the connection.
 pub struct AnthropicStream {
     events: SseEvents,
+    state: StreamState,
+}
+
+/// What a stream remembers between events.
+#[derive(Default)]
+struct StreamState {
     /// From `message_start`; reported with the output tokens of `message_delta`.
     input_tokens: u64,
+    /// The content-block indices that are `tool_use` blocks; a call's position here is its
+    /// OpenAI-style call index.
+    tool_blocks: Vec<u32>,
 }
 
 impl AnthropicProvider {
@@ -41,7 +54,8 @@ impl AnthropicProvider {
     }
 
     /// The system prompt goes in its own field; consecutive messages of one role are merged
-    /// because the API expects user and assistant to alternate.
+    /// because the API expects user and assistant to alternate (tool results travel as a
+    /// user message of `tool_result` blocks).
     pub async fn stream(&self, req: &ChatRequest) -> Result<AnthropicStream, ProviderError> {
         let system: Vec<&str> = req
             .messages
@@ -49,16 +63,7 @@ impl AnthropicProvider {
             .filter(|m| m.role == Role::System)
             .map(|m| m.content.as_str())
             .collect();
-        let mut messages: Vec<ChatMessage> = Vec::new();
-        for m in req.messages.iter().filter(|m| m.role != Role::System) {
-            match messages.last_mut() {
-                Some(last) if last.role == m.role => {
-                    last.content.push_str("\n\n");
-                    last.content.push_str(&m.content);
-                }
-                _ => messages.push(m.clone()),
-            }
-        }
+        let messages = messages(&req.messages);
         let max_tokens = req
             .sampling
             .output_cap(self.max_tokens)
@@ -71,6 +76,7 @@ impl AnthropicProvider {
             "stream": true,
         });
         req.sampling.anthropic_fields(&mut body);
+        req.tools.anthropic_fields(&mut body);
         let rb = self
             .http
             .post(&self.url)
@@ -79,8 +85,56 @@ impl AnthropicProvider {
             .json(&body);
         Ok(AnthropicStream {
             events: SseEvents::new(http::send_sse(rb).await?),
-            input_tokens: 0,
+            state: StreamState::default(),
         })
+    }
+}
+
+/// The conversation as Messages API turns: same-role neighbours merged, text joined as one
+/// string where a turn is only text (as before tools existed), content blocks otherwise.
+fn messages(all: &[ChatMessage]) -> Vec<Value> {
+    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    for m in all.iter().filter(|m| m.role != Role::System) {
+        let (role, blocks) = blocks(m);
+        match turns.last_mut() {
+            Some((r, b)) if *r == role => b.extend(blocks),
+            _ => turns.push((role, blocks)),
+        }
+    }
+    turns
+        .into_iter()
+        .map(|(role, blocks)| {
+            let texts: Option<Vec<&str>> = blocks
+                .iter()
+                .map(|b| (b["type"] == "text").then(|| b["text"].as_str().unwrap_or("")))
+                .collect();
+            let content = match texts {
+                Some(t) => json!(t.join("\n\n")),
+                None => Value::Array(blocks),
+            };
+            json!({"role": role, "content": content})
+        })
+        .collect()
+}
+
+/// One message as (role, content blocks).
+fn blocks(m: &ChatMessage) -> (&'static str, Vec<Value>) {
+    let text = || json!({"type": "text", "text": m.content});
+    match m.role {
+        Role::Tool => {
+            let result = json!({"type": "tool_result",
+                "tool_use_id": m.tool_call_id.clone().unwrap_or_default(), "content": m.content});
+            ("user", vec![result])
+        }
+        Role::Assistant => {
+            let mut b: Vec<Value> = Vec::new();
+            if !m.content.is_empty() || m.tool_calls.is_empty() {
+                b.push(text());
+            }
+            b.extend(m.tool_calls.iter().map(super::ToolCall::anthropic));
+            ("assistant", b)
+        }
+        Role::User | Role::System => ("user", vec![text()]),
     }
 }
 
@@ -90,7 +144,14 @@ enum Event {
     MessageStart {
         message: StartMessage,
     },
+    ContentBlockStart {
+        #[serde(default)]
+        index: u32,
+        content_block: Block,
+    },
     ContentBlockDelta {
+        #[serde(default)]
+        index: u32,
         delta: BlockDelta,
     },
     MessageDelta {
@@ -125,9 +186,22 @@ struct OutUsage {
 }
 
 #[derive(Deserialize)]
+struct Block {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct BlockDelta {
     #[serde(default)]
     text: Option<String>,
+    /// A piece of a `tool_use` block's input (`input_json_delta`).
+    #[serde(default)]
+    partial_json: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -139,41 +213,59 @@ struct MessageDeltaBody {
 impl AnthropicStream {
     /// The next event; `None` after `message_stop`.
     pub async fn next(&mut self) -> Option<Result<StreamEvent, ProviderError>> {
-        let input_tokens = &mut self.input_tokens;
+        let state = &mut self.state;
         self.events
-            .next(|data, out| parse_event(data, out, input_tokens))
+            .next(|data, out| parse_event(data, out, state))
             .await
     }
 }
 
-fn parse_event(
-    data: &str,
-    out: &mut Parsed,
-    input_tokens: &mut u64,
-) -> Result<Flow, ProviderError> {
+fn parse_event(data: &str, out: &mut Parsed, st: &mut StreamState) -> Result<Flow, ProviderError> {
     let parsed: Event = serde_json::from_str(data).map_err(|e| http::malformed(e, data))?;
     match parsed {
         Event::MessageStart { message } => {
-            *input_tokens = message.usage.map(|u| u.input_tokens).unwrap_or(0);
+            st.input_tokens = message.usage.map(|u| u.input_tokens).unwrap_or(0);
         }
-        Event::ContentBlockDelta { delta } => {
+        Event::ContentBlockStart {
+            index,
+            content_block,
+        } if content_block.kind == "tool_use" => {
+            st.tool_blocks.push(index);
+            out.pending.push_back(StreamEvent::ToolCall(ToolCallDelta {
+                index: (st.tool_blocks.len() - 1) as u32,
+                id: content_block.id,
+                name: content_block.name,
+                arguments: String::new(),
+            }));
+        }
+        Event::ContentBlockStart { .. } => {}
+        Event::ContentBlockDelta { index, delta } => {
             if let Some(t) = delta.text.filter(|t| !t.is_empty()) {
                 out.pending.push_back(StreamEvent::Delta(t));
+            }
+            let call = st.tool_blocks.iter().position(|&b| b == index);
+            if let (Some(call), Some(json)) = (call, delta.partial_json) {
+                out.pending.push_back(StreamEvent::ToolCall(ToolCallDelta {
+                    index: call as u32,
+                    id: None,
+                    name: None,
+                    arguments: json,
+                }));
             }
         }
         Event::MessageDelta { delta, usage } => {
             if let Some(reason) = delta.stop_reason {
                 out.finished = true;
-                out.pending
-                    .push_back(StreamEvent::Finish(if reason == "max_tokens" {
-                        UpstreamFinish::Length
-                    } else {
-                        UpstreamFinish::Stop
-                    }));
+                let finish = match reason.as_str() {
+                    "max_tokens" => UpstreamFinish::Length,
+                    "tool_use" => UpstreamFinish::ToolCalls,
+                    _ => UpstreamFinish::Stop,
+                };
+                out.pending.push_back(StreamEvent::Finish(finish));
             }
             if let Some(u) = usage {
                 out.pending.push_back(StreamEvent::Usage {
-                    input: *input_tokens,
+                    input: st.input_tokens,
                     output: u.output_tokens,
                 });
             }

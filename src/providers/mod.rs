@@ -11,6 +11,7 @@ mod http;
 mod openai;
 pub mod probe;
 mod sampling;
+mod tools;
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ pub use breaker::{BreakerState, CircuitBreaker};
 pub use extractive::ExtractiveStream;
 pub use openai::{OpenAiProvider, OpenAiStream};
 pub use sampling::Sampling;
+pub use tools::{CallBuilder, ToolCall, ToolCallDelta, ToolChoice, ToolDef, Tools};
 
 use crate::config::{ProviderEntry, ProviderKind};
 use crate::error::ErrorCode;
@@ -30,13 +32,47 @@ pub enum Role {
     System,
     User,
     Assistant,
+    /// A tool's result, answering one call of the assistant message before it.
+    Tool,
 }
 
 /// One message of the conversation sent upstream.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatMessage {
     pub role: Role,
     pub content: String,
+    /// The calls an assistant message made.
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a tool message answers.
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    /// A plain text message.
+    pub fn text(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+
+    /// The message in an OpenAI chat-completions body.
+    pub fn openai(&self) -> serde_json::Value {
+        let mut m = serde_json::json!({"role": self.role, "content": self.content});
+        if !self.tool_calls.is_empty() {
+            if self.content.is_empty() {
+                m["content"] = serde_json::Value::Null;
+            }
+            let calls = self.tool_calls.iter().map(ToolCall::openai).collect();
+            m["tool_calls"] = serde_json::Value::Array(calls);
+        }
+        if let Some(id) = &self.tool_call_id {
+            m["tool_call_id"] = id.clone().into();
+        }
+        m
+    }
 }
 
 /// A retrieved passage offered to the model, cited as `[n]`.
@@ -64,6 +100,8 @@ pub struct ChatRequest {
     pub sources: Vec<Source>,
     /// The client's sampling settings (the OpenAI endpoint's; rooms send none).
     pub sampling: Sampling,
+    /// The functions the model may call.
+    pub tools: Tools,
 }
 
 /// Why the upstream stopped generating.
@@ -71,12 +109,15 @@ pub struct ChatRequest {
 pub enum UpstreamFinish {
     Stop,
     Length,
+    /// The answer is one or more tool calls.
+    ToolCalls,
 }
 
 /// One thing the upstream said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamEvent {
     Delta(String),
+    ToolCall(ToolCallDelta),
     Finish(UpstreamFinish),
     Usage { input: u64, output: u64 },
 }

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::http::{self, Flow, Parsed, SseEvents};
-use super::{ChatRequest, ProviderError, StreamEvent, UpstreamFinish};
+use super::{ChatMessage, ChatRequest, ProviderError, StreamEvent, ToolCallDelta, UpstreamFinish};
 use crate::config::{ProviderEntry, Secret};
 
 /// Client for one OpenAI-compatible endpoint; cheap to clone (shares the connection pool).
@@ -39,9 +39,11 @@ impl OpenAiProvider {
 
     /// Posts the request with `stream: true` and usage reporting.
     pub async fn stream(&self, req: &ChatRequest) -> Result<OpenAiStream, ProviderError> {
+        let messages: Vec<serde_json::Value> =
+            req.messages.iter().map(ChatMessage::openai).collect();
         let mut body = serde_json::json!({
             "model": self.model,
-            "messages": req.messages,
+            "messages": messages,
             "stream": true,
             "stream_options": {"include_usage": true},
         });
@@ -49,6 +51,7 @@ impl OpenAiProvider {
             body["max_tokens"] = cap.into();
         }
         req.sampling.openai_fields(&mut body);
+        req.tools.openai_fields(&mut body);
         let mut rb = self.http.post(&self.url).json(&body);
         if !self.api_key.is_empty() {
             rb = rb.bearer_auth(self.api_key.expose());
@@ -81,6 +84,27 @@ struct Choice {
 struct Delta {
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<CallPiece>>,
+}
+
+/// A piece of a streamed tool call (`delta.tool_calls[]`).
+#[derive(Deserialize)]
+struct CallPiece {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<FunctionPiece>,
+}
+
+#[derive(Deserialize)]
+struct FunctionPiece {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -111,17 +135,21 @@ fn parse_chunk(data: &str, out: &mut Parsed) -> Result<Flow, ProviderError> {
         });
     }
     for choice in chunk.choices {
-        if let Some(text) = choice.delta.and_then(|d| d.content)
-            && !text.is_empty()
-        {
-            out.pending.push_back(StreamEvent::Delta(text));
+        if let Some(delta) = choice.delta {
+            if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+                out.pending.push_back(StreamEvent::Delta(text));
+            }
+            for piece in delta.tool_calls.unwrap_or_default() {
+                out.pending
+                    .push_back(StreamEvent::ToolCall(call_delta(piece)));
+            }
         }
         if let Some(reason) = choice.finish_reason {
             out.finished = true;
-            let finish = if reason == "length" {
-                UpstreamFinish::Length
-            } else {
-                UpstreamFinish::Stop
+            let finish = match reason.as_str() {
+                "length" => UpstreamFinish::Length,
+                "tool_calls" | "function_call" => UpstreamFinish::ToolCalls,
+                _ => UpstreamFinish::Stop,
             };
             out.pending.push_back(StreamEvent::Finish(finish));
         }
@@ -133,4 +161,16 @@ fn parse_chunk(data: &str, out: &mut Parsed) -> Result<Flow, ProviderError> {
         });
     }
     Ok(Flow::Continue)
+}
+
+fn call_delta(piece: CallPiece) -> ToolCallDelta {
+    let (name, arguments) = piece
+        .function
+        .map_or((None, None), |f| (f.name, f.arguments));
+    ToolCallDelta {
+        index: piece.index,
+        id: piece.id.filter(|i| !i.is_empty()),
+        name: name.filter(|n| !n.is_empty()),
+        arguments: arguments.unwrap_or_default(),
+    }
 }

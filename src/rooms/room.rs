@@ -132,6 +132,8 @@ impl Prompt {
             client_history: false,
             sampling: Default::default(),
             client_system: Vec::new(),
+            tools: Default::default(),
+            conversation: None,
             owner,
         }
     }

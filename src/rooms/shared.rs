@@ -493,6 +493,8 @@ fn parse_item(item: &str) -> Option<(TurnRequest, u64)> {
         client_history: false,
         sampling: Default::default(),
         client_system: Vec::new(),
+        tools: Default::default(),
+        conversation: None,
         owner: TurnOwner {
             principal: crate::auth::Principal {
                 tenant: Arc::from(q.tenant),

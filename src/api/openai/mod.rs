@@ -12,6 +12,7 @@ mod sampling;
 mod sink;
 mod stream;
 mod summary;
+mod tools;
 mod types;
 
 use poem::web::Data;
@@ -23,7 +24,7 @@ use uuid::Uuid;
 
 pub use types::*;
 
-use self::sink::ClientSink;
+use self::sink::{ClientSink, Out};
 use self::summary::{Summary, finish_str};
 use super::auth::ApiAuth;
 use crate::app::AppState;
@@ -84,7 +85,7 @@ impl OpenAiApi {
     }
 }
 
-type Prepared = (TurnRequest, ClientSink, Receiver<EventBody>);
+type Prepared = (TurnRequest, ClientSink, Receiver<Out>);
 
 impl OpenAiApi {
     /// Checks the request (model, messages, prompt size, the caller's turn limit) and
@@ -113,9 +114,14 @@ impl OpenAiApi {
             return Err(Box::new(refusal));
         }
         let sampling = self.sampling(req, &chain)?;
+        let tools = tools::tools(req)
+            .map_err(|(m, p)| Box::new(fail(ErrorCode::InvalidMessage, m, Some(p))))?;
         let speaker = speaker(req);
-        let (history, prompt) = history::history(&req.messages, &speaker)
-            .map_err(|e| Box::new(fail(ErrorCode::InvalidMessage, e, Some("messages"))))?;
+        let invalid_messages = |e| Box::new(fail(ErrorCode::InvalidMessage, e, Some("messages")));
+        let conversation =
+            history::conversation(&req.messages, &speaker).map_err(invalid_messages)?;
+        let client_system = history::system_messages(&req.messages).map_err(invalid_messages)?;
+        let prompt = conversation.prompt;
         let limit = state.config.ws.max_prompt_chars;
         if prompt.chars().count() > limit {
             let message = format!("the last user message exceeds {limit} characters");
@@ -129,19 +135,28 @@ impl OpenAiApi {
             let retry = e.retry_after_secs();
             Box::new(fail_retry(ErrorCode::from(&e), e.to_string(), None, retry))
         })?;
-        let (sink, rx) = ClientSink::new(principal.tenant.to_string(), history, SINK_CAPACITY);
+        let tenant = principal.tenant.to_string();
+        let (sink, rx) = ClientSink::new(tenant, conversation.history, SINK_CAPACITY);
+        // A tool exchange is this conversation's alone: never answered from the cache.
+        let exchanges = tools.is_empty()
+            && conversation
+                .messages
+                .iter()
+                .all(|m| m.tool_calls.is_empty() && m.tool_call_id.is_none());
         let turn = TurnRequest {
             turn_id: Uuid::new_v4(),
             from: speaker,
             prompt,
             quality: None,
             // Sampling settings change the answer: such turns neither read nor fill the cache.
-            use_cache: sampling.is_default(),
+            use_cache: sampling.is_default() && exchanges,
             chain: Some(chain),
             retrieval: rag,
             client_history: true,
             sampling,
-            client_system: history::system_messages(&req.messages),
+            client_system,
+            tools,
+            conversation: Some(conversation.messages),
             owner: TurnOwner {
                 principal: principal.clone(),
                 permit: Some(std::sync::Arc::new(permit)),
@@ -191,14 +206,14 @@ fn speaker(req: &ChatCompletionRequest) -> Member {
 
 /// Reads up to the first text (or the end): a turn that fails before any text is an HTTP
 /// error, as OpenAI clients expect. Then the whole answer, or the stream.
-async fn respond(req: ChatCompletionRequest, mut rx: Receiver<EventBody>) -> CompletionResponse {
+async fn respond(req: ChatCompletionRequest, mut rx: Receiver<Out>) -> CompletionResponse {
     let mut summary = Summary::default();
     let mut buffered = Vec::new();
-    while let Some(ev) = rx.recv().await {
-        let is_end = summary.add(&ev);
-        let is_delta = matches!(ev, EventBody::Delta { .. });
-        buffered.push(ev);
-        if is_end || is_delta {
+    while let Some(out) = rx.recv().await {
+        let is_end = summary.add_out(&out);
+        let is_output = matches!(out, Out::Event(EventBody::Delta { .. }) | Out::Call(_));
+        buffered.push(out);
+        if is_end || is_output {
             break;
         }
     }
@@ -227,12 +242,12 @@ async fn whole(
     id: String,
     created: u64,
     mut summary: Summary,
-    mut rx: Receiver<EventBody>,
+    mut rx: Receiver<Out>,
 ) -> CompletionResponse {
     while summary.end.is_none() {
         match rx.recv().await {
-            Some(ev) => {
-                summary.add(&ev);
+            Some(out) => {
+                summary.add_out(&out);
             }
             None => break,
         }
@@ -249,7 +264,12 @@ async fn whole(
             index: 0,
             message: ChatMessageOut {
                 role: "assistant".into(),
-                content: summary.text.clone(),
+                // OpenAI's shape: null content when the answer is only calls.
+                content: match (summary.text.is_empty(), summary.calls.is_empty()) {
+                    (true, false) => None,
+                    _ => Some(summary.text.clone()),
+                },
+                tool_calls: summary.tool_calls(),
             },
             finish_reason: finish_str(summary.end),
         }],

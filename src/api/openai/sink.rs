@@ -10,11 +10,20 @@ use uuid::Uuid;
 
 use crate::chat::{Rejection, TurnRequest, TurnSink, TurnStart};
 use crate::protocol::{EventBody, FinishReason, TurnSnapshot};
+use crate::providers::ToolCallDelta;
+
+/// What the turn sends the HTTP side: its events, and the pieces of the tool calls the
+/// client is to run (which have no room event: rooms never offer client tools).
+#[derive(Debug)]
+pub enum Out {
+    Event(EventBody),
+    Call(ToolCallDelta),
+}
 
 pub struct ClientSink {
     tenant: String,
     history: Vec<TurnSnapshot>,
-    tx: mpsc::Sender<EventBody>,
+    tx: mpsc::Sender<Out>,
     cancel: Mutex<Option<CancellationToken>>,
 }
 
@@ -23,7 +32,7 @@ impl ClientSink {
         tenant: String,
         history: Vec<TurnSnapshot>,
         capacity: usize,
-    ) -> (Self, mpsc::Receiver<EventBody>) {
+    ) -> (Self, mpsc::Receiver<Out>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let sink = Self {
             tenant,
@@ -35,7 +44,11 @@ impl ClientSink {
     }
 
     fn send(&self, body: EventBody) {
-        if self.tx.try_send(body).is_err() {
+        self.out(Out::Event(body));
+    }
+
+    fn out(&self, out: Out) {
+        if self.tx.try_send(out).is_err() {
             let guard = self.cancel.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(c) = guard.as_ref() {
                 c.cancel();
@@ -63,6 +76,9 @@ impl TurnSink for ClientSink {
     }
     fn delta(&self, _turn_id: Uuid, text: String) {
         self.send(EventBody::Delta { text });
+    }
+    fn tool_call(&self, _turn_id: Uuid, piece: ToolCallDelta) {
+        self.out(Out::Call(piece));
     }
     fn turn_event(&self, _turn_id: Uuid, body: EventBody) {
         self.send(body);

@@ -1,12 +1,17 @@
-//! Streaming: a turn's events become OpenAI chunks — the role at `start`, the text, then
-//! the finish reason with confab's extension, usage if asked, and `[DONE]`.
+//! Streaming: a turn's events become OpenAI chunks — the role at `start`, the text and the
+//! pieces of tool calls, then the finish reason with confab's extension, usage if asked, and
+//! `[DONE]`.
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc::Receiver;
 
+use super::sink::Out;
 use super::summary::{Summary, finish_str};
-use super::types::{ChatCompletionChunk, ChunkChoice, ChunkDelta, ChunkStream, body};
+use super::types::{
+    ChatCompletionChunk, ChunkChoice, ChunkDelta, ChunkStream, FunctionChunk, ToolCallChunk, body,
+};
 use crate::protocol::EventBody;
+use crate::providers::ToolCallDelta;
 
 /// Turns a turn's events into OpenAI chunks: the role (at `start`), the text, then the finish
 /// reason with confab's extension, usage if asked, and `[DONE]`.
@@ -39,13 +44,18 @@ impl Chunker {
         }]
     }
 
-    fn chunks(&mut self, ev: EventBody) -> Vec<ChatCompletionChunk> {
-        self.summary.add(&ev);
+    fn chunks(&mut self, out: Out) -> Vec<ChatCompletionChunk> {
+        self.summary.add_out(&out);
+        let ev = match out {
+            Out::Event(ev) => ev,
+            Out::Call(piece) => return vec![self.call_chunk(piece)],
+        };
         match ev {
             EventBody::Start { .. } => {
                 let delta = ChunkDelta {
                     role: Some("assistant".into()),
                     content: Some(String::new()),
+                    tool_calls: None,
                 };
                 vec![self.chunk(Self::choice(delta, None))]
             }
@@ -53,6 +63,7 @@ impl Chunker {
                 let delta = ChunkDelta {
                     role: None,
                     content: Some(text),
+                    tool_calls: None,
                 };
                 vec![self.chunk(Self::choice(delta, None))]
             }
@@ -78,13 +89,32 @@ impl Chunker {
             _ => Vec::new(),
         }
     }
+
+    /// A piece of a call as OpenAI streams it: id, type and name on the call's first piece.
+    fn call_chunk(&self, piece: ToolCallDelta) -> ChatCompletionChunk {
+        let opens = piece.id.is_some();
+        let call = ToolCallChunk {
+            index: piece.index,
+            kind: opens.then(|| "function".to_string()),
+            id: piece.id,
+            function: FunctionChunk {
+                name: piece.name,
+                arguments: Some(piece.arguments),
+            },
+        };
+        let delta = ChunkDelta {
+            tool_calls: Some(vec![call]),
+            ..ChunkDelta::default()
+        };
+        self.chunk(Self::choice(delta, None))
+    }
 }
 
 pub(super) fn chunk_stream(
     id: String,
     created: u64,
-    buffered: Vec<EventBody>,
-    mut rx: Receiver<EventBody>,
+    buffered: Vec<Out>,
+    mut rx: Receiver<Out>,
     include_usage: bool,
 ) -> ChunkStream {
     let (tx, out) = tokio::sync::mpsc::channel::<Option<ChatCompletionChunk>>(64);
@@ -140,8 +170,10 @@ mod tests {
     #[test]
     fn events_become_role_text_finish_and_usage_chunks() {
         let mut c = chunker(true);
-        let chunks: Vec<ChatCompletionChunk> =
-            events().into_iter().flat_map(|ev| c.chunks(ev)).collect();
+        let chunks: Vec<ChatCompletionChunk> = events()
+            .into_iter()
+            .flat_map(|ev| c.chunks(Out::Event(ev)))
+            .collect();
         assert_eq!(
             chunks[0].choices[0].delta.role.as_deref(),
             Some("assistant")
@@ -166,8 +198,10 @@ mod tests {
     #[test]
     fn without_include_usage_the_finish_chunk_is_last() {
         let mut c = chunker(false);
-        let chunks: Vec<ChatCompletionChunk> =
-            events().into_iter().flat_map(|ev| c.chunks(ev)).collect();
+        let chunks: Vec<ChatCompletionChunk> = events()
+            .into_iter()
+            .flat_map(|ev| c.chunks(Out::Event(ev)))
+            .collect();
         let last = chunks
             .last()
             .and_then(|c| c.choices.first()?.finish_reason.clone());

@@ -1,9 +1,13 @@
 //! What the events of one turn add up to: the text, the model that answered, the sources,
 //! the usage and how it ended. Both the whole response and the stream read it.
 
-use super::types::{CompletionResponse, ConfabInfo, SourceRef, Usage, fail_retry};
+use super::sink::Out;
+use super::types::{
+    CompletionResponse, ConfabInfo, FunctionCallOut, SourceRef, ToolCallOut, Usage, fail_retry,
+};
 use crate::error::ErrorCode;
 use crate::protocol::{EventBody, FinishReason, SourceResult, ToolOutput, TurnMetrics};
+use crate::providers::CallBuilder;
 
 /// What the events of a turn add up to.
 #[derive(Default)]
@@ -16,9 +20,38 @@ pub(super) struct Summary {
     pub metrics: Option<TurnMetrics>,
     pub error: Option<(ErrorCode, String, Option<u64>)>,
     pub end: Option<FinishReason>,
+    /// The tool calls for the client, assembled.
+    pub calls: CallBuilder,
 }
 
 impl Summary {
+    /// Folds one output in; true when it was the turn's `end`.
+    pub fn add_out(&mut self, out: &Out) -> bool {
+        match out {
+            Out::Event(ev) => self.add(ev),
+            Out::Call(piece) => {
+                self.calls.push(&mut piece.clone());
+                false
+            }
+        }
+    }
+
+    /// The assembled calls in OpenAI's shape; `None` when there are none.
+    pub fn tool_calls(&self) -> Option<Vec<ToolCallOut>> {
+        if self.calls.is_empty() {
+            return None;
+        }
+        let calls = self.calls.calls().iter().cloned().map(|c| ToolCallOut {
+            id: c.id,
+            kind: "function".into(),
+            function: FunctionCallOut {
+                name: c.name,
+                arguments: c.arguments,
+            },
+        });
+        Some(calls.collect())
+    }
+
     /// Folds one event in; true when it was the turn's `end`.
     pub fn add(&mut self, ev: &EventBody) -> bool {
         match ev {
@@ -88,7 +121,7 @@ impl Summary {
     /// The error to answer with when the turn failed before any text.
     pub fn early_failure(&self) -> Option<CompletionResponse> {
         let (code, message, retry_after) = self.error.clone()?;
-        if self.deltas > 0 {
+        if self.deltas > 0 || !self.calls.is_empty() {
             return None;
         }
         Some(fail_retry(code, message, None, retry_after))
@@ -98,6 +131,7 @@ impl Summary {
 pub(super) fn finish_str(f: Option<FinishReason>) -> String {
     match f {
         Some(FinishReason::Length) => "length",
+        Some(FinishReason::ToolCalls) => "tool_calls",
         _ => "stop",
     }
     .into()

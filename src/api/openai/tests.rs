@@ -84,16 +84,88 @@ fn request(stream: bool) -> ChatCompletionRequest {
         frequency_penalty: None,
         response_format: None,
         n: None,
+        tools: None,
+        tool_choice: None,
+        parallel_tool_calls: None,
     }
 }
 
 async fn answer(evs: Vec<EventBody>, stream: bool) -> poem::Response {
+    answer_out(evs.into_iter().map(Out::Event).collect(), stream).await
+}
+
+async fn answer_out(outs: Vec<Out>, stream: bool) -> poem::Response {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    for ev in evs {
-        tx.send(ev).await.unwrap();
+    for out in outs {
+        tx.send(out).await.unwrap();
     }
     drop(tx);
     respond(request(stream), rx).await.into_response()
+}
+
+/// A turn whose answer is two calls, the first streamed in three pieces.
+fn calls() -> Vec<Out> {
+    let piece = |index, id: Option<&str>, name: Option<&str>, arguments: &str| {
+        Out::Call(crate::providers::ToolCallDelta {
+            index,
+            id: id.map(str::to_string),
+            name: name.map(str::to_string),
+            arguments: arguments.into(),
+        })
+    };
+    let mut evs = events();
+    evs.retain(|e| !matches!(e, EventBody::Delta { .. } | EventBody::End { .. }));
+    let mut outs: Vec<Out> = evs.into_iter().map(Out::Event).collect();
+    outs.extend([
+        piece(0, Some("call_a"), Some("get_weather"), ""),
+        piece(0, None, None, "{\"city\":"),
+        piece(1, Some("call_b"), Some("get_time"), "{}"),
+        piece(0, None, None, "\"Oslo\"}"),
+        Out::Event(EventBody::End {
+            finish_reason: FinishReason::ToolCalls,
+            partial: false,
+        }),
+    ]);
+    outs
+}
+
+async fn json_of(resp: poem::Response) -> serde_json::Value {
+    serde_json::from_slice(&resp.into_body().into_bytes().await.unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn tool_calls_come_whole_or_as_openai_pieces() {
+    let body = json_of(answer_out(calls(), false).await).await;
+    let choice = &body["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert!(choice["message"]["content"].is_null(), "{choice}");
+    let calls_out = &choice["message"]["tool_calls"];
+    assert_eq!(calls_out[0]["id"], "call_a");
+    assert_eq!(calls_out[0]["type"], "function");
+    assert_eq!(calls_out[0]["function"]["arguments"], r#"{"city":"Oslo"}"#);
+    assert_eq!(calls_out[1]["function"]["name"], "get_time");
+
+    let resp = answer_out(calls(), true).await;
+    let text = String::from_utf8(resp.into_body().into_bytes().await.unwrap().to_vec()).unwrap();
+    let chunks: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let pieces: Vec<&serde_json::Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0))
+        .collect();
+    assert_eq!(pieces.len(), 4);
+    assert_eq!(pieces[0]["id"], "call_a");
+    assert_eq!(pieces[0]["type"], "function");
+    assert!(pieces[1].get("id").is_none() && pieces[1].get("type").is_none());
+    assert_eq!(pieces[2]["index"], 1);
+    let finish = chunks
+        .iter()
+        .find_map(|c| c["choices"][0]["finish_reason"].as_str());
+    assert_eq!(finish, Some("tool_calls"));
 }
 
 #[tokio::test]

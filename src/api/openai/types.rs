@@ -10,11 +10,100 @@ use poem_openapi::{ApiResponse, Object, Union};
 use crate::api::strict::Str;
 use crate::error::ErrorCode;
 
+/// One message of the conversation.
 #[derive(Debug, Clone, Object)]
 pub struct ChatMessageIn {
-    /// system, user or assistant.
+    /// system, developer, user, assistant or tool.
     pub role: Str,
-    pub content: Str,
+    /// Text, or text parts; null (or absent) on an assistant message that only calls tools.
+    #[oai(nullable)]
+    pub content: Option<MessageContent>,
+    /// The calls an assistant message made.
+    #[oai(nullable)]
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// The call a tool message answers.
+    #[oai(nullable)]
+    pub tool_call_id: Option<Str>,
+    /// The participant's name (accepted, not used).
+    #[oai(nullable)]
+    pub name: Option<Str>,
+}
+
+/// A message's content: a string, or an array of text parts (other part types are refused).
+#[derive(Debug, Clone, Union)]
+pub enum MessageContent {
+    Text(Str),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct ContentPart {
+    /// Only `text`.
+    #[oai(rename = "type")]
+    pub kind: Str,
+    #[oai(nullable)]
+    pub text: Option<Str>,
+}
+
+/// A call in an assistant message of the conversation.
+#[derive(Debug, Clone, Object)]
+pub struct ToolCallIn {
+    pub id: Str,
+    /// Only `function`.
+    #[oai(rename = "type", validator(pattern = "^function$"))]
+    pub kind: Str,
+    pub function: FunctionCallIn,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct FunctionCallIn {
+    pub name: Str,
+    /// The arguments as a JSON string.
+    pub arguments: Str,
+}
+
+/// A function the model may call (`{"type": "function", "function": {...}}`).
+#[derive(Debug, Clone, Object)]
+pub struct ToolIn {
+    /// Only `function`.
+    #[oai(rename = "type", validator(pattern = "^function$"))]
+    pub kind: Str,
+    pub function: FunctionDefIn,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct FunctionDefIn {
+    /// 1–64 letters, digits, `_` or `-`.
+    #[oai(validator(pattern = "^[A-Za-z0-9_-]{1,64}$"))]
+    pub name: String,
+    #[oai(nullable)]
+    pub description: Option<Str>,
+    /// The JSON Schema of the arguments object.
+    #[oai(nullable)]
+    pub parameters: Option<Any<serde_json::Value>>,
+    /// Accepted; forwarded as part of the schema's contract, not enforced by confab.
+    #[oai(nullable)]
+    pub strict: Option<bool>,
+}
+
+/// `tool_choice`: `none`, `auto`, `required`, or `{"type": "function", "function": {"name": …}}`.
+#[derive(Debug, Clone, Union)]
+pub enum ToolChoiceIn {
+    Mode(Str),
+    Function(NamedToolChoice),
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct NamedToolChoice {
+    /// Only `function`.
+    #[oai(rename = "type", validator(pattern = "^function$"))]
+    pub kind: Str,
+    pub function: NamedFunction,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct NamedFunction {
+    pub name: Str,
 }
 
 #[derive(Debug, Clone, Object)]
@@ -83,19 +172,48 @@ pub struct ChatCompletionRequest {
     /// Choices to generate: only 1.
     #[oai(nullable, validator(minimum(value = "1"), maximum(value = "1")))]
     pub n: Option<u32>,
+    /// Functions the model may call; the client runs them and sends the results back as
+    /// `tool` messages. At most 128.
+    #[oai(nullable, validator(max_items = 128))]
+    pub tools: Option<Vec<ToolIn>>,
+    #[oai(nullable)]
+    pub tool_choice: Option<ToolChoiceIn>,
+    /// False: at most one call per answer.
+    #[oai(nullable)]
+    pub parallel_tool_calls: Option<bool>,
 }
 
 #[derive(Debug, Clone, Object)]
 pub struct ChatMessageOut {
     pub role: String,
-    pub content: String,
+    /// Null when the answer is only tool calls.
+    pub content: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub tool_calls: Option<Vec<ToolCallOut>>,
+}
+
+/// A call the model made, for the client to run.
+#[derive(Debug, Clone, Object)]
+pub struct ToolCallOut {
+    pub id: String,
+    /// Always `function`.
+    #[oai(rename = "type")]
+    pub kind: String,
+    pub function: FunctionCallOut,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct FunctionCallOut {
+    pub name: String,
+    /// The arguments as a JSON string (as the model wrote them).
+    pub arguments: String,
 }
 
 #[derive(Debug, Clone, Object)]
 pub struct Choice {
     pub index: u32,
     pub message: ChatMessageOut,
-    /// stop or length.
+    /// stop, length or tool_calls.
     pub finish_reason: String,
 }
 
@@ -149,6 +267,26 @@ pub struct ChatCompletion {
 pub struct ChunkDelta {
     pub role: Option<String>,
     pub content: Option<String>,
+    pub tool_calls: Option<Vec<ToolCallChunk>>,
+}
+
+/// A piece of a streamed call: the first piece of call `index` has its id, type and name,
+/// later ones more of its arguments.
+#[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
+pub struct ToolCallChunk {
+    pub index: u32,
+    pub id: Option<String>,
+    #[oai(rename = "type")]
+    pub kind: Option<String>,
+    pub function: FunctionChunk,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
+pub struct FunctionChunk {
+    pub name: Option<String>,
+    pub arguments: Option<String>,
 }
 
 #[derive(Debug, Clone, Object)]
