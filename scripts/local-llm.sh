@@ -68,8 +68,10 @@ case "${1:-}" in
     port="${2:?port}"
     server=$(llama_server)
     # One thread: on a shared 2-core machine more threads collapse when anything else runs.
+    # --jinja: the model's own chat template, which is what turns its tool calls into
+    # OpenAI `tool_calls` (and renders `tools` and tool results into the prompt).
     exec "$server" -m "$model" --host 127.0.0.1 --port "$port" -c 4096 -t "${CONFAB_LLM_THREADS:-1}" \
-      --alias local-llm --parallel 1 --no-webui
+      --alias local-llm --parallel 1 --no-webui --jinja
     ;;
   *)
     echo "usage: $0 setup | serve PORT" >&2

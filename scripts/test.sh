@@ -18,6 +18,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
     exit 1
   fi
 fi
+# The MCP tests (tests/mcp_tools.rs) run a tool server written with PyPI's `mcp` SDK.
+mcp_venv="${XDG_CACHE_HOME:-$HOME/.cache}/confab/tools/mcp-venv"
+if ! "$mcp_venv/bin/python" -c "import mcp.server.mcpserver" 2>/dev/null; then
+  echo "== installing the MCP Python SDK (PyPI mcp==2.3.0) into $mcp_venv for the MCP tests"
+  python3 -m venv "$mcp_venv"
+  "$mcp_venv/bin/pip" install --quiet mcp==2.3.0
+fi
+export CONFAB_TEST_MCP_PYTHON="$mcp_venv/bin/python"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"

@@ -42,6 +42,8 @@ pub struct Services {
     pub ingest: Option<Arc<crate::ingest::Ingestor>>,
     /// Cluster mode's shared store (see [`crate::cluster::Cluster::start`]).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Server-side tools (MCP), when any server is configured.
+    pub tools: Option<Arc<crate::tools::ToolBox>>,
 }
 
 impl AppState {
@@ -57,6 +59,7 @@ impl AppState {
             retrieval,
             ingest,
             cluster,
+            tools,
         } = services;
         let metrics = crate::metrics::install();
         if metrics.is_some() {
@@ -81,6 +84,7 @@ impl AppState {
             cache,
             limits: limits.clone(),
             safety: config.safety.clone(),
+            tools,
         }));
         let backend = match &cluster {
             None => Backend::Local(Arc::new(LocalBackplane::new(&config.rooms))),

@@ -74,13 +74,16 @@ pub enum ErrorCode {
     RateLimited,
     /// The prompt-injection screen refused the prompt (`safety.prompts = "block"`).
     PromptRejected,
+    /// The turn reached its cost ceiling (`turn.max_cost_usd`, models and tools together)
+    /// after a round of tool calls, before the model answered.
+    TurnBudgetSpent,
     /// A bug; details are in the server log.
     Internal,
 }
 
 impl ErrorCode {
     /// Every code (tests walk it to check the mappings below are total and consistent).
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 33] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::InvalidMessage,
@@ -112,6 +115,7 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::RateLimited,
         ErrorCode::PromptRejected,
+        ErrorCode::TurnBudgetSpent,
         ErrorCode::Internal,
     ];
 
@@ -169,6 +173,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::PromptRejected => "prompt_rejected",
+            ErrorCode::TurnBudgetSpent => "turn_budget_spent",
             ErrorCode::Internal => "internal",
         }
     }
@@ -197,6 +202,7 @@ impl ErrorCode {
             | ErrorCode::TooManyRooms
             | ErrorCode::RateLimited
             | ErrorCode::UpstreamRateLimited => 429,
+            ErrorCode::TurnBudgetSpent => 402,
             ErrorCode::UpstreamUnavailable
             | ErrorCode::UpstreamError
             | ErrorCode::UpstreamProtocol

@@ -22,6 +22,7 @@ pub mod providers;
 pub mod retrieval;
 pub mod rooms;
 pub mod safety;
+pub mod tools;
 pub mod vector;
 pub mod ws;
 
@@ -129,10 +130,16 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Runn
         None => None,
     };
     auth.spawn_reload(life.background.clone());
+    let tools = if config.mcp.servers.is_empty() {
+        None
+    } else {
+        Some(tools::ToolBox::start(&config, cluster.clone(), &life).await)
+    };
     let services = app::Services {
         retrieval,
         ingest,
         cluster,
+        tools,
     };
     let state = AppState::new(config, models, services, life, auth);
     providers::probe::spawn(

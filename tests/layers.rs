@@ -27,6 +27,7 @@ fn rules() -> Vec<(&'static str, Vec<&'static str>)> {
         "retrieval",
         "rooms",
         "safety",
+        "tools",
         "vector",
         "ws",
     ];
@@ -36,7 +37,8 @@ fn rules() -> Vec<(&'static str, Vec<&'static str>)> {
         ("protocol", above_bottom.clone()),
         ("error.rs", above_bottom.clone()),
         ("metrics", above_bottom),
-        ("chat", edges),
+        ("chat", edges.clone()),
+        ("tools", [edges, vec!["chat"]].concat()),
     ]
 }
 

@@ -35,8 +35,10 @@ pub struct Progress {
     /// What each attempt that consumed upstream tokens cost, escalations and retries
     /// included: every one of them is billed, not just the last link.
     pub charges: Vec<Charge>,
-    /// The tool calls that reached the client, assembled from their pieces.
+    /// The model's tool calls in this round, assembled from their pieces.
     pub calls: CallBuilder,
+    /// Rounds of server-side tool calls run so far: after one, the turn keeps its model.
+    pub tool_rounds: u32,
 }
 
 /// The cost of one attempt.
@@ -85,7 +87,7 @@ impl Progress {
 
     /// Something (text or a tool call) reached the client: the turn keeps its model.
     pub fn committed(&self) -> bool {
-        self.deltas > 0 || !self.calls.is_empty()
+        self.deltas > 0 || !self.calls.is_empty() || self.tool_rounds > 0
     }
 
     /// Marks the first output of the turn and the gap since the previous one.
@@ -113,6 +115,8 @@ pub struct Attempt<'a> {
     pub refusal_probe: Option<&'a Chain>,
     /// The request's estimated prompt tokens, for an attempt whose upstream reports no usage.
     pub prompt_tokens: u64,
+    /// Send the model's call pieces to the sink (the client runs its tools).
+    pub forward_calls: bool,
 }
 
 /// How one attempt ended.
@@ -295,7 +299,9 @@ fn call_piece(
     flush(a, progress);
     progress.stamp();
     progress.calls.push(&mut piece);
-    a.sink.tool_call(a.turn_id, piece);
+    if a.forward_calls {
+        a.sink.tool_call(a.turn_id, piece);
+    }
     Ok(())
 }
 
@@ -376,14 +382,18 @@ async fn metered(a: &Attempt<'_>, progress: &mut Progress, meter: &mut Meter) ->
     };
     let mut probe = RefusalProbe::new(a.refusal_probe);
     let mut finish = None;
+    // Whether this attempt's upstream sent anything yet: until then the first-token
+    // deadline applies (a later tool round's longer prompt gets it too).
+    let mut streamed = false;
     loop {
-        let event = match next_event(a, &clock, &mut stream, progress.committed()).await {
+        let event = match next_event(a, &clock, &mut stream, streamed).await {
             Ok(Some(ev)) => ev,
             Ok(None) => break,
             Err(end) => return end,
         };
         match event {
             StreamEvent::Delta(text) => {
+                streamed = true;
                 meter.generated += 1;
                 match probe.feed(text) {
                     Ok(Some(text)) => release(a, progress, text),
@@ -392,6 +402,7 @@ async fn metered(a: &Attempt<'_>, progress: &mut Progress, meter: &mut Meter) ->
                 }
             }
             StreamEvent::ToolCall(piece) => {
+                streamed = true;
                 meter.generated += 1;
                 if call_piece(a, progress, &mut probe, piece).is_err() {
                     return AttemptEnd::Refused;

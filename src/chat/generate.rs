@@ -31,6 +31,8 @@ pub(super) struct Generation<'a> {
     pub cancel: CancellationToken,
     pub deadline: Instant,
     pub deadline_ms: u64,
+    /// The tools are the client's: their call pieces go to the sink as they stream.
+    pub forward_calls: bool,
 }
 
 /// How the turn ended.
@@ -177,6 +179,7 @@ async fn try_link(
         refusal_probe: (g.chain.escalate_on_refusal && g.chain.has_stronger_after(index))
             .then_some(g.chain),
         prompt_tokens: g.prompt_tokens,
+        forward_calls: g.forward_calls,
     };
     let mut retries = 0;
     loop {

@@ -15,6 +15,7 @@ mod prompt;
 mod replay;
 mod request;
 mod retrieve;
+mod rounds;
 mod settle;
 pub mod sink;
 mod turn;
@@ -29,12 +30,13 @@ use self::chain::Models;
 use self::retrieve::Retrieved;
 use self::turn::Turn;
 use crate::cache::{AnswerCache, CacheHit};
-use crate::config::{SafetyConfig, TurnConfig, ms};
+use crate::config::{SafetyConfig, TurnConfig};
 use crate::error::ErrorCode;
 use crate::lifecycle::Lifecycle;
 use crate::limits::Limiter;
 use crate::providers::BreakerState;
 use crate::retrieval::Retrieval;
+use crate::tools::ToolBox;
 
 /// Runs turns through the configured fallback chains.
 pub struct TurnEngine {
@@ -44,6 +46,7 @@ pub struct TurnEngine {
     cache: Option<Arc<AnswerCache>>,
     limits: Arc<Limiter>,
     safety: SafetyConfig,
+    tools: Option<Arc<ToolBox>>,
 }
 
 /// What the engine is built from.
@@ -54,6 +57,8 @@ pub struct EngineParts {
     pub cache: Option<Arc<AnswerCache>>,
     pub limits: Arc<Limiter>,
     pub safety: SafetyConfig,
+    /// Server-side tools the model may call (rooms, the RAG alias).
+    pub tools: Option<Arc<ToolBox>>,
 }
 
 impl TurnEngine {
@@ -65,6 +70,7 @@ impl TurnEngine {
             cache: p.cache,
             limits: p.limits,
             safety: p.safety,
+            tools: p.tools,
         }
     }
 
@@ -140,18 +146,8 @@ impl TurnEngine {
             return;
         }
         let progress = Progress::new(&self.safety);
-        let generation = generate::Generation {
-            sink,
-            turn_id: turn.req.turn_id,
-            chain: turn.chain,
-            start: plan.start,
-            request: &plan.request,
-            prompt_tokens: plan.prompt_tokens,
-            cancel,
-            deadline: turn.started + ms(self.cfg.deadline_ms),
-            deadline_ms: self.cfg.deadline_ms,
-        };
-        let generated = generate::run(&generation, progress).await;
+        let mut plan = plan;
+        let generated = self.generate(&turn, &mut plan, cancel, progress).await;
         self.settle(turn, plan, grounded, generated, life);
     }
 

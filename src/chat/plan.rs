@@ -35,8 +35,15 @@ impl TurnEngine {
             .as_ref()
             .map(|g| g.sources.clone())
             .unwrap_or_default();
-        let request =
+        let mut request =
             prompt::build_request(&self.cfg.system_prompt, &turn.history, &turn.req, sources);
+        if let Some(tb) = self
+            .tools
+            .as_ref()
+            .filter(|_| turn.req.server_tools && request.tools.is_empty())
+        {
+            request.tools = tb.offered(&turn.tenant);
+        }
         let prompt_tokens = prompt::estimate_tokens(&request);
         let route = RouteInput {
             prompt_tokens,
@@ -120,18 +127,18 @@ pub(super) fn begin(
 
 /// The `screen_prompt` event of a flagged prompt.
 fn screen_event(rule: &str) -> EventBody {
-    EventBody::Tool {
-        name: SCREEN_PROMPT.into(),
-        input: ToolInput::ScreenPrompt(ScreenInput {
+    EventBody::own_tool(
+        SCREEN_PROMPT,
+        ToolInput::ScreenPrompt(ScreenInput {
             source: "prompt".into(),
         }),
-        output: ToolOutput::ScreenPrompt(ScreenOutput {
+        ToolOutput::ScreenPrompt(ScreenOutput {
             flagged: vec![ScreenFlag {
                 source: "prompt".into(),
                 rule: rule.into(),
                 action: "flagged".into(),
             }],
         }),
-        duration_ms: 0,
-    }
+        0,
+    )
 }

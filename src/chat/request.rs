@@ -38,6 +38,8 @@ pub struct TurnRequest {
     /// The client's conversation as it sent it (the OpenAI endpoint), its last user message
     /// being `prompt`: forwarded with tool calls and results intact. `None`: a room's.
     pub conversation: Option<Vec<ChatMessage>>,
+    /// Offer the server-side tools (MCP) the tenant may use: rooms and the RAG alias.
+    pub server_tools: bool,
     pub owner: TurnOwner,
 }
 

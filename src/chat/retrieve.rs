@@ -133,10 +133,10 @@ fn screen_hits(g: &mut Grounding, found: SearchOutcome, screen: ScreenAction) {
 
 /// The `search_documents` event (live, and replayed from the cache).
 pub(super) fn search_event(g: &Grounding) -> EventBody {
-    EventBody::Tool {
-        name: SEARCH_DOCUMENTS.into(),
-        input: ToolInput::SearchDocuments(g.input()),
-        output: ToolOutput::SearchDocuments(g.output()),
-        duration_ms: g.took.as_millis() as u64,
-    }
+    EventBody::own_tool(
+        SEARCH_DOCUMENTS,
+        ToolInput::SearchDocuments(g.input()),
+        ToolOutput::SearchDocuments(g.output()),
+        g.took.as_millis() as u64,
+    )
 }

@@ -41,8 +41,11 @@ impl TurnEngine {
         let progress = &generated.progress;
         let citations = prompt::citations(&progress.answer, plan.request.sources.len());
         // Only complete, first-class answers are worth replaying: not errors, not cut by
-        // length, not the degraded extractive fallback.
-        let storable = generated.answered_by_model() && !progress.answer.trim().is_empty();
+        // length, not the degraded extractive fallback, and not answers built on tool
+        // results (a tool's answer is of its moment: the time, the weather, a record).
+        let storable = generated.answered_by_model()
+            && !progress.answer.trim().is_empty()
+            && progress.tool_rounds == 0;
         if let Some(r) = &progress.redactor {
             crate::metrics::redacted("secret", r.counts[0]);
             crate::metrics::redacted("email", r.counts[1]);

@@ -155,6 +155,7 @@ fn engine(cfg: &Config) -> TurnEngine {
         cache: None,
         limits: crate::limits::Limiter::new(&cfg.auth, &cfg.limits),
         safety: cfg.safety.clone(),
+        tools: None,
     })
 }
 
@@ -175,6 +176,7 @@ fn request(prompt: &str) -> TurnRequest {
         client_system: Vec::new(),
         tools: Default::default(),
         conversation: None,
+        server_tools: true,
         owner: TurnOwner {
             principal: Principal {
                 tenant: Arc::from("acme"),
@@ -421,6 +423,7 @@ async fn every_attempt_that_consumed_tokens_is_billed() {
         cache: None,
         limits: limits.clone(),
         safety: cfg.safety.clone(),
+        tools: None,
     });
     let sink = Recorder::default();
     engine

@@ -12,6 +12,7 @@ mod keys;
 mod limits;
 mod ops;
 mod scripts;
+mod tools;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

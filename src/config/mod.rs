@@ -10,6 +10,7 @@ mod models;
 mod retrieval;
 mod secret;
 mod tenancy;
+mod tools;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ pub use tenancy::{
     AuthConfig, KeyEntry, LimitSet, LimitsConfig, SafetyConfig, ScreenAction, TenantConfig,
     parse_key_hash,
 };
+pub use tools::{McpConfig, McpServer, ToolLimits, ToolLimitsOverride};
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,8 @@ pub struct Config {
     pub safety: SafetyConfig,
     pub log: LogConfig,
     pub cluster: ClusterConfig,
+    /// Server-side tools over MCP.
+    pub mcp: McpConfig,
 }
 
 /// Cheap-first routing.
@@ -247,6 +251,7 @@ impl Default for Config {
             safety: SafetyConfig::default(),
             log: LogConfig::default(),
             cluster: ClusterConfig::default(),
+            mcp: McpConfig::default(),
         }
     }
 }
@@ -327,6 +332,8 @@ impl Config {
         self.validate_pipeline()?;
         self.validate_cache()?;
         self.cluster.validate()?;
+        self.mcp.validate()?;
+        self.turn.validate()?;
         if self.cluster.backend == ClusterBackend::Redis && self.ws.room_routing {
             return Err(invalid(
                 "ws.room_routing",

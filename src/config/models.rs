@@ -162,6 +162,33 @@ pub struct TurnConfig {
     /// When a model answers from the sources but cites none (small models often forget),
     /// cite the source the answer overlaps most, if it shares at least half its words.
     pub attribute_citations: bool,
+    /// Server-side tool calls one turn may make (calls refused for a budget count too);
+    /// after the last, the model is asked to answer without tools.
+    pub max_tool_calls: u32,
+    /// The most one turn may cost, models and tools together; 0: no ceiling. A tool call
+    /// that would pass it is refused, and a turn past it after a tool round ends.
+    pub max_cost_usd: f64,
+    /// A tool's output is cut to this many characters before it reaches the model and
+    /// the room.
+    pub tool_output_chars: usize,
+    /// With retrieval on, offer `search_documents` as a tool the model may call for
+    /// follow-up searches (besides the search before the answer).
+    pub search_tool: bool,
+}
+
+impl TurnConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.max_cost_usd >= 0.0 && self.max_cost_usd.is_finite()) {
+            return Err(invalid(
+                "turn.max_cost_usd",
+                "must be a finite amount of 0 or more",
+            ));
+        }
+        if self.tool_output_chars == 0 {
+            return Err(invalid("turn.tool_output_chars", "must be at least 1"));
+        }
+        Ok(())
+    }
 }
 
 impl Default for TurnConfig {
@@ -173,6 +200,10 @@ impl Default for TurnConfig {
                             speak; their names prefix their messages. Answer concisely."
                 .into(),
             attribute_citations: true,
+            max_tool_calls: 8,
+            max_cost_usd: 0.0,
+            tool_output_chars: 8_000,
+            search_tool: true,
         }
     }
 }

@@ -51,6 +51,9 @@ pub struct TenantConfig {
     pub limits: LimitSet,
     /// Limits of each user (API key holder) of the tenant; unset fields take `limits.user`.
     pub user_limits: LimitSet,
+    /// The server-side tools its turns may offer the model (tool names as the model sees
+    /// them, `search_documents` included); absent: every configured tool.
+    pub tools: Option<Vec<String>>,
 }
 
 /// One API key, as its hash.

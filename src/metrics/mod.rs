@@ -66,6 +66,10 @@ pub const CLUSTER_LAGGED_TOTAL: &str = "confab_cluster_lagged_total";
 pub const CLUSTER_GAP_FILLS_TOTAL: &str = "confab_cluster_gap_fills_total";
 pub const CLUSTER_ERRORS_TOTAL: &str = "confab_cluster_errors_total";
 pub const CLUSTER_NODE_LOST_TOTAL: &str = "confab_cluster_node_lost_turns_total";
+pub const TOOL_CALLS_TOTAL: &str = "confab_tool_calls_total";
+pub const TOOL_CALL_DURATION_SECONDS: &str = "confab_tool_call_duration_seconds";
+pub const TOOL_REFUSALS_TOTAL: &str = "confab_tool_refusals_total";
+pub const MCP_SERVER_UP: &str = "confab_mcp_server_up";
 
 // --- buckets ---------------------------------------------------------------------------
 const LATENCY_BUCKETS: &[f64] = &[
@@ -76,6 +80,19 @@ const FAST_BUCKETS: &[f64] = &[
 ];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
+/// Every histogram and its buckets.
+const BUCKETED: &[(&str, &[f64])] = &[
+    (TURN_DURATION_SECONDS, LATENCY_BUCKETS),
+    (TTFT_SECONDS, LATENCY_BUCKETS),
+    (INTER_TOKEN_SECONDS, FAST_BUCKETS),
+    (EMBED_DURATION_SECONDS, FAST_BUCKETS),
+    (VECTOR_SEARCH_DURATION_SECONDS, FAST_BUCKETS),
+    (HTTP_REQUEST_DURATION_SECONDS, LATENCY_BUCKETS),
+    (EMBED_BATCH_SIZE, BATCH_BUCKETS),
+    (INGEST_JOB_DURATION_SECONDS, LATENCY_BUCKETS),
+    (TOOL_CALL_DURATION_SECONDS, LATENCY_BUCKETS),
+];
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the Prometheus recorder once per process and describes every metric; later calls
@@ -84,16 +101,7 @@ pub fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let mut b = PrometheusBuilder::new();
-            for (name, buckets) in [
-                (TURN_DURATION_SECONDS, LATENCY_BUCKETS),
-                (TTFT_SECONDS, LATENCY_BUCKETS),
-                (INTER_TOKEN_SECONDS, FAST_BUCKETS),
-                (EMBED_DURATION_SECONDS, FAST_BUCKETS),
-                (VECTOR_SEARCH_DURATION_SECONDS, FAST_BUCKETS),
-                (HTTP_REQUEST_DURATION_SECONDS, LATENCY_BUCKETS),
-                (EMBED_BATCH_SIZE, BATCH_BUCKETS),
-                (INGEST_JOB_DURATION_SECONDS, LATENCY_BUCKETS),
-            ] {
+            for &(name, buckets) in BUCKETED {
                 b = b
                     .set_buckets_for_metric(Matcher::Full(name.into()), buckets)
                     .ok()?;
@@ -326,6 +334,28 @@ const CATALOGUE: &[(&str, Kind, &str)] = &[
         Kind::Counter,
         "Turns ended by this node because the node running them stopped.",
     ),
+    (
+        TOOL_CALLS_TOTAL,
+        Kind::Counter,
+        "Server-side tool calls the model made that ran, by tool (configured MCP tools; \
+         `other`) and status: ok, error, timeout.",
+    ),
+    (
+        TOOL_CALL_DURATION_SECONDS,
+        Kind::Histogram(Unit::Seconds),
+        "Server-side tool call duration (slot wait included), by tool.",
+    ),
+    (
+        TOOL_REFUSALS_TOTAL,
+        Kind::Counter,
+        "Tool calls not run, by reason: not_offered (outside the tenant's allow-list or \
+         unknown), max_tool_calls, max_cost_usd.",
+    ),
+    (
+        MCP_SERVER_UP,
+        Kind::Gauge,
+        "Whether the last listing of a configured MCP server's tools worked (1) or not (0), by server.",
+    ),
 ];
 
 fn describe() {
@@ -390,6 +420,9 @@ fn init_fixed_series() {
         counter!(INGEST_DOCUMENTS_TOTAL, "outcome" => outcome).absolute(0);
     }
     counter!(INGEST_JOBS_RECLAIMED_TOTAL).absolute(0);
+    for reason in ["not_offered", "max_tool_calls", "max_cost_usd"] {
+        counter!(TOOL_REFUSALS_TOTAL, "reason" => reason).absolute(0);
+    }
     for layer in ["exact", "semantic", "retrieval"] {
         for result in ["hit", "miss"] {
             counter!(CACHE_LOOKUPS_TOTAL, "layer" => layer, "result" => result).absolute(0);
@@ -647,6 +680,19 @@ pub fn screened(source: &'static str, rule: &'static str, action: &'static str) 
         .increment(1);
 }
 
+pub fn tool_call(tool: &str, status: &'static str, took: std::time::Duration) {
+    counter!(TOOL_CALLS_TOTAL, "tool" => tool.to_string(), "status" => status).increment(1);
+    histogram!(TOOL_CALL_DURATION_SECONDS, "tool" => tool.to_string()).record(took.as_secs_f64());
+}
+
+pub fn tool_refused(reason: &'static str) {
+    counter!(TOOL_REFUSALS_TOTAL, "reason" => reason).increment(1);
+}
+
+pub fn mcp_server_up(server: &str, up: bool) {
+    gauge!(MCP_SERVER_UP, "server" => server.to_string()).set(if up { 1.0 } else { 0.0 });
+}
+
 pub fn redacted(kind: &'static str, n: u64) {
     counter!(SAFETY_REDACTIONS_TOTAL, "kind" => kind).increment(n);
 }
@@ -673,19 +719,12 @@ mod tests {
 
     #[test]
     fn every_histogram_has_buckets_set_at_install() {
-        let bucketed = [
-            TURN_DURATION_SECONDS,
-            TTFT_SECONDS,
-            INTER_TOKEN_SECONDS,
-            EMBED_DURATION_SECONDS,
-            VECTOR_SEARCH_DURATION_SECONDS,
-            HTTP_REQUEST_DURATION_SECONDS,
-            EMBED_BATCH_SIZE,
-            INGEST_JOB_DURATION_SECONDS,
-        ];
         for &(name, kind, _) in CATALOGUE {
             if matches!(kind, Kind::Histogram(_)) {
-                assert!(bucketed.contains(&name), "{name} has no buckets");
+                assert!(
+                    BUCKETED.iter().any(|(b, _)| *b == name),
+                    "{name} has no buckets"
+                );
             }
         }
     }

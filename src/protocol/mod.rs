@@ -170,12 +170,29 @@ pub enum EventBody {
     },
     /// A piece of the answer.
     Delta { text: String },
-    /// A tool call made during the turn (retrieval and others), with its result.
+    /// A tool call made during the turn: confab's own (the search before the answer, the
+    /// prompt screen) and the model's calls of server-side tools. A model's call is sent
+    /// twice under one `call_id`: `running` when it starts, then how it ended.
     Tool {
         name: String,
+        /// The model's id for the call; absent for confab's own steps.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        call_id: Option<String>,
+        /// The MCP server the tool lives on; absent for confab's built-in tools.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server: Option<String>,
+        #[serde(default)]
+        status: ToolStatus,
         input: ToolInput,
+        /// Null while `running`; cut to `turn.tool_output_chars` and redacted like answers.
         output: ToolOutput,
+        /// Why the call did not succeed (`error`, `timeout`, `refused`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
         duration_ms: u64,
+        /// What the call cost (counted against `turn.max_cost_usd`).
+        #[serde(default)]
+        cost_usd: f64,
     },
     /// Measurements of the finished turn.
     Metrics(TurnMetrics),
@@ -241,6 +258,53 @@ impl EventBody {
 pub struct Member {
     pub session_id: Uuid,
     pub name: String,
+}
+
+/// Where a tool call stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolStatus {
+    /// Started; its result follows in another `tool` event with the same `call_id`.
+    Running,
+    #[default]
+    Ok,
+    /// The tool failed (or its server could not be reached, or the turn was cancelled).
+    Error,
+    /// It ran past its `timeout_ms`.
+    Timeout,
+    /// Not run: not offered to this tenant, or a budget (`turn.max_tool_calls`,
+    /// `turn.max_cost_usd`) was spent. The model is told.
+    Refused,
+}
+
+impl ToolStatus {
+    /// Bounded metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolStatus::Running => "running",
+            ToolStatus::Ok => "ok",
+            ToolStatus::Error => "error",
+            ToolStatus::Timeout => "timeout",
+            ToolStatus::Refused => "refused",
+        }
+    }
+}
+
+impl EventBody {
+    /// A `tool` event of one of confab's own steps (no call id, no server, ok, free).
+    pub fn own_tool(name: &str, input: ToolInput, output: ToolOutput, duration_ms: u64) -> Self {
+        EventBody::Tool {
+            name: name.into(),
+            call_id: None,
+            server: None,
+            status: ToolStatus::Ok,
+            input,
+            output,
+            error: None,
+            duration_ms,
+            cost_usd: 0.0,
+        }
+    }
 }
 
 /// Why a turn ended.

@@ -134,6 +134,7 @@ impl Prompt {
             client_system: Vec::new(),
             tools: Default::default(),
             conversation: None,
+            server_tools: true,
             owner,
         }
     }

@@ -495,6 +495,7 @@ fn parse_item(item: &str) -> Option<(TurnRequest, u64)> {
         client_system: Vec::new(),
         tools: Default::default(),
         conversation: None,
+        server_tools: true,
         owner: TurnOwner {
             principal: crate::auth::Principal {
                 tenant: Arc::from(q.tenant),

@@ -3,7 +3,9 @@
 Uploads three short documents, asks ten questions whose answers are in them through the
 OpenAI-compatible endpoint (RAG alias, streamed), and counts answers that contain the expected
 fact *and* cite the right document. Also measures time to first token and tokens/s as a client
-of confab sees them. Usage: CONFAB_URL=http://127.0.0.1:8787 python3 tests/clients/llm_smoke.py
+of confab sees them. Then asks for the weather in three cities with a `get_weather` tool the
+client runs (llama-server's `--jinja` chat template): does the model call it with the city,
+and does its answer use the result sent back? Usage: CONFAB_URL=http://127.0.0.1:8787 python3 tests/clients/llm_smoke.py
 """
 import json
 import os
@@ -67,6 +69,50 @@ def ask(question):
     return text, ext, ttft, rate, tokens
 
 
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city"}},
+                   "required": ["city"]}}}]
+CITIES = ["Oslo", "Lisbon", "Nairobi"]
+
+
+def tool_round_trip(city):
+    """Asks through a chain with a tool the client runs; returns (called with the city?,
+    answer uses the result?, seconds for the call, seconds for the answer)."""
+    ask = [{"role": "user", "content": f"What is the weather in {city} right now?"}]
+    t0 = time.monotonic()
+    first = json.load(post("/v1/chat/completions", {"model": "default", "messages": ask, "tools": TOOLS}))
+    t1 = time.monotonic()
+    choice = first["choices"][0]
+    calls = choice["message"].get("tool_calls") or []
+    called = (choice["finish_reason"] == "tool_calls" and calls
+              and calls[0]["function"]["name"] == "get_weather"
+              and city.lower() in calls[0]["function"]["arguments"].lower())
+    if not called:
+        return False, False, t1 - t0, 0.0, choice["message"]
+    result = {"role": "tool", "tool_call_id": calls[0]["id"], "content": f"Sunny, 23 degrees Celsius in {city}."}
+    second = json.load(post("/v1/chat/completions", {
+        "model": "default", "tools": TOOLS, "messages": ask + [choice["message"], result]}))
+    t2 = time.monotonic()
+    answer = second["choices"][0]["message"].get("content") or ""
+    used = "23" in answer or "sunny" in answer.lower()
+    return True, used, t1 - t0, t2 - t1, answer
+
+
+def tools_smoke():
+    print("\n| city | called get_weather with it | answer uses the result | call s | answer s | answer |")
+    print("|---|---|---|---|---|---|")
+    called_n = used_n = 0
+    for city in CITIES:
+        called, used, call_s, answer_s, answer = tool_round_trip(city)
+        called_n += bool(called)
+        used_n += bool(used)
+        print(f"| {city} | {'yes' if called else 'no'} | {'yes' if used else 'no'} | {call_s:.2f} | {answer_s:.2f} "
+              f"| {str(answer).strip()[:80]!r} |")
+    print(f"\ntool calls: {called_n}/{len(CITIES)} questions answered with a get_weather call naming the city; "
+          f"{used_n}/{len(CITIES)} answers use the tool's result")
+
+
 def main():
     ids = {}
     for title, text in DOCS.items():
@@ -91,6 +137,7 @@ def main():
     print(f"\n{good}/{len(QUESTIONS)} answers contain the expected fact and cite its document; "
           f"TTFT median {statistics.median(ttfts):.2f} s (max {max(ttfts):.2f} s); "
           f"generation {statistics.mean(rates):.1f} tokens/s (mean over answers)")
+    tools_smoke()
 
 
 if __name__ == "__main__":

@@ -355,6 +355,11 @@ impl Node {
         format!("ws://127.0.0.1:{}/v1/ws", self.port)
     }
 
+    /// What the node logged so far.
+    pub fn log_text(&self) -> String {
+        strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
     pub fn http(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod hostile;
+pub mod mcp;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -136,6 +136,7 @@ impl OpenAiApi {
             Box::new(fail_retry(ErrorCode::from(&e), e.to_string(), None, retry))
         })?;
         let tenant = principal.tenant.to_string();
+        let tools_empty = tools.is_empty();
         let (sink, rx) = ClientSink::new(tenant, conversation.history, SINK_CAPACITY);
         // A tool exchange is this conversation's alone: never answered from the cache.
         let exchanges = tools.is_empty()
@@ -157,6 +158,8 @@ impl OpenAiApi {
             client_system,
             tools,
             conversation: Some(conversation.messages),
+            // The RAG alias runs confab's own tools; a client's tools replace them.
+            server_tools: rag && tools_empty,
             owner: TurnOwner {
                 principal: principal.clone(),
                 permit: Some(std::sync::Arc::new(permit)),
@@ -204,14 +207,25 @@ fn speaker(req: &ChatCompletionRequest) -> Member {
     }
 }
 
-/// Reads up to the first text (or the end): a turn that fails before any text is an HTTP
-/// error, as OpenAI clients expect. Then the whole answer, or the stream.
+/// Reads up to the first output — text, a call piece, a server-side tool starting — or the
+/// end: a turn that fails before any is an HTTP error, as OpenAI clients expect. Then the
+/// whole answer, or the stream.
 async fn respond(req: ChatCompletionRequest, mut rx: Receiver<Out>) -> CompletionResponse {
     let mut summary = Summary::default();
     let mut buffered = Vec::new();
     while let Some(out) = rx.recv().await {
         let is_end = summary.add_out(&out);
-        let is_output = matches!(out, Out::Event(EventBody::Delta { .. }) | Out::Call(_));
+        // A server-side tool starting is output too: a stream shows it at once.
+        let is_output = matches!(
+            out,
+            Out::Event(
+                EventBody::Delta { .. }
+                    | EventBody::Tool {
+                        call_id: Some(_),
+                        ..
+                    }
+            ) | Out::Call(_)
+        );
         buffered.push(out);
         if is_end || is_output {
             break;

@@ -33,6 +33,7 @@ impl Chunker {
             usage: None,
             confab: None,
             error: None,
+            confab_tool: None,
         }
     }
 
@@ -66,6 +67,14 @@ impl Chunker {
                     tool_calls: None,
                 };
                 vec![self.chunk(Self::choice(delta, None))]
+            }
+            EventBody::Tool { .. } => {
+                let Some(t) = super::summary::trace(&ev) else {
+                    return Vec::new();
+                };
+                let mut c = self.chunk(Vec::new());
+                c.confab_tool = Some(t);
+                vec![c]
             }
             EventBody::Error { code, message, .. } => {
                 let mut c = self.chunk(Vec::new());

@@ -3,11 +3,13 @@
 
 use super::sink::Out;
 use super::types::{
-    CompletionResponse, ConfabInfo, FunctionCallOut, SourceRef, ToolCallOut, Usage, fail_retry,
+    CompletionResponse, ConfabInfo, FunctionCallOut, SourceRef, ToolCallOut, ToolTrace, Usage,
+    fail_retry,
 };
 use crate::error::ErrorCode;
 use crate::protocol::{EventBody, FinishReason, SourceResult, ToolOutput, TurnMetrics};
 use crate::providers::CallBuilder;
+use poem_openapi::types::Any;
 
 /// What the events of a turn add up to.
 #[derive(Default)]
@@ -22,6 +24,8 @@ pub(super) struct Summary {
     pub end: Option<FinishReason>,
     /// The tool calls for the client, assembled.
     pub calls: CallBuilder,
+    /// Server-side tool calls that ended.
+    pub tools: Vec<ToolTrace>,
 }
 
 impl Summary {
@@ -67,6 +71,11 @@ impl Summary {
                 output: ToolOutput::SearchDocuments(out),
                 ..
             } => self.sources = out.results.iter().map(source_ref).collect(),
+            EventBody::Tool { .. } => {
+                if let Some(t) = trace(ev).filter(|t| t.status != "running") {
+                    self.tools.push(t);
+                }
+            }
             EventBody::Metrics(m) => {
                 self.model = m.model.clone();
                 self.metrics = Some(m.clone());
@@ -115,6 +124,7 @@ impl Summary {
             citations: m
                 .map(|m| m.citations.iter().map(|&c| c as u32).collect())
                 .unwrap_or_default(),
+            tools: self.tools.clone(),
         }
     }
 
@@ -135,6 +145,37 @@ pub(super) fn finish_str(f: Option<FinishReason>) -> String {
         _ => "stop",
     }
     .into()
+}
+
+/// A model's call of a server-side tool as the OpenAI extension shows it; `None` for
+/// other events and confab's own steps.
+pub(super) fn trace(ev: &EventBody) -> Option<ToolTrace> {
+    let EventBody::Tool {
+        name,
+        call_id: Some(call_id),
+        server,
+        status,
+        input,
+        output,
+        error,
+        duration_ms,
+        cost_usd,
+    } = ev
+    else {
+        return None;
+    };
+    let json = |v: serde_json::Result<serde_json::Value>| Any(v.unwrap_or_default());
+    Some(ToolTrace {
+        call_id: call_id.clone(),
+        name: name.clone(),
+        server: server.clone(),
+        status: status.as_str().into(),
+        input: json(serde_json::to_value(input)),
+        output: json(serde_json::to_value(output)),
+        error: error.clone(),
+        duration_ms: *duration_ms,
+        cost_usd: *cost_usd,
+    })
 }
 
 /// A `search_documents` result as the OpenAI extension shows it.

@@ -31,15 +31,15 @@ pub(super) fn events() -> Vec<EventBody> {
             prompt_seq: 0,
             cached: None,
         },
-        EventBody::Tool {
-            name: "search_documents".into(),
-            input: ToolInput::Other(serde_json::json!({})),
-            output: ToolOutput::SearchDocuments(SearchOutput {
+        EventBody::own_tool(
+            "search_documents",
+            ToolInput::Other(serde_json::json!({})),
+            ToolOutput::SearchDocuments(SearchOutput {
                 results: vec![source],
                 ..SearchOutput::default()
             }),
-            duration_ms: 1,
-        },
+            1,
+        ),
         EventBody::Delta {
             text: "Paris ".into(),
         },

@@ -248,6 +248,24 @@ pub struct ConfabInfo {
     pub sources: Vec<SourceRef>,
     /// The `[n]` the answer cites.
     pub citations: Vec<u32>,
+    /// The server-side tool calls the model made (RAG alias), as they ended.
+    pub tools: Vec<ToolTrace>,
+}
+
+/// A server-side tool call, as the room's `tool` event tells it.
+#[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
+pub struct ToolTrace {
+    pub call_id: String,
+    pub name: String,
+    pub server: Option<String>,
+    /// running, ok, error, timeout or refused.
+    pub status: String,
+    pub input: Any<serde_json::Value>,
+    pub output: Any<serde_json::Value>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    pub cost_usd: f64,
 }
 
 #[derive(Debug, Clone, Object)]
@@ -312,6 +330,8 @@ pub struct ChatCompletionChunk {
     pub confab: Option<ConfabInfo>,
     /// A failure after the answer started streaming.
     pub error: Option<OpenAiErrorBody>,
+    /// A server-side tool call starting (`running`) or ending, as it happens.
+    pub confab_tool: Option<ToolTrace>,
 }
 
 #[derive(Debug, Clone, Object)]

@@ -1,0 +1,286 @@
+//! One round of the model's calls: each judged in order against the turn's budgets and the
+//! tenant's allow-list, the ones allowed run together (each within its slot and timeout),
+//! and every call answered — the model is told what was refused or failed, so it can
+//! answer without it.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::gate::NoSlot;
+use super::{Entry, ToolBox, output};
+use crate::config::ms;
+use crate::protocol::{EventBody, ToolInput, ToolOutput, ToolStatus};
+use crate::providers::{ChatMessage, Role, ToolCall};
+
+/// What a turn may still spend on tools.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub calls_left: u32,
+    /// `turn.max_cost_usd`; 0: no ceiling.
+    pub ceiling_usd: f64,
+    /// What the turn spent so far, models and tools.
+    pub spent_usd: f64,
+}
+
+impl Budget {
+    /// Whether the ceiling is reached.
+    pub fn spent(&self) -> bool {
+        self.ceiling_usd > 0.0 && self.spent_usd >= self.ceiling_usd
+    }
+}
+
+/// What a round produced.
+pub struct RoundResult {
+    /// One `tool` message per call, in the order of the calls.
+    pub messages: Vec<ChatMessage>,
+    /// What the calls that ran cost.
+    pub cost_usd: f64,
+}
+
+/// What happens to one call.
+enum Verdict {
+    Run(Entry, serde_json::Map<String, Value>),
+    /// Not run; the model is told why.
+    Refuse(String),
+    /// Not runnable as asked (arguments that are not an object).
+    Bad(String),
+}
+
+/// How one call ended, for its event and the model.
+struct Report {
+    status: ToolStatus,
+    /// Shown to people (null while running or when nothing came back).
+    shown: Option<String>,
+    /// Told to the model.
+    for_model: String,
+    error: Option<String>,
+    took: Duration,
+    cost_usd: f64,
+}
+
+impl Report {
+    fn failed(status: ToolStatus, error: String, took: Duration, cost_usd: f64) -> Self {
+        Self {
+            status,
+            shown: None,
+            for_model: format!("error: {error}"),
+            error: Some(error),
+            took,
+            cost_usd,
+        }
+    }
+}
+
+/// A call's event: `running` (no report) or its end.
+fn event(call: &ToolCall, server: Option<&str>, report: Option<&Report>) -> EventBody {
+    let input = serde_json::from_str::<Value>(&call.arguments)
+        .unwrap_or_else(|_| Value::String(call.arguments.clone()));
+    let output = report
+        .and_then(|r| r.shown.clone())
+        .map_or(Value::Null, Value::String);
+    EventBody::Tool {
+        name: call.name.clone(),
+        call_id: Some(call.id.clone()),
+        server: server.map(str::to_string),
+        status: report.map_or(ToolStatus::Running, |r| r.status),
+        input: ToolInput::Other(input),
+        output: ToolOutput::Other(output),
+        error: report.and_then(|r| r.error.clone()),
+        duration_ms: report.map_or(0, |r| r.took.as_millis() as u64),
+        cost_usd: report.map_or(0.0, |r| r.cost_usd),
+    }
+}
+
+impl ToolBox {
+    /// Runs the model's `calls` for `tenant`, sending each call's events through `emit`.
+    pub async fn run_round(
+        &self,
+        tenant: &str,
+        calls: &[ToolCall],
+        budget: &mut Budget,
+        emit: &(dyn Fn(EventBody) + Sync),
+        cancel: &CancellationToken,
+    ) -> RoundResult {
+        let mut reserved = 0.0;
+        let verdicts: Vec<Verdict> = calls
+            .iter()
+            .map(|c| self.judge(tenant, c, budget, &mut reserved))
+            .collect();
+        let runs = calls
+            .iter()
+            .zip(verdicts)
+            .map(|(call, v)| self.settle(call, v, emit, cancel));
+        let reports = futures_util::future::join_all(runs).await;
+        let cost_usd: f64 = reports.iter().map(|r| r.cost_usd).sum();
+        budget.spent_usd += cost_usd;
+        let messages = calls
+            .iter()
+            .zip(&reports)
+            .map(|(call, r)| ChatMessage {
+                role: Role::Tool,
+                content: r.for_model.clone(),
+                tool_calls: Vec::new(),
+                tool_call_id: Some(call.id.clone()),
+            })
+            .collect();
+        RoundResult { messages, cost_usd }
+    }
+
+    /// Decides on one call, in the order the model made them; every call counts against
+    /// `turn.max_tool_calls`, and an allowed call's cost is set aside in `reserved` so the
+    /// calls of one round together stay under the ceiling.
+    fn judge(
+        &self,
+        tenant: &str,
+        call: &ToolCall,
+        budget: &mut Budget,
+        reserved: &mut f64,
+    ) -> Verdict {
+        if budget.calls_left == 0 {
+            crate::metrics::tool_refused("max_tool_calls");
+            return Verdict::Refuse(
+                "this turn's tool calls are spent (turn.max_tool_calls); answer without tools"
+                    .into(),
+            );
+        }
+        budget.calls_left -= 1;
+        let catalog = self.catalog();
+        let entry = match catalog.get(&call.name) {
+            Some(e) if self.allowed(tenant, &call.name) => e.clone(),
+            _ => {
+                crate::metrics::tool_refused("not_offered");
+                return Verdict::Refuse(format!("tool {:?} is not available here", call.name));
+            }
+        };
+        let cost = entry.limits.cost_usd;
+        if budget.ceiling_usd > 0.0 && budget.spent_usd + *reserved + cost > budget.ceiling_usd {
+            crate::metrics::tool_refused("max_cost_usd");
+            return Verdict::Refuse(
+                "this turn's cost ceiling (turn.max_cost_usd) leaves no room for this call".into(),
+            );
+        }
+        let args = match serde_json::from_str::<Value>(&call.arguments) {
+            Ok(Value::Object(m)) => m,
+            _ if call.arguments.trim().is_empty() => serde_json::Map::new(),
+            _ => return Verdict::Bad("the arguments are not a JSON object".into()),
+        };
+        *reserved += cost;
+        Verdict::Run(entry, args)
+    }
+
+    /// Carries out a verdict: a refusal or a bad call is reported at once, an allowed call
+    /// is announced (`running`), run and reported.
+    async fn settle(
+        &self,
+        call: &ToolCall,
+        verdict: Verdict,
+        emit: &(dyn Fn(EventBody) + Sync),
+        cancel: &CancellationToken,
+    ) -> Report {
+        let (entry, args) = match verdict {
+            Verdict::Run(entry, args) => (entry, args),
+            Verdict::Refuse(why) => {
+                let r = Report::failed(ToolStatus::Refused, why, Duration::ZERO, 0.0);
+                emit(event(call, None, Some(&r)));
+                return r;
+            }
+            Verdict::Bad(why) => {
+                let r = Report::failed(ToolStatus::Error, why, Duration::ZERO, 0.0);
+                emit(event(call, None, Some(&r)));
+                return r;
+            }
+        };
+        let server = entry.conn.name.clone();
+        emit(event(call, Some(&server), None));
+        let report = self.run(call, &entry, args, cancel).await;
+        crate::metrics::tool_call(&self.label(&call.name), report.status.as_str(), report.took);
+        tracing::debug!(tool = %call.name, %server, status = report.status.as_str(), ms = report.took.as_millis() as u64, "tool call");
+        emit(event(call, Some(&server), Some(&report)));
+        report
+    }
+
+    /// Runs one allowed call within its timeout: a slot first, then the server's answer.
+    async fn run(
+        &self,
+        call: &ToolCall,
+        entry: &Entry,
+        args: serde_json::Map<String, Value>,
+        cancel: &CancellationToken,
+    ) -> Report {
+        let t0 = Instant::now();
+        let timeout = ms(entry.limits.timeout_ms);
+        let deadline = t0 + timeout;
+        let cost = entry.limits.cost_usd;
+        let slot = tokio::select! {
+            _ = cancel.cancelled() => Err(None),
+            s = self.gates.take(&call.name, entry.limits.max_concurrency, deadline, timeout) => s.map_err(Some),
+        };
+        let _slot = match slot {
+            Ok(s) => s,
+            Err(None) => {
+                return Report::failed(
+                    ToolStatus::Error,
+                    "the turn was cancelled".into(),
+                    t0.elapsed(),
+                    0.0,
+                );
+            }
+            Err(Some(NoSlot::Busy)) => {
+                let why = format!(
+                    "no free slot within {} ms (max_concurrency {})",
+                    entry.limits.timeout_ms, entry.limits.max_concurrency
+                );
+                return Report::failed(ToolStatus::Timeout, why, t0.elapsed(), 0.0);
+            }
+            Err(Some(NoSlot::Unavailable(e))) => {
+                return Report::failed(
+                    ToolStatus::Error,
+                    format!("tool slots unavailable: {e}"),
+                    t0.elapsed(),
+                    0.0,
+                );
+            }
+        };
+        let answer = tokio::select! {
+            _ = cancel.cancelled() => return Report::failed(ToolStatus::Error, "the turn was cancelled".into(), t0.elapsed(), cost),
+            r = tokio::time::timeout_at(deadline, entry.conn.call(&call.name, args)) => r,
+        };
+        let took = t0.elapsed();
+        match answer {
+            Err(_) => Report::failed(
+                ToolStatus::Timeout,
+                format!("no answer within {} ms", entry.limits.timeout_ms),
+                took,
+                cost,
+            ),
+            Ok(Err(e)) => Report::failed(ToolStatus::Error, e, took, cost),
+            Ok(Ok(reply)) => {
+                let checked = output::check(&reply.text, self.output_chars, self.redact);
+                let (status, error) = match (reply.is_error, checked.withheld) {
+                    (true, _) => (
+                        ToolStatus::Error,
+                        Some("the tool reported an error".to_string()),
+                    ),
+                    (false, Some(rule)) => (
+                        ToolStatus::Error,
+                        Some(format!(
+                            "output withheld from the model: it looks like a prompt injection ({rule})"
+                        )),
+                    ),
+                    (false, None) => (ToolStatus::Ok, None),
+                };
+                Report {
+                    status,
+                    shown: Some(checked.shown),
+                    for_model: checked.for_model,
+                    error,
+                    took,
+                    cost_usd: cost,
+                }
+            }
+        }
+    }
+}
