@@ -453,3 +453,26 @@ async fn the_rag_alias_runs_server_tools_and_reports_them_in_the_extension() {
         "the same question again: an answer built on a tool is never cached"
     );
 }
+
+#[tokio::test]
+async fn a_model_that_calls_tools_after_its_budget_is_not_asked_again() {
+    let tools = http_tools().await;
+    let srv = start(http_server(&tools.url), |c| c.turn.max_tool_calls = 1).await;
+    let mut a = srv.joined("ops", "ann").await;
+    srv.mock.push(Behavior::calls(&[("get_time", "{}")]));
+    // Offered no tools any more, the model calls one anyway; and would forever.
+    srv.mock.set_default(Behavior::calls(&[("get_time", "{}")]));
+    a.send(json!({"type": "prompt", "text": "Time?"})).await;
+    let seen = a.until_end().await;
+    let mut statuses: Vec<String> = tool_events(&seen)
+        .into_iter()
+        .filter(|e| e.1 != "running")
+        .map(|e| e.1)
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, ["ok", "refused"], "{seen:?}");
+    assert_eq!(srv.mock.requests().len(), 2, "asked twice, not again");
+    assert!(srv.mock.requests()[1].get("tools").is_none());
+    assert_eq!(seen.last().unwrap()["finish_reason"], "stop");
+    assert_eq!(ends(&seen), 1);
+}

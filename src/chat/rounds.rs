@@ -59,12 +59,16 @@ impl TurnEngine {
                 .and_then(|l| turn.chain.links.iter().position(|x| Arc::ptr_eq(x, l)))
                 .unwrap_or(start);
             budget.spent_usd = p.charges.iter().map(|c| c.usd).sum();
+            // Calls after the budget was spent (no tools were offered): refused and told,
+            // but the model is not asked again, so a model that keeps calling cannot loop.
+            let over_budget = budget.calls_left == 0;
             let round = Round {
                 tb,
                 turn,
                 cancel: &cancel,
             };
             let ended = round.run(plan, &mut p, said, &mut budget).await;
+            let ended = ended.or(over_budget.then_some(Outcome::Finished(UpstreamFinish::Stop)));
             if let Some(outcome) = ended {
                 return Generated {
                     outcome,
