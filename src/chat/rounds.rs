@@ -41,11 +41,20 @@ impl TurnEngine {
             let generated = self
                 .once(turn, plan, start, deadline, &cancel, progress)
                 .await;
-            let tb = match (&self.tools, &generated.outcome) {
-                (Some(tb), Outcome::Finished(UpstreamFinish::ToolCalls))
-                    if turn.req.tools.is_empty() =>
-                {
-                    tb
+            let calls_ours = turn.req.tools.is_empty()
+                && matches!(
+                    generated.outcome,
+                    Outcome::Finished(UpstreamFinish::ToolCalls)
+                );
+            let tb = match &self.tools {
+                Some(tb) if calls_ours => tb,
+                // Calls though no tool was offered (no MCP server configured): not the
+                // client's to run either, so the turn simply ends.
+                None if calls_ours => {
+                    return Generated {
+                        outcome: Outcome::Finished(UpstreamFinish::Stop),
+                        ..generated
+                    };
                 }
                 _ => return generated,
             };

@@ -558,3 +558,15 @@ async fn everything_from_the_client_is_screened_like_the_prompt() {
         "an injection in a system message"
     );
 }
+
+#[tokio::test]
+async fn calls_when_no_tool_was_offered_end_the_turn_as_stopped() {
+    // No MCP server, no client tools: a model that calls anyway has nobody to run it.
+    let mock = MockUpstream::start(0, Behavior::calls(&[("get_time", "{}")]))
+        .await
+        .unwrap();
+    let sink = run(&config(&mock, 0, |_| {}), "time?").await;
+    assert_eq!(sink.end(), (FinishReason::Stop, false));
+    assert_eq!(sink.kinds(), ["start", "metrics", "end"]);
+    assert_eq!(mock.requests().len(), 1);
+}
