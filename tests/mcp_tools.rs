@@ -58,6 +58,18 @@ fn tool_events(evs: &[Value]) -> Vec<(String, String, Value, Value)> {
         .collect()
 }
 
+/// How the model's calls of a turn ended (`running` left out), sorted: calls of one round
+/// end in any order.
+fn outcomes(evs: &[Value]) -> Vec<String> {
+    let mut out: Vec<String> = tool_events(evs)
+        .into_iter()
+        .filter(|e| e.1 != "running")
+        .map(|e| e.1)
+        .collect();
+    out.sort_unstable();
+    out
+}
+
 fn ends(evs: &[Value]) -> usize {
     evs.iter().filter(|e| e["type"] == "end").count()
 }
@@ -281,14 +293,7 @@ async fn the_call_budget_and_the_cost_ceiling_stop_tools() {
     a.send(json!({"type": "prompt", "text": "Time, thrice?"}))
         .await;
     let seen = a.until_end().await;
-    let t = tool_events(&seen);
-    let mut statuses: Vec<&str> = t
-        .iter()
-        .filter(|e| e.1 != "running")
-        .map(|e| e.1.as_str())
-        .collect();
-    statuses.sort_unstable();
-    assert_eq!(statuses, ["ok", "ok", "refused"], "{t:?}");
+    assert_eq!(outcomes(&seen), ["ok", "ok", "refused"], "{seen:?}");
     let asked_again = &srv.mock.requests()[1];
     assert!(
         asked_again.get("tools").is_none(),
@@ -316,14 +321,7 @@ async fn the_call_budget_and_the_cost_ceiling_stop_tools() {
         .push(Behavior::calls(&[("get_time", "{}"), ("get_time", "{}")]));
     a.send(json!({"type": "prompt", "text": "Time?"})).await;
     let seen = a.until_end().await;
-    let t = tool_events(&seen);
-    let mut statuses: Vec<&str> = t
-        .iter()
-        .filter(|e| e.1 != "running")
-        .map(|e| e.1.as_str())
-        .collect();
-    statuses.sort_unstable();
-    assert_eq!(statuses, ["ok", "refused"], "{t:?}");
+    assert_eq!(outcomes(&seen), ["ok", "refused"], "{seen:?}");
     let err = seen.iter().find(|e| e["type"] == "error").unwrap();
     assert_eq!(err["code"], "turn_budget_spent", "{err}");
     assert_eq!(seen.last().unwrap()["finish_reason"], "error");
@@ -464,13 +462,7 @@ async fn a_model_that_calls_tools_after_its_budget_is_not_asked_again() {
     srv.mock.set_default(Behavior::calls(&[("get_time", "{}")]));
     a.send(json!({"type": "prompt", "text": "Time?"})).await;
     let seen = a.until_end().await;
-    let mut statuses: Vec<String> = tool_events(&seen)
-        .into_iter()
-        .filter(|e| e.1 != "running")
-        .map(|e| e.1)
-        .collect();
-    statuses.sort_unstable();
-    assert_eq!(statuses, ["ok", "refused"], "{seen:?}");
+    assert_eq!(outcomes(&seen), ["ok", "refused"], "{seen:?}");
     assert_eq!(srv.mock.requests().len(), 2, "asked twice, not again");
     assert!(srv.mock.requests()[1].get("tools").is_none());
     assert_eq!(seen.last().unwrap()["finish_reason"], "stop");

@@ -139,7 +139,7 @@ impl OpenAiApi {
         let tools_empty = tools.is_empty();
         let (sink, rx) = ClientSink::new(tenant, conversation.history, SINK_CAPACITY);
         // A tool exchange is this conversation's alone: never answered from the cache.
-        let exchanges = tools.is_empty()
+        let exchanges = tools_empty
             && conversation
                 .messages
                 .iter()
