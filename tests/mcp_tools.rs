@@ -408,12 +408,7 @@ async fn the_rag_alias_runs_server_tools_and_reports_them_in_the_extension() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let body = resp.text().await.unwrap();
-    let chunks: Vec<Value> = body
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks = common::sse_json(&body);
     let live: Vec<&str> = chunks
         .iter()
         .filter_map(|c| c["confab_tool"]["status"].as_str())

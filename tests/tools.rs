@@ -29,15 +29,6 @@ fn weather_tools() -> Value {
     ])
 }
 
-/// The chunks of a streamed answer (without `[DONE]`).
-fn chunks(body: &str) -> Vec<Value> {
-    body.lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| d.trim() != "[DONE]")
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect()
-}
-
 /// The calls a stream adds up to, as `(id, name, arguments)`, assembled the way OpenAI's
 /// SDKs do: by `index`, id and name from the first piece, arguments concatenated.
 fn assemble(chunks: &[Value]) -> Vec<(String, String, String)> {
@@ -141,7 +132,7 @@ async fn client_tools_round_trip_whole_and_streamed() {
     streamed["stream"] = json!(true);
     let (status, text) = post(&srv, &streamed).await;
     assert_eq!(status, 200, "{text}");
-    let cs = chunks(&text);
+    let cs = common::sse_json(&text);
     let got = assemble(&cs);
     assert_eq!(got.len(), 1, "{text}");
     assert!(got[0].0.starts_with("call_"), "{got:?}");

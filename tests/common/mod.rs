@@ -77,6 +77,15 @@ pub fn provider(base_url: &str, model: &str) -> ProviderEntry {
     }
 }
 
+/// The JSON chunks of a streamed OpenAI answer (the closing `[DONE]` left out).
+pub fn sse_json(body: &str) -> Vec<Value> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| d.trim() != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("a chunk is JSON"))
+        .collect()
+}
+
 /// Sets the default chain's links.
 pub fn chain(cfg: &mut Config, links: &[&str]) {
     cfg.chains.insert(
