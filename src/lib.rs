@@ -130,10 +130,13 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Runn
         None => None,
     };
     auth.spawn_reload(life.background.clone());
-    let tools = if config.mcp.servers.is_empty() {
+    // The tool box exists when there is a tool to offer: an MCP server's, or follow-up
+    // searches of the documents.
+    let search = retrieval.clone().filter(|_| config.turn.search_tool);
+    let tools = if config.mcp.servers.is_empty() && search.is_none() {
         None
     } else {
-        Some(tools::ToolBox::start(&config, cluster.clone(), &life).await)
+        Some(tools::ToolBox::start(&config, cluster.clone(), search, &life).await)
     };
     let services = app::Services {
         retrieval,

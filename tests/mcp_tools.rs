@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use common::mcp::{SERVER, http_tools, python};
-use common::{Client, TestServer};
+use common::TestServer;
 use confab::Config;
 use confab::config::McpServer;
 use confab_loadtest::mock::Behavior;
@@ -251,10 +251,7 @@ async fn a_tool_outside_the_tenants_allow_list_is_refused_and_never_offered() {
         c.auth.tenants.get_mut("acme").unwrap().tools = Some(vec!["get_time".into()]);
     })
     .await;
-    let mut a = Client::connect_with(&srv.ws_url(), &[("authorization", "Bearer key-ann")])
-        .await
-        .unwrap();
-    a.join("ops", "ann").await;
+    let mut a = srv.joined_with_key("ops", "ann", "key-ann").await;
     srv.mock
         .push(Behavior::calls(&[("get_weather", r#"{"city":"Oslo"}"#)]));
     srv.mock

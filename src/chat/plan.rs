@@ -42,7 +42,7 @@ impl TurnEngine {
             .as_ref()
             .filter(|_| turn.req.server_tools && request.tools.is_empty())
         {
-            request.tools = tb.offered(&turn.tenant);
+            request.tools = tb.offered(&turn.tenant, grounded.grounding.is_some());
         }
         let prompt_tokens = prompt::estimate_tokens(&request);
         let route = RouteInput {

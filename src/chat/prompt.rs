@@ -24,19 +24,6 @@ fn example() -> [ChatMessage; 2] {
     ]
 }
 
-/// The place of a source: its title, and its section when that says more.
-fn place(s: &Source) -> String {
-    let mut p = if s.section.is_empty() || s.section == s.title {
-        s.title.clone()
-    } else {
-        format!("{} › {}", s.title, s.section)
-    };
-    if let Some(page) = s.page {
-        p.push_str(&format!(" (page {page})"));
-    }
-    p
-}
-
 /// Speakers are named in the user messages because several people share the conversation.
 /// A room's history comes from its own turns; a client that sent the conversation (the
 /// OpenAI endpoint) has it forwarded as it was, tool calls and results included.
@@ -134,7 +121,7 @@ fn question(turn: &TurnRequest, sources: &[Source]) -> ChatMessage {
     } else {
         let mut c = String::from("Sources:\n");
         for s in sources {
-            c.push_str(&format!("[{}] {}: {}\n", s.n, place(s), s.text));
+            c.push_str(&s.listed());
         }
         c.push_str(&format!(
             "\nQuestion from {}: {}",

@@ -3,18 +3,14 @@
 //! in the `search_documents` event and the turn goes on without sources.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tracing::Instrument;
 
 use super::turn::Turn;
 use super::{TurnEngine, prompt};
 use crate::cache::CacheHit;
-use crate::config::ScreenAction;
-use crate::error::ErrorCode;
 use crate::protocol::{EventBody, SEARCH_DOCUMENTS, ToolInput, ToolOutput};
-use crate::providers::Source;
-use crate::retrieval::{Grounding, Retrieval, RetrievalError, Screened, SearchOutcome};
+use crate::retrieval::{Grounding, RetrievalError};
 
 /// How the retrieval phase ended.
 pub(super) enum Retrieved {
@@ -48,7 +44,8 @@ impl TurnEngine {
             }
             embedding = Some(v.clone());
         }
-        let grounding = search(r, &turn.tenant, query, vector, self.safety.chunks)
+        let grounding = r
+            .ground(&turn.tenant, query, vector, self.safety.chunks)
             .instrument(tracing::info_span!("retrieve"))
             .await;
         Retrieved::Grounded(Grounded {
@@ -56,79 +53,6 @@ impl TurnEngine {
             embedding,
         })
     }
-}
-
-/// Searches with the vector (or reports why there is none).
-async fn search(
-    r: &Retrieval,
-    tenant: &str,
-    query: String,
-    vector: Result<Vec<f32>, RetrievalError>,
-    screen: ScreenAction,
-) -> Grounding {
-    let t0 = Instant::now();
-    let found = match vector {
-        Ok(v) => {
-            r.search_vector(tenant, &query, v, r.cfg.top_k, r.cfg.score_floor)
-                .await
-        }
-        Err(e) => Err(e),
-    };
-    let mut g = Grounding {
-        query,
-        top_k: r.cfg.top_k,
-        ..Grounding::default()
-    };
-    match found {
-        Ok(found) => screen_hits(&mut g, found, screen),
-        Err(e) => {
-            tracing::warn!(error = %e, "retrieval failed; answering without sources");
-            g.error = Some((ErrorCode::from(&e), e.to_string()));
-            g.took = t0.elapsed();
-        }
-    }
-    g
-}
-
-/// Screens each hit for injected instructions: blocked ones never reach the model, flagged
-/// ones do, marked; both are listed.
-fn screen_hits(g: &mut Grounding, found: SearchOutcome, screen: ScreenAction) {
-    for h in found.hits {
-        // The title and section reach the model too (each source is listed with its place).
-        let rule = match screen {
-            ScreenAction::Off => None,
-            _ => [&h.text, &h.title, &h.section]
-                .into_iter()
-                .find_map(|t| crate::safety::screen(t)),
-        };
-        if let Some(rule) = rule {
-            let blocked = screen == ScreenAction::Block;
-            let action = if blocked { "dropped" } else { "flagged" };
-            crate::metrics::screened("chunk", rule, action);
-            g.screened.push(Screened {
-                doc_id: h.doc_id.clone(),
-                chunk: h.chunk,
-                rule,
-                action,
-            });
-            if blocked {
-                continue;
-            }
-        }
-        g.sources.push(Source {
-            n: g.sources.len() + 1,
-            doc_id: h.doc_id,
-            title: h.title,
-            section: h.section,
-            page: h.page,
-            chunk: h.chunk,
-            text: h.text,
-            score: h.score,
-        });
-        g.flags.push(rule);
-    }
-    g.dropped_duplicates = found.dropped_duplicates;
-    g.took = found.took;
 }
 
 /// The `search_documents` event (live, and replayed from the cache).

@@ -18,7 +18,7 @@ use crate::config::ms;
 use crate::error::ErrorCode;
 use crate::protocol::EventBody;
 use crate::providers::{ChatMessage, Role, Tools, UpstreamFinish};
-use crate::tools::{Budget, ToolBox};
+use crate::tools::{Budget, Caller, ToolBox};
 
 impl TurnEngine {
     /// Generates the answer, running the rounds of server-side tool calls it takes.
@@ -136,10 +136,15 @@ impl Round<'_> {
         let (turn, cancel) = (self.turn, self.cancel);
         let calls = std::mem::take(&mut p.calls).calls().to_vec();
         let emit = |ev: EventBody| turn.sink.turn_event(turn.req.turn_id, ev);
-        let result = self
-            .tb
-            .run_round(&turn.tenant, &calls, budget, &emit, cancel)
-            .await;
+        let who = Caller {
+            tenant: &turn.tenant,
+            emit: &emit,
+            cancel,
+            sources: &plan.request.sources,
+        };
+        let result = self.tb.run_round(&who, &calls, budget).await;
+        // Follow-up searches' sources are citable like the first ones.
+        plan.request.sources.extend(result.sources);
         p.charges.push(Charge {
             tokens: 0,
             usd: result.cost_usd,

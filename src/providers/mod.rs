@@ -90,6 +90,26 @@ pub struct Source {
     pub score: f32,
 }
 
+impl Source {
+    /// The place of a source: its title, and its section when that says more.
+    pub fn place(&self) -> String {
+        let mut p = if self.section.is_empty() || self.section == self.title {
+            self.title.clone()
+        } else {
+            format!("{} › {}", self.title, self.section)
+        };
+        if let Some(page) = self.page {
+            p.push_str(&format!(" (page {page})"));
+        }
+        p
+    }
+
+    /// The source as a model is shown it: `[n] place: text`, one line.
+    pub fn listed(&self) -> String {
+        format!("[{}] {}: {}\n", self.n, self.place(), self.text)
+    }
+}
+
 /// What the turn engine asks of a provider.
 #[derive(Debug, Clone)]
 pub struct ChatRequest {

@@ -2,6 +2,7 @@
 //! vectors, IDF applied by the store) or both fused by reciprocal rank; drop duplicates.
 
 mod fusion;
+mod ground;
 mod grounding;
 mod versions;
 

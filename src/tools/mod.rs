@@ -1,5 +1,6 @@
 //! Server-side tools the model may call in rooms and through the RAG alias: the tools of
-//! the configured MCP servers (`mcp.rs`). The tool box keeps the catalog (listed at boot,
+//! the configured MCP servers (`mcp.rs`), and `search_documents` over the tenant's
+//! documents when retrieval is on (`search.rs`). The tool box keeps the catalog (listed at boot,
 //! refreshed, a server that is down retried), says what a tenant's turns may offer, and
 //! runs one round of calls within the turn's budgets: each call checked (offered to the
 //! tenant, `turn.max_tool_calls`, `turn.max_cost_usd`), then run with a concurrency slot
@@ -10,34 +11,62 @@ mod gate;
 mod mcp;
 mod output;
 mod round;
+mod search;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-pub use self::round::{Budget, RoundResult};
+pub use self::round::{Budget, Caller, RoundResult};
 
 use self::gate::Gates;
 use self::mcp::McpConn;
+use self::search::Search;
 use crate::cluster::Cluster;
 use crate::config::{Config, ToolLimits};
 use crate::lifecycle::Lifecycle;
+use crate::protocol::SEARCH_DOCUMENTS;
 use crate::providers::{ToolDef, Tools};
+use crate::retrieval::Retrieval;
 
 /// How often the catalog is listed again; sooner while a server is down.
 const REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
 const RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Who runs a tool.
+#[derive(Clone)]
+enum Runner {
+    Mcp(Arc<McpConn>),
+    /// confab's own `search_documents`.
+    Search,
+}
+
 /// One tool as offered.
 #[derive(Clone)]
 struct Entry {
     def: ToolDef,
-    conn: Arc<McpConn>,
+    runner: Runner,
     limits: ToolLimits,
+}
+
+impl Entry {
+    /// The MCP server that has the tool; `None` for confab's own.
+    fn server(&self) -> Option<&str> {
+        match &self.runner {
+            Runner::Mcp(conn) => Some(&conn.name),
+            Runner::Search => None,
+        }
+    }
+
+    fn on(&self, conn: &Arc<McpConn>) -> bool {
+        matches!(&self.runner, Runner::Mcp(c) if Arc::ptr_eq(c, conn))
+    }
 }
 
 /// The server-side tools and how to run them.
 pub struct ToolBox {
     servers: Vec<Arc<McpConn>>,
+    /// Retrieval, when `search_documents` is offered (`turn.search_tool`).
+    search: Option<Search>,
     catalog: RwLock<Arc<BTreeMap<String, Entry>>>,
     /// Tenants with an allow-list (`auth.tenants.NAME.tools`); the others get every tool.
     allow: HashMap<String, HashSet<String>>,
@@ -49,8 +78,14 @@ pub struct ToolBox {
 
 impl ToolBox {
     /// The tool box of `cfg`, its catalog listed once (each server within its connect
-    /// timeout; one that is down is left out and retried in the background).
-    pub async fn start(cfg: &Config, cluster: Option<Arc<Cluster>>, life: &Lifecycle) -> Arc<Self> {
+    /// timeout; one that is down is left out and retried in the background). With
+    /// `retrieval`, `search_documents` is one of the tools.
+    pub async fn start(
+        cfg: &Config,
+        cluster: Option<Arc<Cluster>>,
+        retrieval: Option<Arc<Retrieval>>,
+        life: &Lifecycle,
+    ) -> Arc<Self> {
         let servers: Vec<Arc<McpConn>> = cfg
             .mcp
             .servers
@@ -63,15 +98,22 @@ impl ToolBox {
             .iter()
             .filter_map(|(t, tc)| Some((t.clone(), tc.tools.clone()?.into_iter().collect())))
             .collect();
+        let search = retrieval.map(|retrieval| Search {
+            retrieval,
+            screen: cfg.safety.chunks,
+        });
         let tb = Arc::new(Self {
             servers,
+            search,
             catalog: RwLock::new(Arc::new(BTreeMap::new())),
             allow,
             gates: Gates::new(cluster),
             output_chars: cfg.turn.tool_output_chars,
             redact: (cfg.safety.redact_secrets, cfg.safety.redact_emails),
         });
-        if !tb.servers.is_empty() {
+        if tb.servers.is_empty() {
+            tb.refresh().await;
+        } else {
             let mut all_up = tb.refresh().await;
             let (tb2, cancel) = (tb.clone(), life.background.clone());
             life.workers.spawn(async move {
@@ -93,7 +135,7 @@ impl ToolBox {
     async fn refresh(&self) -> bool {
         let lists = futures_util::future::join_all(self.servers.iter().map(|s| s.list())).await;
         let old = self.catalog();
-        let mut next: BTreeMap<String, Entry> = BTreeMap::new();
+        let mut next = self.own_tools();
         let mut all_up = true;
         for (conn, listed) in self.servers.iter().zip(lists) {
             let tools = match listed {
@@ -102,7 +144,7 @@ impl ToolBox {
                     tracing::warn!(server = %conn.name, error = %e, "MCP server unavailable; its tools are retried");
                     crate::metrics::mcp_server_up(&conn.name, false);
                     all_up = false;
-                    let kept = old.iter().filter(|(_, e)| Arc::ptr_eq(&e.conn, conn));
+                    let kept = old.iter().filter(|(_, e)| e.on(conn));
                     next.extend(kept.map(|(n, e)| (n.clone(), e.clone())));
                     continue;
                 }
@@ -113,7 +155,8 @@ impl ToolBox {
                     continue;
                 }
                 if let Some(other) = next.get(&t.name) {
-                    tracing::warn!(tool = %t.name, server = %conn.name, kept = %other.conn.name, "two MCP servers list the same tool name; the first is kept");
+                    let kept = other.server().unwrap_or("confab");
+                    tracing::warn!(tool = %t.name, server = %conn.name, %kept, "two tools have the same name; the first is kept");
                     continue;
                 }
                 let limits = conn.cfg.limits_of(&t.name);
@@ -126,7 +169,7 @@ impl ToolBox {
                     t.name,
                     Entry {
                         def,
-                        conn: conn.clone(),
+                        runner: Runner::Mcp(conn.clone()),
                         limits,
                     },
                 );
@@ -134,6 +177,25 @@ impl ToolBox {
         }
         *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         all_up
+    }
+
+    /// confab's own tools: `search_documents` when retrieval is on. They come first, so an
+    /// MCP tool of the same name is left out.
+    fn own_tools(&self) -> BTreeMap<String, Entry> {
+        let mut own = BTreeMap::new();
+        if self.search.is_some() {
+            let entry = Entry {
+                def: search::def(),
+                runner: Runner::Search,
+                limits: ToolLimits {
+                    timeout_ms: search::TIMEOUT_MS,
+                    max_concurrency: u32::MAX,
+                    cost_usd: 0.0,
+                },
+            };
+            own.insert(SEARCH_DOCUMENTS.to_string(), entry);
+        }
+        own
     }
 
     fn catalog(&self) -> Arc<BTreeMap<String, Entry>> {
@@ -148,11 +210,13 @@ impl ToolBox {
         self.allow.get(tenant).is_none_or(|a| a.contains(tool))
     }
 
-    /// The tools a turn of `tenant` offers the model.
-    pub fn offered(&self, tenant: &str) -> Tools {
+    /// The tools a turn of `tenant` offers the model; `search_documents` only to a turn
+    /// that `retrieves`.
+    pub fn offered(&self, tenant: &str, retrieves: bool) -> Tools {
         let defs = self
             .catalog()
             .values()
+            .filter(|e| retrieves || !matches!(e.runner, Runner::Search))
             .filter(|e| self.allowed(tenant, &e.def.name))
             .map(|e| e.def.clone())
             .collect();

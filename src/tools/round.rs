@@ -1,8 +1,9 @@
 //! One round of the model's calls: each judged in order against the turn's budgets and the
-//! tenant's allow-list, the ones allowed run together (each within its slot and timeout),
-//! and every call answered — the model is told what was refused or failed, so it can
-//! answer without it.
+//! tenant's allow-list, the ones allowed run together (an MCP tool within its slot and
+//! timeout, a follow-up search within its timeout), and every call answered — the model is
+//! told what was refused or failed, so it can answer without it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -10,10 +11,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::gate::NoSlot;
-use super::{Entry, ToolBox, output};
-use crate::config::ms;
+use super::mcp::{McpConn, Reply};
+use super::search::{self, Numbering};
+use super::{Runner, ToolBox, output};
+use crate::config::{ToolLimits, ms};
 use crate::protocol::{EventBody, ToolInput, ToolOutput, ToolStatus};
-use crate::providers::{ChatMessage, Role, ToolCall};
+use crate::providers::{ChatMessage, Role, Source, ToolCall};
+use crate::retrieval::Grounding;
 
 /// What a turn may still spend on tools.
 #[derive(Debug, Clone, Copy)]
@@ -32,17 +36,31 @@ impl Budget {
     }
 }
 
+/// The turn a round runs for.
+pub struct Caller<'a> {
+    pub tenant: &'a str,
+    /// Sends a `tool` event to the turn's clients.
+    pub emit: &'a (dyn Fn(EventBody) + Sync),
+    pub cancel: &'a CancellationToken,
+    /// The sources the model has been given so far, numbered.
+    pub sources: &'a [Source],
+}
+
 /// What a round produced.
 pub struct RoundResult {
     /// One `tool` message per call, in the order of the calls.
     pub messages: Vec<ChatMessage>,
     /// What the calls that ran cost.
     pub cost_usd: f64,
+    /// Sources follow-up searches found that the model did not have, numbered after them.
+    pub sources: Vec<Source>,
 }
 
 /// What happens to one call.
 enum Verdict {
-    Run(Entry, serde_json::Map<String, Value>),
+    Run(Arc<McpConn>, ToolLimits, serde_json::Map<String, Value>),
+    /// A follow-up search for this query.
+    Search(String),
     /// Not run; the model is told why.
     Refuse(String),
     /// Not runnable as asked (arguments that are not an object).
@@ -52,8 +70,8 @@ enum Verdict {
 /// How one call ended, for its event and the model.
 struct Report {
     status: ToolStatus,
-    /// Shown to people (null while running or when nothing came back).
-    shown: Option<String>,
+    /// Shown to people (null when nothing came back).
+    shown: ToolOutput,
     /// Told to the model.
     for_model: String,
     error: Option<String>,
@@ -65,29 +83,56 @@ impl Report {
     fn failed(status: ToolStatus, error: String, took: Duration, cost_usd: f64) -> Self {
         Self {
             status,
-            shown: None,
+            shown: ToolOutput::Other(Value::Null),
             for_model: format!("error: {error}"),
             error: Some(error),
             took,
             cost_usd,
         }
     }
+
+    /// A finished search: what it found, or why it found nothing.
+    fn searched(g: &Grounding, took: Duration) -> Self {
+        let error = g
+            .error
+            .as_ref()
+            .map(|(_, m)| format!("the search failed: {m}"));
+        Self {
+            status: match error {
+                Some(_) => ToolStatus::Error,
+                None => ToolStatus::Ok,
+            },
+            shown: ToolOutput::SearchDocuments(g.output()),
+            for_model: search::for_model(g),
+            error,
+            took,
+            cost_usd: 0.0,
+        }
+    }
+}
+
+/// A call's arguments as its events show them.
+fn shown_input(call: &ToolCall) -> ToolInput {
+    let input = serde_json::from_str::<Value>(&call.arguments)
+        .unwrap_or_else(|_| Value::String(call.arguments.clone()));
+    ToolInput::Other(input)
 }
 
 /// A call's event: `running` (no report) or its end.
-fn event(call: &ToolCall, server: Option<&str>, report: Option<&Report>) -> EventBody {
-    let input = serde_json::from_str::<Value>(&call.arguments)
-        .unwrap_or_else(|_| Value::String(call.arguments.clone()));
-    let output = report
-        .and_then(|r| r.shown.clone())
-        .map_or(Value::Null, Value::String);
+fn event(
+    call: &ToolCall,
+    server: Option<&str>,
+    input: &ToolInput,
+    report: Option<&Report>,
+) -> EventBody {
+    let output = report.map_or(ToolOutput::Other(Value::Null), |r| r.shown.clone());
     EventBody::Tool {
         name: call.name.clone(),
         call_id: Some(call.id.clone()),
         server: server.map(str::to_string),
         status: report.map_or(ToolStatus::Running, |r| r.status),
-        input: ToolInput::Other(input),
-        output: ToolOutput::Other(output),
+        input: input.clone(),
+        output,
         error: report.and_then(|r| r.error.clone()),
         duration_ms: report.map_or(0, |r| r.took.as_millis() as u64),
         cost_usd: report.map_or(0.0, |r| r.cost_usd),
@@ -95,24 +140,23 @@ fn event(call: &ToolCall, server: Option<&str>, report: Option<&Report>) -> Even
 }
 
 impl ToolBox {
-    /// Runs the model's `calls` for `tenant`, sending each call's events through `emit`.
+    /// Runs the model's `calls` for the turn of `who`, sending each call's events.
     pub async fn run_round(
         &self,
-        tenant: &str,
+        who: &Caller<'_>,
         calls: &[ToolCall],
         budget: &mut Budget,
-        emit: &(dyn Fn(EventBody) + Sync),
-        cancel: &CancellationToken,
     ) -> RoundResult {
         let mut reserved = 0.0;
         let verdicts: Vec<Verdict> = calls
             .iter()
-            .map(|c| self.judge(tenant, c, budget, &mut reserved))
+            .map(|c| self.judge(who.tenant, c, budget, &mut reserved))
             .collect();
+        let numbering = Numbering::new(who.sources);
         let runs = calls
             .iter()
             .zip(verdicts)
-            .map(|(call, v)| self.settle(call, v, emit, cancel));
+            .map(|(call, v)| self.settle(call, v, who, &numbering));
         let reports = futures_util::future::join_all(runs).await;
         let cost_usd: f64 = reports.iter().map(|r| r.cost_usd).sum();
         budget.spent_usd += cost_usd;
@@ -126,7 +170,11 @@ impl ToolBox {
                 tool_call_id: Some(call.id.clone()),
             })
             .collect();
-        RoundResult { messages, cost_usd }
+        RoundResult {
+            messages,
+            cost_usd,
+            sources: numbering.added(),
+        }
     }
 
     /// Decides on one call, in the order the model made them; every call counts against
@@ -168,7 +216,13 @@ impl ToolBox {
             _ => return Verdict::Bad("the arguments are not a JSON object".into()),
         };
         *reserved += cost;
-        Verdict::Run(entry, args)
+        match entry.runner {
+            Runner::Search => match search::query(&args) {
+                Ok(q) => Verdict::Search(q),
+                Err(why) => Verdict::Bad(why),
+            },
+            Runner::Mcp(ref conn) => Verdict::Run(conn.clone(), entry.limits, args),
+        }
     }
 
     /// Carries out a verdict: a refusal or a bad call is reported at once, an allowed call
@@ -177,46 +231,88 @@ impl ToolBox {
         &self,
         call: &ToolCall,
         verdict: Verdict,
-        emit: &(dyn Fn(EventBody) + Sync),
-        cancel: &CancellationToken,
+        who: &Caller<'_>,
+        numbering: &Numbering,
     ) -> Report {
-        let (entry, args) = match verdict {
-            Verdict::Run(entry, args) => (entry, args),
-            Verdict::Refuse(why) => {
-                let r = Report::failed(ToolStatus::Refused, why, Duration::ZERO, 0.0);
-                emit(event(call, None, Some(&r)));
-                return r;
-            }
-            Verdict::Bad(why) => {
-                let r = Report::failed(ToolStatus::Error, why, Duration::ZERO, 0.0);
-                emit(event(call, None, Some(&r)));
-                return r;
-            }
+        let emit = who.emit;
+        let failed = |status, why| {
+            let r = Report::failed(status, why, Duration::ZERO, 0.0);
+            emit(event(call, None, &shown_input(call), Some(&r)));
+            r
         };
-        let server = entry.conn.name.clone();
-        emit(event(call, Some(&server), None));
-        let report = self.run(call, &entry, args, cancel).await;
-        crate::metrics::tool_call(&self.label(&call.name), report.status.as_str(), report.took);
-        tracing::debug!(tool = %call.name, %server, status = report.status.as_str(), ms = report.took.as_millis() as u64, "tool call");
-        emit(event(call, Some(&server), Some(&report)));
+        let (conn, limits, args) = match verdict {
+            Verdict::Run(conn, limits, args) => (conn, limits, args),
+            Verdict::Search(query) => return self.search(call, query, who, numbering).await,
+            Verdict::Refuse(why) => return failed(ToolStatus::Refused, why),
+            Verdict::Bad(why) => return failed(ToolStatus::Error, why),
+        };
+        let server = Some(conn.name.clone());
+        let input = shown_input(call);
+        emit(event(call, server.as_deref(), &input, None));
+        let report = self.run(call, (&conn, limits), args, who.cancel).await;
+        self.record(call, &report);
+        emit(event(call, server.as_deref(), &input, Some(&report)));
         report
     }
 
-    /// Runs one allowed call within its timeout: a slot first, then the server's answer.
+    /// A follow-up search of the tenant's documents, within its timeout; its sources are
+    /// numbered for the turn.
+    async fn search(
+        &self,
+        call: &ToolCall,
+        query: String,
+        who: &Caller<'_>,
+        numbering: &Numbering,
+    ) -> Report {
+        let t0 = Instant::now();
+        let Some(search) = &self.search else {
+            return Report::failed(
+                ToolStatus::Error,
+                "retrieval is off".into(),
+                t0.elapsed(),
+                0.0,
+            );
+        };
+        let input = ToolInput::SearchDocuments(search.input(query.clone()));
+        (who.emit)(event(call, None, &input, None));
+        let run = tokio::time::timeout(
+            ms(search::TIMEOUT_MS),
+            search.run(who.tenant, query, numbering),
+        );
+        let report = tokio::select! {
+            _ = who.cancel.cancelled() => Report::failed(ToolStatus::Error, "the turn was cancelled".into(), t0.elapsed(), 0.0),
+            found = run => match found {
+                Ok(g) => Report::searched(&g, t0.elapsed()),
+                Err(_) => Report::failed(ToolStatus::Timeout, format!("no result within {} ms", search::TIMEOUT_MS), t0.elapsed(), 0.0),
+            },
+        };
+        self.record(call, &report);
+        (who.emit)(event(call, None, &input, Some(&report)));
+        report
+    }
+
+    /// The call in the metrics and the log.
+    fn record(&self, call: &ToolCall, report: &Report) {
+        crate::metrics::tool_call(&self.label(&call.name), report.status.as_str(), report.took);
+        tracing::debug!(tool = %call.name, status = report.status.as_str(), ms = report.took.as_millis() as u64, "tool call");
+    }
+
+    /// Runs one allowed call of `conn`'s tool within its timeout: a slot first, then the
+    /// server's answer.
     async fn run(
         &self,
         call: &ToolCall,
-        entry: &Entry,
+        (conn, limits): (&McpConn, ToolLimits),
         args: serde_json::Map<String, Value>,
         cancel: &CancellationToken,
     ) -> Report {
         let t0 = Instant::now();
-        let timeout = ms(entry.limits.timeout_ms);
+        let timeout = ms(limits.timeout_ms);
         let deadline = t0 + timeout;
-        let cost = entry.limits.cost_usd;
+        let cost = limits.cost_usd;
         let slot = tokio::select! {
             _ = cancel.cancelled() => Err(None),
-            s = self.gates.take(&call.name, entry.limits.max_concurrency, deadline, timeout) => s.map_err(Some),
+            s = self.gates.take(&call.name, limits.max_concurrency, deadline, timeout) => s.map_err(Some),
         };
         let _slot = match slot {
             Ok(s) => s,
@@ -231,7 +327,7 @@ impl ToolBox {
             Err(Some(NoSlot::Busy)) => {
                 let why = format!(
                     "no free slot within {} ms (max_concurrency {})",
-                    entry.limits.timeout_ms, entry.limits.max_concurrency
+                    limits.timeout_ms, limits.max_concurrency
                 );
                 return Report::failed(ToolStatus::Timeout, why, t0.elapsed(), 0.0);
             }
@@ -246,41 +342,44 @@ impl ToolBox {
         };
         let answer = tokio::select! {
             _ = cancel.cancelled() => return Report::failed(ToolStatus::Error, "the turn was cancelled".into(), t0.elapsed(), cost),
-            r = tokio::time::timeout_at(deadline, entry.conn.call(&call.name, args)) => r,
+            r = tokio::time::timeout_at(deadline, conn.call(&call.name, args)) => r,
         };
         let took = t0.elapsed();
         match answer {
             Err(_) => Report::failed(
                 ToolStatus::Timeout,
-                format!("no answer within {} ms", entry.limits.timeout_ms),
+                format!("no answer within {} ms", limits.timeout_ms),
                 took,
                 cost,
             ),
             Ok(Err(e)) => Report::failed(ToolStatus::Error, e, took, cost),
-            Ok(Ok(reply)) => {
-                let checked = output::check(&reply.text, self.output_chars, self.redact);
-                let (status, error) = match (reply.is_error, checked.withheld) {
-                    (true, _) => (
-                        ToolStatus::Error,
-                        Some("the tool reported an error".to_string()),
-                    ),
-                    (false, Some(rule)) => (
-                        ToolStatus::Error,
-                        Some(format!(
-                            "output withheld from the model: it looks like a prompt injection ({rule})"
-                        )),
-                    ),
-                    (false, None) => (ToolStatus::Ok, None),
-                };
-                Report {
-                    status,
-                    shown: Some(checked.shown),
-                    for_model: checked.for_model,
-                    error,
-                    took,
-                    cost_usd: cost,
-                }
-            }
+            Ok(Ok(reply)) => self.answered(reply, took, cost),
+        }
+    }
+
+    /// What a call answered, made safe: cut, redacted, screened.
+    fn answered(&self, reply: Reply, took: Duration, cost_usd: f64) -> Report {
+        let checked = output::check(&reply.text, self.output_chars, self.redact);
+        let (status, error) = match (reply.is_error, checked.withheld) {
+            (true, _) => (
+                ToolStatus::Error,
+                Some("the tool reported an error".to_string()),
+            ),
+            (false, Some(rule)) => (
+                ToolStatus::Error,
+                Some(format!(
+                    "output withheld from the model: it looks like a prompt injection ({rule})"
+                )),
+            ),
+            (false, None) => (ToolStatus::Ok, None),
+        };
+        Report {
+            status,
+            shown: ToolOutput::Other(Value::String(checked.shown)),
+            for_model: checked.for_model,
+            error,
+            took,
+            cost_usd,
         }
     }
 }

@@ -4,8 +4,10 @@ Uploads three short documents, asks ten questions whose answers are in them thro
 OpenAI-compatible endpoint (RAG alias, streamed), and counts answers that contain the expected
 fact *and* cite the right document. Also measures time to first token and tokens/s as a client
 of confab sees them. Then asks for the weather in three cities with a `get_weather` tool the
-client runs (llama-server's `--jinja` chat template): does the model call it with the city,
-and does its answer use the result sent back? Usage: CONFAB_URL=http://127.0.0.1:8787 python3 tests/clients/llm_smoke.py
+client runs (llama-server's `--jinja` chat template), once with `tool_choice: auto` and once
+with `required` (llama-server then constrains the output to a call with a grammar): does the
+model call it with the city, and does its answer use the result sent back? The RAG questions
+are asked with confab's `search_documents` tool offered; follow-up searches are counted. Usage: CONFAB_URL=http://127.0.0.1:8787 python3 tests/clients/llm_smoke.py
 """
 import json
 import os
@@ -76,12 +78,13 @@ TOOLS = [{"type": "function", "function": {
 CITIES = ["Oslo", "Lisbon", "Nairobi"]
 
 
-def tool_round_trip(city):
+def tool_round_trip(city, tool_choice):
     """Asks through a chain with a tool the client runs; returns (called with the city?,
     answer uses the result?, seconds for the call, seconds for the answer)."""
     ask = [{"role": "user", "content": f"What is the weather in {city} right now?"}]
     t0 = time.monotonic()
-    first = json.load(post("/v1/chat/completions", {"model": "default", "messages": ask, "tools": TOOLS}))
+    first = json.load(post("/v1/chat/completions", {
+        "model": "default", "messages": ask, "tools": TOOLS, "tool_choice": tool_choice}))
     t1 = time.monotonic()
     choice = first["choices"][0]
     calls = choice["message"].get("tool_calls") or []
@@ -99,18 +102,18 @@ def tool_round_trip(city):
     return True, used, t1 - t0, t2 - t1, answer
 
 
-def tools_smoke():
-    print("\n| city | called get_weather with it | answer uses the result | call s | answer s | answer |")
-    print("|---|---|---|---|---|---|")
+def tools_smoke(tool_choice):
+    print(f"\n| tool_choice | city | called get_weather with it | answer uses the result | call s | answer s | answer |")
+    print("|---|---|---|---|---|---|---|")
     called_n = used_n = 0
     for city in CITIES:
-        called, used, call_s, answer_s, answer = tool_round_trip(city)
+        called, used, call_s, answer_s, answer = tool_round_trip(city, tool_choice)
         called_n += bool(called)
         used_n += bool(used)
-        print(f"| {city} | {'yes' if called else 'no'} | {'yes' if used else 'no'} | {call_s:.2f} | {answer_s:.2f} "
-              f"| {str(answer).strip()[:80]!r} |")
-    print(f"\ntool calls: {called_n}/{len(CITIES)} questions answered with a get_weather call naming the city; "
-          f"{used_n}/{len(CITIES)} answers use the tool's result")
+        print(f"| {tool_choice} | {city} | {'yes' if called else 'no'} | {'yes' if used else 'no'} | {call_s:.2f} "
+              f"| {answer_s:.2f} | {str(answer).strip()[:80]!r} |")
+    print(f"\ntool calls (tool_choice {tool_choice}): {called_n}/{len(CITIES)} questions answered with a "
+          f"get_weather call naming the city; {used_n}/{len(CITIES)} answers use the tool's result")
 
 
 def main():
@@ -118,7 +121,7 @@ def main():
     for title, text in DOCS.items():
         doc = json.load(post("/v1/documents?wait=true", {"title": title, "text": text}))
         ids[title] = doc["id"]
-    good, ttfts, rates = 0, [], []
+    good, searched, ttfts, rates = 0, 0, [], []
     print("| # | question | answer | fact | cites the right document | TTFT s | tokens/s |")
     print("|---|---|---|---|---|---|---|")
     for i, (q, facts, title) in enumerate(QUESTIONS, 1):
@@ -127,6 +130,7 @@ def main():
         cited = {s["n"]: s["doc_id"] for s in ext.get("sources", [])}
         right = any(cited.get(n) == ids[title] for n in ext.get("citations", []))
         good += fact and right
+        searched += any(t.get("name") == "search_documents" for t in ext.get("tools", []))
         if ttft is not None:
             ttfts.append(ttft)
         if rate is not None:
@@ -136,8 +140,10 @@ def main():
               f"| {i} | {q} | {text.strip()!r} | {'yes' if fact else 'no'} | {'yes' if right else 'no'} | - | - |")
     print(f"\n{good}/{len(QUESTIONS)} answers contain the expected fact and cite its document; "
           f"TTFT median {statistics.median(ttfts):.2f} s (max {max(ttfts):.2f} s); "
-          f"generation {statistics.mean(rates):.1f} tokens/s (mean over answers)")
-    tools_smoke()
+          f"generation {statistics.mean(rates):.1f} tokens/s (mean over answers); "
+          f"{searched}/{len(QUESTIONS)} answers made a follow-up search_documents call")
+    tools_smoke("auto")
+    tools_smoke("required")
 
 
 if __name__ == "__main__":

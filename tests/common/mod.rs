@@ -135,6 +135,16 @@ impl TestServer {
         c.join(room, name).await;
         c
     }
+
+    /// Like [`TestServer::joined`], authenticated with API key `key`.
+    pub async fn joined_with_key(&self, room: &str, name: &str, key: &str) -> Client {
+        let auth = format!("Bearer {key}");
+        let mut c = Client::connect_with(&self.ws_url(), &[("authorization", &auth)])
+            .await
+            .expect("upgrade accepted");
+        c.join(room, name).await;
+        c
+    }
 }
 
 pub struct Client {

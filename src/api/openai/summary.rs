@@ -67,11 +67,16 @@ impl Summary {
                 self.text.push_str(text);
                 self.deltas += 1;
             }
-            EventBody::Tool {
-                output: ToolOutput::SearchDocuments(out),
-                ..
-            } => self.sources = out.results.iter().map(source_ref).collect(),
-            EventBody::Tool { .. } => {
+            EventBody::Tool { output, .. } => {
+                // Searches (confab's before the answer, the model's follow-ups) add
+                // sources; a follow-up's known sources keep their number.
+                if let ToolOutput::SearchDocuments(out) = output {
+                    for r in &out.results {
+                        if !self.sources.iter().any(|s| s.n as usize == r.n) {
+                            self.sources.push(source_ref(r));
+                        }
+                    }
+                }
                 if let Some(t) = trace(ev).filter(|t| t.status != "running") {
                     self.tools.push(t);
                 }
