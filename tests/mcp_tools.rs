@@ -11,8 +11,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::mcp::{SERVER, http_tools, python};
 use common::TestServer;
+use common::mcp::{SERVER, http_tools, python};
 use confab::Config;
 use confab::config::McpServer;
 use confab_loadtest::mock::Behavior;
