@@ -26,6 +26,14 @@ if ! "$mcp_venv/bin/python" -c "import mcp.server.mcpserver" 2>/dev/null; then
   "$mcp_venv/bin/pip" install --quiet mcp==2.3.0
 fi
 export CONFAB_TEST_MCP_PYTHON="$mcp_venv/bin/python"
+# The trace tests (tests/telemetry.rs) export to an OTLP/HTTP receiver made for tests (PyPI oteltap).
+otel_venv="${XDG_CACHE_HOME:-$HOME/.cache}/confab/tools/otel-venv"
+if ! "$otel_venv/bin/python" -c "import oteltap" 2>/dev/null; then
+  echo "== installing the OTLP test receiver (PyPI oteltap==1.0.0) into $otel_venv for the trace tests"
+  python3 -m venv "$otel_venv"
+  "$otel_venv/bin/pip" install --quiet oteltap==1.0.0
+fi
+export CONFAB_TEST_OTEL_PYTHON="$otel_venv/bin/python"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"

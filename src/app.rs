@@ -85,6 +85,10 @@ impl AppState {
             limits: limits.clone(),
             safety: config.safety.clone(),
             tools,
+            capture: crate::chat::Capture {
+                ratio: config.telemetry.capture_ratio,
+                chars: config.telemetry.capture_chars,
+            },
         }));
         let backend = match &cluster {
             None => Backend::Local(Arc::new(LocalBackplane::new(&config.rooms))),

@@ -22,6 +22,7 @@ pub mod providers;
 pub mod retrieval;
 pub mod rooms;
 pub mod safety;
+pub mod telemetry;
 pub mod tools;
 pub mod vector;
 pub mod ws;

@@ -193,7 +193,14 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config.log);
+    let telemetry = match confab::telemetry::start(&config.telemetry) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("confab: telemetry: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config.log, telemetry.as_ref());
     tracing::info!(config = ?config, "starting");
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -202,7 +209,7 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let running = match confab::run(config, shutdown.clone()).await {
             Ok(r) => r,
@@ -224,7 +231,12 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // The last spans (the drained turns') go out within the export timeout.
+    if let Some(t) = telemetry {
+        t.shutdown();
+    }
+    code
 }
 
 async fn wait_for_signal() {
@@ -242,14 +254,36 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn init_logging(cfg: &LogConfig) {
-    let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if cfg.json {
-        builder.json().init();
+/// Logs to stdout, and traces to the OTLP collector when one is configured. The log's
+/// filter never lets a captured turn's text through; the trace layer takes confab's spans
+/// (the phase spans are debug level: built only when tracing is on) and its trace events.
+fn init_logging(cfg: &LogConfig, telemetry: Option<&confab::telemetry::Telemetry>) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let level = format!("{},{}=off", cfg.level, confab::telemetry::CAPTURE);
+    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer();
+    let logs = if cfg.json {
+        fmt.json().with_filter(filter).boxed()
     } else {
-        builder.init();
-    }
+        fmt.with_filter(filter).boxed()
+    };
+    let traces = telemetry.map(|t| {
+        let ours = tracing_subscriber::filter::filter_fn(|meta| {
+            let target = meta.target();
+            if meta.is_span() {
+                target.starts_with("confab")
+            } else {
+                target == confab::telemetry::EVENTS || target == confab::telemetry::CAPTURE
+            }
+        });
+        t.layer().with_filter(ours)
+    });
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .init();
 }
 
 fn write_schemas(out: &std::path::Path) -> ExitCode {

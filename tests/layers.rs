@@ -27,6 +27,7 @@ fn rules() -> Vec<(&'static str, Vec<&'static str>)> {
         "retrieval",
         "rooms",
         "safety",
+        "telemetry",
         "tools",
         "vector",
         "ws",

@@ -114,6 +114,8 @@ struct MockState {
     script: Mutex<VecDeque<Behavior>>,
     default: Mutex<Behavior>,
     requests: Mutex<Vec<serde_json::Value>>,
+    /// Each request's W3C `traceparent` header, in the order of `requests`.
+    traceparents: Mutex<Vec<Option<String>>>,
     completed: AtomicUsize,
     aborted: AtomicUsize,
     seq: AtomicU64,
@@ -137,6 +139,7 @@ impl MockUpstream {
             script: Mutex::new(VecDeque::new()),
             default: Mutex::new(default),
             requests: Mutex::new(Vec::new()),
+            traceparents: Mutex::new(Vec::new()),
             completed: AtomicUsize::new(0),
             aborted: AtomicUsize::new(0),
             seq: AtomicU64::new(0),
@@ -174,6 +177,11 @@ impl MockUpstream {
     /// Every request body received so far.
     pub fn requests(&self) -> Vec<serde_json::Value> {
         lock(&self.state.requests).clone()
+    }
+
+    /// Each request's `traceparent` header (trace context propagation), in order.
+    pub fn traceparents(&self) -> Vec<Option<String>> {
+        lock(&self.state.traceparents).clone()
     }
 
     /// Streams that ran to `[DONE]`.
@@ -232,18 +240,31 @@ async fn script(
 
 #[handler]
 async fn completions(
+    req: &poem::Request,
     Json(body): Json<serde_json::Value>,
     Data(state): Data<&Arc<MockState>>,
 ) -> Response {
+    record_trace(req, state);
     respond(body, state, Dialect::OpenAi)
 }
 
 #[handler]
 async fn messages(
+    req: &poem::Request,
     Json(body): Json<serde_json::Value>,
     Data(state): Data<&Arc<MockState>>,
 ) -> Response {
+    record_trace(req, state);
     respond(body, state, Dialect::Anthropic)
+}
+
+fn record_trace(req: &poem::Request, state: &MockState) {
+    let tp = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    lock(&state.traceparents).push(tp);
 }
 
 fn respond(body: serde_json::Value, state: &Arc<MockState>, dialect: Dialect) -> Response {

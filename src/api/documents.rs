@@ -10,6 +10,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::types::multipart::Upload;
 use poem_openapi::{ApiRequest, ApiResponse, Multipart, Object, OpenApi};
 use tokio::io::AsyncReadExt;
+use tracing::Instrument as _;
 
 use super::auth::ApiAuth;
 use super::rest::{ApiError, Fails, fails, failure};
@@ -209,6 +210,63 @@ pub struct DocumentsApi {
 }
 
 impl DocumentsApi {
+    /// Takes an upload and answers once it is queued, known, or (with `wait`) indexed.
+    async fn receive(
+        &self,
+        principal: &Principal,
+        body: UploadRequest,
+        wait: Option<bool>,
+    ) -> UploadResponse {
+        let Some(ing) = self.ingest() else {
+            return disabled();
+        };
+        let limit = self.state.config.ingest.max_upload_bytes;
+        let (name, content_type, bytes) = match body {
+            UploadRequest::Json(Json(doc)) => (
+                doc.title.0,
+                Some("text/plain".to_string()),
+                doc.text.0.into_bytes(),
+            ),
+            UploadRequest::Multipart(form) => {
+                let name = form
+                    .name
+                    .or_else(|| form.file.file_name().map(str::to_string))
+                    .unwrap_or_default();
+                let ct = form.file.content_type().map(str::to_string);
+                match self.read_upload(form.file, limit).await {
+                    Ok(b) => (name, ct, b),
+                    Err(e) => return failed(&e),
+                }
+            }
+        };
+        let tenant = &*principal.tenant;
+        // The same bytes may already be indexed (200), or still on their way (202, or wait).
+        let record = match ing
+            .submit(tenant, &name, content_type.as_deref(), bytes)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return failed(&e),
+        };
+        let record = if wait == Some(true) && !record.status.is_final() {
+            match ing.wait(tenant, &record.id, WAIT_LIMIT).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return failed(&IngestError::Cancelled),
+                Err(e) => return failed(&e),
+            }
+        } else {
+            record
+        };
+        match record.status {
+            DocStatus::Indexed => UploadResponse::Done(Json(record.into())),
+            DocStatus::Failed if wait == Some(true) => failure(
+                ErrorCode::DocumentUnreadable,
+                record.error.unwrap_or_else(|| "ingestion failed".into()),
+            ),
+            _ => UploadResponse::Accepted(Json(record.into())),
+        }
+    }
+
     fn ingest(&self) -> Option<&Ingestor> {
         self.state.ingest.as_deref()
     }
@@ -244,59 +302,20 @@ impl DocumentsApi {
     #[oai(path = "/v1/documents", method = "post")]
     async fn upload(
         &self,
+        http: &poem::Request,
         _auth: ApiAuth,
         principal: Data<&Principal>,
         body: UploadRequest,
         wait: Query<Option<bool>>,
     ) -> UploadResponse {
-        let Some(ing) = self.ingest() else {
-            return disabled();
-        };
-        let limit = self.state.config.ingest.max_upload_bytes;
-        let (name, content_type, bytes) = match body {
-            UploadRequest::Json(Json(doc)) => (
-                doc.title.0,
-                Some("text/plain".to_string()),
-                doc.text.0.into_bytes(),
-            ),
-            UploadRequest::Multipart(form) => {
-                let name = form
-                    .name
-                    .or_else(|| form.file.file_name().map(str::to_string))
-                    .unwrap_or_default();
-                let ct = form.file.content_type().map(str::to_string);
-                match self.read_upload(form.file, limit).await {
-                    Ok(b) => (name, ct, b),
-                    Err(e) => return failed(&e),
-                }
-            }
-        };
-        let tenant = &*principal.0.tenant;
-        // The same bytes may already be indexed (200), or still on their way (202, or wait).
-        let record = match ing
-            .submit(tenant, &name, content_type.as_deref(), bytes)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return failed(&e),
-        };
-        let record = if wait.0 == Some(true) && !record.status.is_final() {
-            match ing.wait(tenant, &record.id, WAIT_LIMIT).await {
-                Ok(Some(r)) => r,
-                Ok(None) => return failed(&IngestError::Cancelled),
-                Err(e) => return failed(&e),
-            }
-        } else {
-            record
-        };
-        match record.status {
-            DocStatus::Indexed => UploadResponse::Done(Json(record.into())),
-            DocStatus::Failed if wait.0 == Some(true) => failure(
-                ErrorCode::DocumentUnreadable,
-                record.error.unwrap_or_else(|| "ingestion failed".into()),
-            ),
-            _ => UploadResponse::Accepted(Json(record.into())),
+        // The upload's trace: this request, then its job's phases (see ingest/jobs.rs).
+        let span = tracing::info_span!("upload");
+        if let Some(tp) = super::trace_of(http.headers()) {
+            tp.adopt(&span);
         }
+        self.receive(principal.0, body, wait.0)
+            .instrument(span)
+            .await
     }
 
     /// The tenant's documents, newest first.

@@ -214,6 +214,7 @@ async fn ws_upgrade(
     cfg.max_frame_size = Some(max);
     cfg.read_buffer_size = state.config.ws.read_buffer_bytes;
     let state = state.clone();
+    let trace = trace_of(req.headers());
     ws.config(cfg)
         .protocols([crate::auth::WS_PROTOCOL])
         .on_upgrade(move |socket| {
@@ -222,10 +223,17 @@ async fn ws_upgrade(
                 principal,
                 permit,
                 key,
+                trace,
             };
             tracker.track_future(serve_session(socket, state, pinned, who))
         })
         .into_response()
+}
+
+/// The W3C trace context a request came with (ignored when malformed).
+pub(crate) fn trace_of(headers: &poem::http::HeaderMap) -> Option<crate::telemetry::TraceParent> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    crate::telemetry::TraceParent::from_headers(get("traceparent"), get("tracestate"))
 }
 
 #[handler]

@@ -59,6 +59,7 @@ impl TurnEngine {
             started,
             flagged,
             scope,
+            span: tracing::Span::none(),
         })
     }
 

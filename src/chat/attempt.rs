@@ -2,6 +2,7 @@
 //! hold the first characters for a refusal check, and stream the rest to the sink.
 
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
@@ -376,7 +377,11 @@ async fn metered(a: &Attempt<'_>, progress: &mut Progress, meter: &mut Meter) ->
         r.discard();
     }
     let clock = Clock::start(a.link, a.deadline);
-    let mut stream = match open(a, &clock).await {
+    // Until the first event: `first_token`; from it on: `stream` (trace spans).
+    let mut waiting = Some(tracing::debug_span!("first_token"));
+    let mut streaming = tracing::Span::none();
+    let opening = open(a, &clock).instrument(waiting.clone().unwrap_or_else(tracing::Span::none));
+    let mut stream = match opening.await {
         Ok(s) => s,
         Err(end) => return end,
     };
@@ -386,11 +391,17 @@ async fn metered(a: &Attempt<'_>, progress: &mut Progress, meter: &mut Meter) ->
     // deadline applies (a later tool round's longer prompt gets it too).
     let mut streamed = false;
     loop {
-        let event = match next_event(a, &clock, &mut stream, streamed).await {
+        let span = waiting.clone().unwrap_or_else(|| streaming.clone());
+        let next = next_event(a, &clock, &mut stream, streamed).instrument(span);
+        let event = match next.await {
             Ok(Some(ev)) => ev,
             Ok(None) => break,
             Err(end) => return end,
         };
+        if waiting.take().is_some() {
+            tracing::debug!(target: crate::telemetry::EVENTS, "first_token");
+            streaming = tracing::debug_span!("stream");
+        }
         match event {
             StreamEvent::Delta(text) => {
                 streamed = true;

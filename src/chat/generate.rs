@@ -127,6 +127,7 @@ pub(super) async fn run(g: &Generation<'_>, mut progress: Progress) -> Generated
         }
         last = Some(link.clone());
         if !link.breaker.try_acquire() {
+            tracing::debug!(target: crate::telemetry::EVENTS, provider = %link.name, "circuit_open");
             crate::metrics::provider_attempt(&link.name, "circuit_open");
             let rec = attempt::record(
                 link,
@@ -189,7 +190,7 @@ async fn try_link(
             return LinkEnd::Stop(Failure::new(ErrorCode::UpstreamTimeout, msg));
         }
         let t0 = Instant::now();
-        let span = tracing::info_span!("generate", provider = %link.name, retry = retries);
+        let span = super::trace::attempt_span(link, retries);
         let end = attempt::run(&a, progress).instrument(span).await;
         observe(link, &end, t0.elapsed(), progress);
         let (error, timeout_msg) = match end {
@@ -217,6 +218,8 @@ async fn try_link(
             return fall_back(g, Some(failure));
         }
         crate::metrics::provider_retry(&link.name);
+        let wait_ms = wait.as_millis() as u64;
+        tracing::debug!(target: crate::telemetry::EVENTS, provider = %link.name, wait_ms, error = %failure.message, "retry");
         tokio::select! {
             _ = g.cancel.cancelled() => return LinkEnd::Final(Outcome::Cancelled),
             _ = tokio::time::sleep(wait) => {}
@@ -228,6 +231,7 @@ async fn try_link(
 /// Gives up on a link: counted as a fallback of the chain.
 fn fall_back(g: &Generation<'_>, failure: Option<Failure>) -> LinkEnd {
     crate::metrics::provider_fallback(&g.chain.name);
+    tracing::debug!(target: crate::telemetry::EVENTS, chain = %g.chain.name, "fallback");
     LinkEnd::Next(failure)
 }
 

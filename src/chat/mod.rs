@@ -18,12 +18,16 @@ mod retrieve;
 mod rounds;
 mod settle;
 pub mod sink;
+mod trace;
 mod turn;
 
 use std::sync::Arc;
 
+use tracing::Instrument as _;
+
 pub use self::request::{TurnOwner, TurnRequest};
 pub use self::sink::{Rejection, TurnSink, TurnStart};
+pub use self::trace::{Capture, turn_span};
 
 use self::attempt::Progress;
 use self::chain::Models;
@@ -47,6 +51,7 @@ pub struct TurnEngine {
     limits: Arc<Limiter>,
     safety: SafetyConfig,
     tools: Option<Arc<ToolBox>>,
+    capture: Capture,
 }
 
 /// What the engine is built from.
@@ -59,6 +64,8 @@ pub struct EngineParts {
     pub safety: SafetyConfig,
     /// Server-side tools the model may call (rooms, the RAG alias).
     pub tools: Option<Arc<ToolBox>>,
+    /// Turns whose texts go into their trace.
+    pub capture: Capture,
 }
 
 impl TurnEngine {
@@ -71,6 +78,7 @@ impl TurnEngine {
             limits: p.limits,
             safety: p.safety,
             tools: p.tools,
+            capture: p.capture,
         }
     }
 
@@ -125,11 +133,16 @@ impl TurnEngine {
         }
     }
 
+    /// The phases, each in its own span (debug level: built only when traces are
+    /// exported), inside the turn's span (the caller's; see [`turn_span`]).
     async fn phases(&self, sink: &dyn TurnSink, req: TurnRequest, life: &Lifecycle) {
-        let turn = match self.admit(sink, req, life) {
+        let span = tracing::Span::current();
+        let admitted = tracing::debug_span!("admit").in_scope(|| self.admit(sink, req, life));
+        let mut turn = match admitted {
             Ok(turn) => turn,
             Err((turn_id, rejection)) => return sink.reject_turn(turn_id, rejection),
         };
+        turn.span = span;
         if let Some(hit) = self.lookup(&turn, None) {
             return replay::replay(&turn, hit);
         }
@@ -137,7 +150,8 @@ impl TurnEngine {
             Retrieved::Cached(hit) => return replay::replay(&turn, hit),
             Retrieved::Grounded(g) => g,
         };
-        let plan = match self.plan(&turn, &grounded).await {
+        let augment = tracing::debug_span!("augment");
+        let plan = match self.plan(&turn, &grounded).instrument(augment).await {
             Ok(plan) => plan,
             Err(rejection) => return sink.reject_turn(turn.req.turn_id, rejection),
         };
@@ -148,7 +162,8 @@ impl TurnEngine {
         let progress = Progress::new(&self.safety);
         let mut plan = plan;
         let generated = self.generate(&turn, &mut plan, cancel, progress).await;
-        self.settle(turn, plan, grounded, generated, life);
+        let settle = tracing::debug_span!("settle");
+        settle.in_scope(|| self.settle(turn, plan, grounded, generated, life));
     }
 
     /// The cache lookup for one layer (exact without a vector, semantic with one), counted
@@ -160,10 +175,14 @@ impl TurnEngine {
         } else {
             "exact"
         };
+        let _span = tracing::debug_span!("cache.lookup", layer).entered();
         let hit = cache
             .lookup(&turn.tenant, scope, &turn.req.prompt, vector)
             .filter(|h| vector.is_none() || h.layer == crate::protocol::CacheLayer::Semantic);
         crate::metrics::cache_lookup(layer, hit.is_some());
+        if hit.is_some() {
+            trace::cached(&turn.span, layer);
+        }
         hit
     }
 }

@@ -65,6 +65,7 @@ pub(super) fn replay(turn: &Turn<'_>, hit: CacheHit) {
         cached: true,
         saved_usd: answer.cost_usd,
         attempts: Vec::new(),
+        trace_id: crate::telemetry::trace_id(&turn.span),
     };
     sink.turn_event(id, EventBody::Metrics(metrics));
     sink.finish_turn(id, FinishReason::Stop, false);

@@ -10,6 +10,7 @@ use crate::config::Quality;
 use crate::limits::Permit;
 use crate::protocol::Member;
 use crate::providers::{ChatMessage, Sampling, Tools};
+use crate::telemetry::TraceParent;
 
 /// One prompt to answer.
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ pub struct TurnRequest {
     pub conversation: Option<Vec<ChatMessage>>,
     /// Offer the server-side tools (MCP) the tenant may use: rooms and the RAG alias.
     pub server_tools: bool,
+    /// The trace context the client sent (`traceparent`): the turn's span is its child.
+    pub trace: Option<TraceParent>,
     pub owner: TurnOwner,
 }
 

@@ -35,8 +35,12 @@ impl TurnEngine {
         };
         let query =
             prompt::retrieval_query(&turn.history, &turn.req.prompt, r.cfg.short_prompt_words);
-        let vector: Result<Vec<f32>, RetrievalError> =
-            r.embedder.embed_query(&query).await.map_err(Into::into);
+        let vector: Result<Vec<f32>, RetrievalError> = r
+            .embedder
+            .embed_query(&query)
+            .instrument(tracing::debug_span!("embed"))
+            .await
+            .map_err(Into::into);
         let mut embedding = None;
         if let Ok(v) = &vector {
             if let Some(hit) = self.lookup(turn, Some(v)) {
@@ -46,7 +50,7 @@ impl TurnEngine {
         }
         let grounding = r
             .ground(&turn.tenant, query, vector, self.safety.chunks)
-            .instrument(tracing::info_span!("retrieve"))
+            .instrument(tracing::debug_span!("vector.search"))
             .await;
         Retrieved::Grounded(Grounded {
             grounding: Some(Arc::new(grounding)),

@@ -8,7 +8,7 @@ use super::generate::{Failure, Generated, Outcome};
 use super::plan::Plan;
 use super::retrieve::Grounded;
 use super::turn::Turn;
-use super::{TurnEngine, prompt};
+use super::{TurnEngine, prompt, trace};
 use crate::cache::CachedAnswer;
 use crate::error::ErrorCode;
 use crate::lifecycle::Lifecycle;
@@ -63,6 +63,7 @@ impl TurnEngine {
         turn.sink
             .turn_event(turn.req.turn_id, EventBody::Metrics(metrics));
         let finish_reason = generated.outcome.finish_reason();
+        self.trace(&turn, &plan, &grounded, &generated, &bill);
         let partial = generated.progress.committed()
             && matches!(finish_reason, FinishReason::Cancelled | FinishReason::Error);
         turn.sink
@@ -72,6 +73,32 @@ impl TurnEngine {
             let answer = generated.progress.answer;
             self.store(turn, grounded, answer, bill, citations);
         }
+    }
+
+    /// The settled turn on its trace span, and its texts when it is captured.
+    fn trace(
+        &self,
+        turn: &Turn<'_>,
+        plan: &Plan,
+        grounded: &Grounded,
+        generated: &Generated,
+        bill: &Bill,
+    ) {
+        let links = &turn.chain.links;
+        let settled = trace::Settled {
+            chain: &turn.chain.name,
+            request_model: links[plan.start].provider.model(),
+            response_model: &bill.model,
+            system: trace::system_of(links, &bill.provider),
+            tokens: (bill.tokens_in, bill.tokens_out),
+            finish_reason: generated.outcome.finish_reason().as_str(),
+            cost_usd: bill.cost_usd,
+            hits: grounded.grounding.as_ref().map(|g| g.sources.len()),
+            tool_rounds: generated.progress.tool_rounds,
+        };
+        trace::settled(&turn.span, &settled);
+        let answer = &generated.progress.answer;
+        (self.capture).record(&turn.span, &turn.req.prompt, &plan.request.sources, answer);
     }
 
     /// An answer that repeats a source without citing it gets that source's `[n]` as a last
@@ -193,5 +220,6 @@ fn report(turn: &Turn<'_>, generated: &Generated, bill: &Bill) -> TurnMetrics {
         cached: false,
         saved_usd: 0.0,
         attempts: Vec::new(),
+        trace_id: crate::telemetry::trace_id(&turn.span),
     }
 }

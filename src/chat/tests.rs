@@ -156,6 +156,7 @@ fn engine(cfg: &Config) -> TurnEngine {
         limits: crate::limits::Limiter::new(&cfg.auth, &cfg.limits),
         safety: cfg.safety.clone(),
         tools: None,
+        capture: Default::default(),
     })
 }
 
@@ -177,6 +178,7 @@ fn request(prompt: &str) -> TurnRequest {
         tools: Default::default(),
         conversation: None,
         server_tools: true,
+        trace: None,
         owner: TurnOwner {
             principal: Principal {
                 tenant: Arc::from("acme"),
@@ -424,6 +426,7 @@ async fn every_attempt_that_consumed_tokens_is_billed() {
         limits: limits.clone(),
         safety: cfg.safety.clone(),
         tools: None,
+        capture: Default::default(),
     });
     let sink = Recorder::default();
     engine

@@ -19,4 +19,6 @@ pub(super) struct Turn<'a> {
     pub flagged: Option<&'static str>,
     /// The answer-cache scope; `None` when the cache is off for this turn.
     pub scope: Option<Scope>,
+    /// The turn's span (its trace's attributes are recorded on it).
+    pub span: tracing::Span,
 }

@@ -9,6 +9,7 @@ mod cluster;
 mod models;
 mod retrieval;
 mod secret;
+mod telemetry;
 mod tenancy;
 mod tools;
 
@@ -31,6 +32,7 @@ pub use retrieval::{
     default_assets_dir, test_qdrant_url,
 };
 pub use secret::Secret;
+pub use telemetry::TelemetryConfig;
 pub use tenancy::{
     AuthConfig, KeyEntry, LimitSet, LimitsConfig, SafetyConfig, ScreenAction, TenantConfig,
     parse_key_hash,
@@ -75,6 +77,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Server-side tools over MCP.
     pub mcp: McpConfig,
+    /// OpenTelemetry traces over OTLP.
+    pub telemetry: TelemetryConfig,
 }
 
 /// Cheap-first routing.
@@ -252,6 +256,7 @@ impl Default for Config {
             log: LogConfig::default(),
             cluster: ClusterConfig::default(),
             mcp: McpConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -333,6 +338,7 @@ impl Config {
         self.validate_cache()?;
         self.cluster.validate()?;
         self.mcp.validate()?;
+        self.telemetry.validate()?;
         self.turn.validate()?;
         if self.cluster.backend == ClusterBackend::Redis && self.ws.room_routing {
             return Err(invalid(

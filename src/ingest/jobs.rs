@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::parse::Bounds;
 use super::records::is_job_of;
@@ -57,7 +58,14 @@ impl Ingestor {
             g.insert(key.clone(), (job.version, cancel.clone()));
         }
         let t0 = Instant::now();
-        let result = self.run(&job, &rec, &cancel, renewal).await;
+        let span = tracing::debug_span!("ingest", doc = %job.id, version = job.version);
+        if let Some(tp) = &rec.trace {
+            tp.adopt(&span);
+        }
+        let result = self
+            .run(&job, &rec, &cancel, renewal)
+            .instrument(span)
+            .await;
         {
             let mut g = self.running.lock().unwrap_or_else(|p| p.into_inner());
             // Only this job's own entry: a newer version's job may have taken the key.
@@ -154,7 +162,9 @@ impl Ingestor {
         if cancel.is_cancelled() {
             return Err(IngestError::Cancelled);
         }
-        self.publish(job, total, renewal).await?;
+        self.publish(job, total, renewal)
+            .instrument(tracing::debug_span!("publish", chunks = total))
+            .await?;
         Ok(total)
     }
 
@@ -175,8 +185,12 @@ impl Ingestor {
         );
         self.update(job, |r| r.parse_attempts += 1).await?;
         // Cancelled (deleted, replaced, shutdown): the child is killed as its future drops.
+        let parse = self
+            .sandbox
+            .parse(kind, bytes, bounds)
+            .instrument(tracing::debug_span!("parse"));
         let parsed = tokio::select! {
-            p = self.sandbox.parse(kind, bytes, bounds) => p,
+            p = parse => p,
             _ = cancel.cancelled() => Err(IngestError::Cancelled),
         };
         self.update(job, |r| {
@@ -186,7 +200,9 @@ impl Ingestor {
         let parsed = parsed?;
         let (chunker, retrieval) = (self.chunker.clone(), self.retrieval.clone());
         let (name, max_chunks) = (name.to_string(), self.cfg.max_chunks);
+        let chunking = tracing::debug_span!("chunk");
         tokio::task::spawn_blocking(move || {
+            let _span = chunking.entered();
             let title = parsed.title.clone().unwrap_or(name);
             let chunks = chunker.chunk(&title, &parsed);
             if chunks.len() > max_chunks {
@@ -225,7 +241,8 @@ impl Ingestor {
             if cancel.is_cancelled() {
                 return Err(IngestError::Cancelled);
             }
-            let vectors = self.embed_group(group).await?;
+            let embed = tracing::debug_span!("embed.batch", chunks = group.len());
+            let vectors = self.embed_group(group).instrument(embed).await?;
             for (c, vector) in group.iter().zip(vectors) {
                 pending.push(ChunkPoint {
                     tenant: job.tenant.clone(),
@@ -243,15 +260,17 @@ impl Ingestor {
             }
             while pending.len() >= self.cfg.upsert_batch {
                 let rest = pending.split_off(self.cfg.upsert_batch);
-                self.upsert(std::mem::replace(&mut pending, rest), renewal)
-                    .await?;
+                let batch = std::mem::replace(&mut pending, rest);
+                let upsert = tracing::debug_span!("upsert", chunks = batch.len());
+                self.upsert(batch, renewal).instrument(upsert).await?;
             }
             done += group.len();
             self.records
                 .touch(job, |r| r.chunks_done = done as u32)
                 .await;
         }
-        self.upsert(pending, renewal).await
+        let upsert = tracing::debug_span!("upsert", chunks = pending.len());
+        self.upsert(pending, renewal).instrument(upsert).await
     }
 
     /// The upload's bytes as stored, checked against the checksum recorded when it was

@@ -99,6 +99,7 @@ impl Upload<'_> {
             error: None,
             parse_attempts: 0,
             job: uuid::Uuid::new_v4().simple().to_string(),
+            trace: crate::telemetry::TraceParent::of(&tracing::Span::current()),
             created_ms: previous.map_or(now, |p| p.created_ms),
             updated_ms: now,
         }

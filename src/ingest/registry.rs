@@ -69,6 +69,10 @@ pub struct DocumentRecord {
     /// over from a node that froze, can tell the record is no longer its own).
     #[serde(default)]
     pub job: String,
+    /// The trace context of the upload that queued the current version: its job's spans
+    /// join the upload's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::telemetry::TraceParent>,
     pub created_ms: u64,
     pub updated_ms: u64,
 }

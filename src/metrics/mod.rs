@@ -70,6 +70,8 @@ pub const TOOL_CALLS_TOTAL: &str = "confab_tool_calls_total";
 pub const TOOL_CALL_DURATION_SECONDS: &str = "confab_tool_call_duration_seconds";
 pub const TOOL_REFUSALS_TOTAL: &str = "confab_tool_refusals_total";
 pub const MCP_SERVER_UP: &str = "confab_mcp_server_up";
+pub const TRACE_SPANS_EXPORTED_TOTAL: &str = "confab_trace_spans_exported_total";
+pub const TRACE_SPANS_DROPPED_TOTAL: &str = "confab_trace_spans_dropped_total";
 
 // --- buckets ---------------------------------------------------------------------------
 const LATENCY_BUCKETS: &[f64] = &[
@@ -356,6 +358,17 @@ const CATALOGUE: &[(&str, Kind, &str)] = &[
         Kind::Gauge,
         "Whether the last listing of a configured MCP server's tools worked (1) or not (0), by server.",
     ),
+    (
+        TRACE_SPANS_EXPORTED_TOTAL,
+        Kind::Counter,
+        "Trace spans the OTLP collector accepted.",
+    ),
+    (
+        TRACE_SPANS_DROPPED_TOTAL,
+        Kind::Counter,
+        "Trace spans lost because their export failed or timed out (the collector away or \
+         refusing); turns are never held up for them.",
+    ),
 ];
 
 fn describe() {
@@ -420,6 +433,8 @@ fn init_fixed_series() {
         counter!(INGEST_DOCUMENTS_TOTAL, "outcome" => outcome).absolute(0);
     }
     counter!(INGEST_JOBS_RECLAIMED_TOTAL).absolute(0);
+    counter!(TRACE_SPANS_EXPORTED_TOTAL).absolute(0);
+    counter!(TRACE_SPANS_DROPPED_TOTAL).absolute(0);
     for reason in ["not_offered", "max_tool_calls", "max_cost_usd"] {
         counter!(TOOL_REFUSALS_TOTAL, "reason" => reason).absolute(0);
     }
@@ -687,6 +702,16 @@ pub fn tool_call(tool: &str, status: &'static str, took: std::time::Duration) {
 
 pub fn tool_refused(reason: &'static str) {
     counter!(TOOL_REFUSALS_TOTAL, "reason" => reason).increment(1);
+}
+
+/// Spans of one export batch: accepted by the collector, or lost.
+pub fn trace_spans(exported: bool, n: usize) {
+    let name = if exported {
+        TRACE_SPANS_EXPORTED_TOTAL
+    } else {
+        TRACE_SPANS_DROPPED_TOTAL
+    };
+    counter!(name).increment(n as u64);
 }
 
 pub fn mcp_server_up(server: &str, up: bool) {

@@ -377,6 +377,10 @@ pub struct TurnMetrics {
     pub saved_usd: f64,
     /// Every upstream attempt of the turn, in order (retries and fallbacks included).
     pub attempts: Vec<AttemptRecord>,
+    /// The turn's OpenTelemetry trace id (32 hex digits), when its trace is exported: what
+    /// a user report should quote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// Which layer answered.

@@ -28,7 +28,10 @@ pub fn client(entry: &ProviderEntry) -> Result<reqwest::Client, ProviderError> {
 /// Sends the request; a non-2xx answer becomes `Status` with `Retry-After` (seconds) and the
 /// start of the body, a 2xx one an SSE stream.
 pub async fn send_sse(rb: reqwest::RequestBuilder) -> Result<SseStream, ProviderError> {
-    let resp = rb.send().await.map_err(|e| {
+    // The attempt's trace context goes upstream (W3C traceparent), when tracing is on.
+    let mut trace = reqwest::header::HeaderMap::new();
+    crate::telemetry::inject(&mut trace);
+    let resp = rb.headers(trace).send().await.map_err(|e| {
         if e.is_connect() || e.is_timeout() {
             ProviderError::Connect(e.to_string())
         } else {

@@ -292,7 +292,7 @@ async fn turn_worker(
 ) {
     while let Some(turn) = rx.recv().await {
         let Some(room) = room.upgrade() else { break };
-        let span = tracing::info_span!("turn", turn_id = %turn.turn_id, room = %room.key.name);
+        let span = crate::chat::turn_span(&turn);
         life.turns
             .track_future(engine.run(room.as_ref(), turn, &life).instrument(span))
             .await;

@@ -116,6 +116,8 @@ pub struct Prompt {
     pub client_msg_id: Option<String>,
     pub quality: Option<crate::config::Quality>,
     pub use_cache: bool,
+    /// The trace context of the sender's connection.
+    pub trace: Option<crate::telemetry::TraceParent>,
 }
 
 impl Prompt {
@@ -135,6 +137,7 @@ impl Prompt {
             tools: Default::default(),
             conversation: None,
             server_tools: true,
+            trace: self.trace.clone(),
             owner,
         }
     }

@@ -60,6 +60,9 @@ struct QueuedTurn {
     use_cache: bool,
     tenant: String,
     user: String,
+    /// Carried to the node that runs the turn, so its spans join the sender's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trace: Option<crate::telemetry::TraceParent>,
 }
 
 /// The cluster side of one room on this node.
@@ -496,6 +499,7 @@ fn parse_item(item: &str) -> Option<(TurnRequest, u64)> {
         tools: Default::default(),
         conversation: None,
         server_tools: true,
+        trace: q.trace,
         owner: TurnOwner {
             principal: crate::auth::Principal {
                 tenant: Arc::from(q.tenant),
@@ -516,6 +520,7 @@ pub(super) fn queue_entry(turn: &TurnRequest) -> String {
         use_cache: turn.use_cache,
         tenant: turn.owner.principal.tenant.to_string(),
         user: turn.owner.principal.user.to_string(),
+        trace: turn.trace.clone(),
     };
     serde_json::to_string(&q).unwrap_or_default()
 }
@@ -543,7 +548,7 @@ async fn run_claimed(
         shared.clone(),
         held.clone(),
     ));
-    let span = tracing::info_span!("turn", turn_id = %turn.turn_id, room = %room.key.name);
+    let span = crate::chat::turn_span(&turn);
     use tracing::Instrument;
     // Tracked with its writes, so a draining node's shutdown waits for the turn's `end` to
     // reach the log, not only for the turn.

@@ -89,6 +89,7 @@ fn prompt(from: &Member, text: &str, id: Option<&str>) -> Prompt {
         client_msg_id: id.map(str::to_string),
         quality: None,
         use_cache: true,
+        trace: None,
     }
 }
 

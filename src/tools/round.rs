@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::gate::NoSlot;
 use super::mcp::{McpConn, Reply};
@@ -153,10 +154,15 @@ impl ToolBox {
             .map(|c| self.judge(who.tenant, c, budget, &mut reserved))
             .collect();
         let numbering = Numbering::new(who.sources);
-        let runs = calls
-            .iter()
-            .zip(verdicts)
-            .map(|(call, v)| self.settle(call, v, who, &numbering));
+        let runs = calls.iter().zip(verdicts).map(|(call, v)| {
+            let span = tracing::debug_span!(
+                "tool.call",
+                gen_ai.operation.name = "execute_tool",
+                gen_ai.tool.name = %call.name,
+                gen_ai.tool.call.id = %call.id,
+            );
+            self.settle(call, v, who, &numbering).instrument(span)
+        });
         let reports = futures_util::future::join_all(runs).await;
         let cost_usd: f64 = reports.iter().map(|r| r.cost_usd).sum();
         budget.spent_usd += cost_usd;

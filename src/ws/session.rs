@@ -37,6 +37,8 @@ pub struct Caller {
     pub permit: crate::limits::Permit,
     /// The key it authenticated with (none in dev mode): revoking it closes the session.
     pub key: Option<[u8; 32]>,
+    /// The trace context of the upgrade request: each prompt's turn is its child.
+    pub trace: Option<crate::telemetry::TraceParent>,
 }
 
 struct Session {
@@ -416,6 +418,7 @@ impl Session {
             client_msg_id: client_msg_id.clone(),
             quality,
             use_cache,
+            trace: self.caller.trace.clone(),
         };
         let owner = TurnOwner {
             principal: principal.clone(),

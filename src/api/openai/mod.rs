@@ -20,6 +20,7 @@ use poem::web::sse::Event;
 use poem_openapi::OpenApi;
 use poem_openapi::payload::{EventStream, Json};
 use tokio::sync::mpsc::Receiver;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 pub use types::*;
@@ -48,21 +49,23 @@ impl OpenAiApi {
     #[oai(path = "/v1/chat/completions", method = "post")]
     async fn chat_completions(
         &self,
+        http: &poem::Request,
         _auth: ApiAuth,
         principal: Data<&Principal>,
         req: Json<ChatCompletionRequest>,
     ) -> CompletionResponse {
         let req = req.0;
-        let (turn, sink, rx) = match self.turn(&req, principal.0).await {
+        let (mut turn, sink, rx) = match self.turn(&req, principal.0).await {
             Ok(t) => t,
             Err(resp) => return *resp,
         };
+        turn.trace = super::trace_of(http.headers());
+        let span = crate::chat::turn_span(&turn);
+        let trace_id = crate::telemetry::trace_id(&span);
         let (engine, life) = (self.state.engine.clone(), self.state.life.clone());
-        self.state
-            .life
-            .turns
-            .spawn(async move { engine.run(&sink, turn, &life).await });
-        respond(req, rx).await
+        let run = async move { engine.run(&sink, turn, &life).await };
+        self.state.life.turns.spawn(run.instrument(span));
+        respond(req, rx, trace_id).await
     }
 
     /// The models: the RAG alias and every chain.
@@ -160,6 +163,7 @@ impl OpenAiApi {
             conversation: Some(conversation.messages),
             // The RAG alias runs confab's own tools; a client's tools replace them.
             server_tools: rag && tools_empty,
+            trace: None,
             owner: TurnOwner {
                 principal: principal.clone(),
                 permit: Some(std::sync::Arc::new(permit)),
@@ -210,7 +214,11 @@ fn speaker(req: &ChatCompletionRequest) -> Member {
 /// Reads up to the first output — text, a call piece, a server-side tool starting — or the
 /// end: a turn that fails before any is an HTTP error, as OpenAI clients expect. Then the
 /// whole answer, or the stream.
-async fn respond(req: ChatCompletionRequest, mut rx: Receiver<Out>) -> CompletionResponse {
+async fn respond(
+    req: ChatCompletionRequest,
+    mut rx: Receiver<Out>,
+    trace_id: Option<String>,
+) -> CompletionResponse {
     let mut summary = Summary::default();
     let mut buffered = Vec::new();
     while let Some(out) = rx.recv().await {
@@ -237,7 +245,7 @@ async fn respond(req: ChatCompletionRequest, mut rx: Receiver<Out>) -> Completio
     let id = format!("chatcmpl-{}", Uuid::new_v4().simple());
     let created = unix_ms() / 1000;
     if req.stream != Some(true) {
-        return whole(id, created, summary, rx).await;
+        return whole(id, created, summary, rx, trace_id).await;
     }
     let include_usage = req
         .stream_options
@@ -245,10 +253,11 @@ async fn respond(req: ChatCompletionRequest, mut rx: Receiver<Out>) -> Completio
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
     let stream = stream::chunk_stream(id, created, buffered, rx, include_usage);
-    CompletionResponse::Stream(EventStream::new(stream).to_event(|chunk| match chunk {
+    let events = EventStream::new(stream).to_event(|chunk| match chunk {
         Some(c) => Event::message(poem_openapi::types::ToJSON::to_json_string(&c)),
         None => Event::message("[DONE]"),
-    }))
+    });
+    CompletionResponse::Stream(events, trace_id)
 }
 
 /// Waits for the turn's end and answers with the whole completion.
@@ -257,6 +266,7 @@ async fn whole(
     created: u64,
     mut summary: Summary,
     mut rx: Receiver<Out>,
+    trace_id: Option<String>,
 ) -> CompletionResponse {
     while summary.end.is_none() {
         match rx.recv().await {
@@ -269,7 +279,7 @@ async fn whole(
     if let Some(resp) = summary.early_failure() {
         return resp;
     }
-    CompletionResponse::Ok(Json(ChatCompletion {
+    let completion = ChatCompletion {
         id,
         object: "chat.completion".into(),
         created,
@@ -289,7 +299,8 @@ async fn whole(
         }],
         usage: summary.usage(),
         confab: summary.info(),
-    }))
+    };
+    CompletionResponse::Ok(Json(completion), trace_id)
 }
 
 #[cfg(test)]

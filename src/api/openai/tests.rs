@@ -59,6 +59,7 @@ pub(super) fn events() -> Vec<EventBody> {
             cached: false,
             saved_usd: 0.0,
             attempts: Vec::new(),
+            trace_id: None,
         }),
         EventBody::End {
             finish_reason: FinishReason::Stop,
@@ -100,7 +101,7 @@ async fn answer_out(outs: Vec<Out>, stream: bool) -> poem::Response {
         tx.send(out).await.unwrap();
     }
     drop(tx);
-    respond(request(stream), rx).await.into_response()
+    respond(request(stream), rx, None).await.into_response()
 }
 
 /// A turn whose answer is two calls, the first streamed in three pieces.

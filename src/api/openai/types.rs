@@ -374,10 +374,18 @@ pub type ChunkStream = BoxStream<'static, Option<ChatCompletionChunk>>;
 pub enum CompletionResponse {
     /// The whole answer (`stream` false or absent).
     #[oai(status = 200)]
-    Ok(Json<ChatCompletion>),
+    Ok(
+        Json<ChatCompletion>,
+        /// The turn's trace id, when traces are exported (find the trace of a report).
+        #[oai(header = "x-confab-trace-id")]
+        Option<String>,
+    ),
     /// Server-sent events: chunks, then `data: [DONE]` (`stream: true`).
     #[oai(status = 200)]
-    Stream(EventStream<ChunkStream>),
+    Stream(
+        EventStream<ChunkStream>,
+        #[oai(header = "x-confab-trace-id")] Option<String>,
+    ),
     /// A bad request, an unknown model, a busy or failing upstream: OpenAI's error shape.
     Error(
         StatusCode,
