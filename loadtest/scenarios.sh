@@ -3,6 +3,8 @@
 #   bash loadtest/scenarios.sh delivery   upstream token → client delta latency, one room
 #   bash loadtest/scenarios.sh overhead   same streamed requests straight to the mock and through
 #                                         confab's OpenAI endpoint: added TTFT and per-token delay
+#   bash loadtest/scenarios.sh tracing    overhead's load through confab with traces off and with
+#                                         every turn traced to an OTLP receiver, same run
 #   bash loadtest/scenarios.sh idle       10k idle WebSocket clients: server RSS per client
 #   bash loadtest/scenarios.sh fanout     1k rooms × 10 clients streaming: delta events/s, p99
 #   bash loadtest/scenarios.sh soak [S]   steady load for S seconds (600): RSS drift, errors
@@ -96,6 +98,43 @@ for part, name in (("ttft", "first token"), ("per_token", "per token (stamp age)
 print(f"tokens/s {d['tokens_per_sec']:.0f} direct, {c['tokens_per_sec']:.0f} through confab; "
       f"errors {d['errors']} / {c['errors']}; confab used {c['server']['cpu_cores']:.2f} cores")
 PY
+    ;;
+  tracing)
+    # The receiver: PyPI oteltap (an OTLP/HTTP receiver made for tests), its output discarded.
+    otel_venv="${XDG_CACHE_HOME:-$HOME/.cache}/confab/tools/otel-venv"
+    if ! "$otel_venv/bin/python" -c "import oteltap" 2>/dev/null; then
+      python3 -m venv "$otel_venv" && "$otel_venv/bin/pip" install --quiet oteltap==1.0.0
+    fi
+    otlp_port=$(free_port)
+    "$otel_venv/bin/python" -m oteltap --port "$otlp_port" >/dev/null 2>&1 &
+    pids+=($!)
+    rate="${RATE:-20}"; tokens="${TOKENS:-100}"; tps="${TPS:-100}"; secs="${SECS:-30}"
+    mock "$tokens" "$tps" 20
+    confab
+    off_port=$port; off_pid=$confab_pid
+    confab "[telemetry]
+otlp_endpoint = \"http://127.0.0.1:$otlp_port\"
+sample_ratio = 1.0"
+    on_port=$port; on_pid=$confab_pid
+    for round in 1 2; do
+      echo "== round $round: traces off"
+      load --json-out "$out/tracing-off-$round.json" openai --base "http://127.0.0.1:$off_port/v1" --model default --rate "$rate" --duration "$secs" --pid "$off_pid" >/dev/null
+      echo "== round $round: every turn traced"
+      load --json-out "$out/tracing-on-$round.json" openai --base "http://127.0.0.1:$on_port/v1" --model default --rate "$rate" --duration "$secs" --pid "$on_pid" >/dev/null
+    done
+    scrape=$(curl -fsS "http://127.0.0.1:$on_port/metrics" | grep -E '^confab_trace_spans_(exported|dropped)_total' || true)
+    python3 - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+print(f"{'':8}{'ttft p50':>10}{'ttft p99':>10}{'tok p50':>10}{'tok p99':>10}{'tokens/s':>10}{'cores':>8}{'errors':>8}")
+for mode in ("off", "on"):
+    for r in (1, 2):
+        c = json.load(open(f"{out}/tracing-{mode}-{r}.json"))
+        print(f"{mode + ' ' + str(r):8}{c['ttft']['p50_ms']:>8.2f}ms{c['ttft']['p99_ms']:>8.2f}ms"
+              f"{c['per_token']['p50_ms']:>8.2f}ms{c['per_token']['p99_ms']:>8.2f}ms"
+              f"{c['tokens_per_sec']:>10.0f}{c['server']['cpu_cores']:>8.2f}{sum(c['errors'].values()):>8}")
+PY
+    echo "$scrape"
     ;;
   delivery)
     mock 200 200 0

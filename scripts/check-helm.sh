@@ -75,8 +75,8 @@ echo "== checkov (kubernetes policies) on the rendered manifests"
 # Accepted, each with its reason (see README, "Install with Helm"):
 #   CKV_K8S_15  pull policy Always: IfNotPresent with immutable tags or digests is the safer choice
 #   CKV_K8S_43  image digest: supported (image.digest, used in remote-ha); the default is the tag
-#   CKV_K8S_35  secret as env: only the Qdrant API key and the Redis URL (neither config
-#               section reads a key file yet)
+#   CKV_K8S_35  secret as env: only the Qdrant API key, the Redis URL and the OTLP export
+#               headers (none of those config sections reads a key file yet)
 "$venv/bin/checkov" -d "$out" --framework kubernetes --compact --quiet --skip-download \
   --skip-check CKV_K8S_15,CKV_K8S_43,CKV_K8S_35
 

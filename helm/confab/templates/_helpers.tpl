@@ -150,5 +150,11 @@ app.kubernetes.io/component: server
 {{- end -}}
 {{- $_ := set $cfg "cluster" $cluster -}}
 {{- end -}}
+{{- if .Values.telemetry.otlpEndpoint -}}
+{{- $telemetry := deepCopy (default dict $cfg.telemetry) -}}
+{{- $_ := set $telemetry "otlp_endpoint" .Values.telemetry.otlpEndpoint -}}
+{{- $_ := set $telemetry "sample_ratio" .Values.telemetry.sampleRatio -}}
+{{- $_ := set $cfg "telemetry" $telemetry -}}
+{{- end -}}
 {{- toPrettyJson $cfg -}}
 {{- end -}}
