@@ -277,19 +277,8 @@ async fn a_rag_turn_and_an_upload_are_traced_with_the_clients_context() {
     assert_eq!(parent_id(&tp), waiting["spanId"].as_str().unwrap());
 }
 
-/// A counter's value in a Prometheus scrape.
 async fn counter(base: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    common::scraped(base, name).await
 }
 
 async fn ask_default(base: &str, text: &str) -> Value {

@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use moka::sync::Cache;
 
+mod verify;
+
+pub use self::verify::{Rejection, SemanticMode, Signature, check};
 pub use crate::config::CacheConfig;
 pub use crate::protocol::CacheLayer;
 use crate::protocol::TurnSnapshot;
@@ -41,6 +44,8 @@ pub struct CachedAnswer {
     pub model: String,
     pub cost_usd: f64,
     pub citations: Vec<usize>,
+    /// What the semantic layer's check compares (set from the prompt as asked, at insert).
+    pub signature: Signature,
 }
 
 impl CachedAnswer {
@@ -161,20 +166,49 @@ impl AnswerCache {
             });
         }
         let query = embedding?;
-        entries
+        let mode = self.cfg.semantic_of(tenant);
+        if mode == SemanticMode::Off {
+            return None;
+        }
+        self.semantic(&entries, prompt, query, mode)
+    }
+
+    /// The most similar entry above the floor that also passes the check; every near
+    /// match the check turns down is counted by its reason.
+    fn semantic(
+        &self,
+        entries: &Entries,
+        prompt: &str,
+        query: &[f32],
+        mode: SemanticMode,
+    ) -> Option<CacheHit> {
+        let mut near: Vec<(&Arc<CachedAnswer>, f32)> = entries
             .iter()
             .filter_map(|e| Some((e, cosine(query, e.embedding.as_deref()?))))
             .filter(|(_, sim)| *sim >= self.cfg.semantic_threshold)
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(e, sim)| CacheHit {
-                answer: e.clone(),
-                layer: CacheLayer::Semantic,
-                similarity: sim,
+            .collect();
+        if near.is_empty() {
+            return None;
+        }
+        near.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let asked = Signature::of(prompt);
+        near.into_iter()
+            .find_map(|(e, sim)| match check(&e.signature, &asked, mode) {
+                Ok(()) => Some(CacheHit {
+                    answer: e.clone(),
+                    layer: CacheLayer::Semantic,
+                    similarity: sim,
+                }),
+                Err(why) => {
+                    crate::metrics::cache_rejected(why.as_str());
+                    None
+                }
             })
     }
 
     /// Stores a completed answer (callers store only finished, non-error, non-degraded turns).
     pub fn insert(&self, tenant: &str, scope: Scope, mut answer: CachedAnswer) {
+        answer.signature = Signature::of(&answer.prompt);
         answer.prompt = normalize(&answer.prompt);
         let cache = self.tenant(tenant);
         let mut list: Vec<Arc<CachedAnswer>> = cache
@@ -221,6 +255,7 @@ mod tests {
             model: "m".into(),
             cost_usd: 0.01,
             citations: vec![],
+            signature: Signature::default(),
         }
     }
 
@@ -256,6 +291,35 @@ mod tests {
         assert_eq!(hit.as_ref().map(|h| h.layer), Some(CacheLayer::Semantic));
         assert!(hit.is_some_and(|h| h.similarity > 0.99));
         assert!(c.lookup("t", &scope(0, 0), "b", Some(&far)).is_none());
+    }
+
+    #[test]
+    fn a_tenant_can_turn_the_semantic_layer_off() {
+        let mut cfg = CacheConfig::default();
+        cfg.tenants.insert(
+            "careful".into(),
+            crate::config::TenantCache {
+                semantic: SemanticMode::Off,
+            },
+        );
+        let c = AnswerCache::new(cfg);
+        for t in ["careful", "other"] {
+            c.insert(t, scope(0, 0), answer("how do cats sleep", vec![1.0, 0.0]));
+        }
+        let near = [0.99f32, 0.1];
+        let asked = "how do the cats sleep";
+        assert!(
+            c.lookup("careful", &scope(0, 0), asked, Some(&near))
+                .is_none()
+        );
+        assert!(
+            c.lookup("other", &scope(0, 0), asked, Some(&near))
+                .is_some()
+        );
+        assert!(
+            c.lookup("careful", &scope(0, 0), "How do cats sleep?", None)
+                .is_some()
+        );
     }
 
     #[test]

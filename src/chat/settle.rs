@@ -143,6 +143,7 @@ impl TurnEngine {
             model: bill.model,
             cost_usd: bill.cost_usd,
             citations,
+            signature: Default::default(),
         };
         cache.insert(&turn.tenant, scope, answer);
     }

@@ -22,7 +22,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Json, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-pub use cache::CacheConfig;
+pub use cache::{CacheConfig, SemanticMode, TenantCache};
 pub use cluster::{ClusterBackend, ClusterConfig};
 pub use models::{
     ChainConfig, EXTRACTIVE, ProviderEntry, ProviderKind, Quality, RouteRule, TurnConfig,

@@ -70,6 +70,7 @@ pub const TOOL_CALLS_TOTAL: &str = "confab_tool_calls_total";
 pub const TOOL_CALL_DURATION_SECONDS: &str = "confab_tool_call_duration_seconds";
 pub const TOOL_REFUSALS_TOTAL: &str = "confab_tool_refusals_total";
 pub const MCP_SERVER_UP: &str = "confab_mcp_server_up";
+pub const CACHE_REJECTIONS_TOTAL: &str = "confab_cache_rejections_total";
 pub const TRACE_SPANS_EXPORTED_TOTAL: &str = "confab_trace_spans_exported_total";
 pub const TRACE_SPANS_DROPPED_TOTAL: &str = "confab_trace_spans_dropped_total";
 
@@ -359,6 +360,12 @@ const CATALOGUE: &[(&str, Kind, &str)] = &[
         "Whether the last listing of a configured MCP server's tools worked (1) or not (0), by server.",
     ),
     (
+        CACHE_REJECTIONS_TOTAL,
+        Kind::Counter,
+        "Semantic-cache near matches (above the similarity floor) not served, by reason: \
+         numbers, negation, antonym, entity, question_word, order, wording.",
+    ),
+    (
         TRACE_SPANS_EXPORTED_TOTAL,
         Kind::Counter,
         "Trace spans the OTLP collector accepted.",
@@ -433,6 +440,9 @@ fn init_fixed_series() {
         counter!(INGEST_DOCUMENTS_TOTAL, "outcome" => outcome).absolute(0);
     }
     counter!(INGEST_JOBS_RECLAIMED_TOTAL).absolute(0);
+    for reason in CACHE_REJECTION_REASONS {
+        counter!(CACHE_REJECTIONS_TOTAL, "reason" => *reason).absolute(0);
+    }
     counter!(TRACE_SPANS_EXPORTED_TOTAL).absolute(0);
     counter!(TRACE_SPANS_DROPPED_TOTAL).absolute(0);
     for reason in ["not_offered", "max_tool_calls", "max_cost_usd"] {
@@ -702,6 +712,22 @@ pub fn tool_call(tool: &str, status: &'static str, took: std::time::Duration) {
 
 pub fn tool_refused(reason: &'static str) {
     counter!(TOOL_REFUSALS_TOTAL, "reason" => reason).increment(1);
+}
+
+/// The reasons of `confab_cache_rejections_total` (`cache::Rejection::as_str`).
+pub const CACHE_REJECTION_REASONS: &[&str] = &[
+    "numbers",
+    "negation",
+    "antonym",
+    "entity",
+    "question_word",
+    "order",
+    "wording",
+];
+
+/// A semantic near match the cache's check turned down.
+pub fn cache_rejected(reason: &'static str) {
+    counter!(CACHE_REJECTIONS_TOTAL, "reason" => reason).increment(1);
 }
 
 /// Spans of one export batch: accepted by the collector, or lost.

@@ -77,6 +77,25 @@ pub fn provider(base_url: &str, model: &str) -> ProviderEntry {
     }
 }
 
+/// The sum of the samples of every series of `metric` in the Prometheus scrape at
+/// `base_url` (0 when absent).
+pub async fn scraped(base_url: &str, metric: &str) -> f64 {
+    let text = reqwest::get(format!("{base_url}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("scrape body");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|r| r.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The JSON chunks of a streamed OpenAI answer (the closing `[DONE]` left out).
 pub fn sse_json(body: &str) -> Vec<Value> {
     body.lines()
