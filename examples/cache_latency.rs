@@ -66,6 +66,10 @@ async fn main() {
     cfg.vector.data_dir = dir.path().to_path_buf();
     cfg.embedding.workers = 1;
     cfg.rooms.max_rooms = n * 2 + 10;
+    // One keyless tenant (the example connects without a key).
+    cfg.auth.dev_mode = true;
+    // No uploads here, so no parser process is needed.
+    cfg.ingest.isolate_parsing = false;
     cfg.providers.insert(
         "mock".into(),
         ProviderEntry {
