@@ -12,8 +12,8 @@
 //! - should hit: `stsb` (STS-B pairs rated ≥ 4.5), `case_punct` (lower-cased, end
 //!   punctuation changed), `reorder` (a trailing "in/on/at …" phrase moved to the front).
 //!
-//! `FLOORS=0.85,0.9` picks the floors printed; the set is written to
-//! target/cache-eval.jsonl for inspection.
+//! `FLOORS=0.85,0.9` picks the floors printed; the set is written to cache-eval.jsonl in
+//! the target dir for inspection.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, Write};
@@ -230,12 +230,11 @@ fn antonym(s: &str) -> Option<String> {
 
 fn entity(s: &str, k: usize) -> Option<String> {
     let mut t = tokens(s);
-    for (i, w) in t.iter_mut().enumerate().skip(1) {
+    for w in t.iter_mut().skip(1) {
         let (pre, word, post) = bare(w);
         if word.chars().next().is_some_and(char::is_uppercase) && word.len() > 2 {
             let other = NAMES.iter().cycle().skip(k).find(|n| **n != word)?;
             *w = format!("{pre}{other}{post}");
-            let _ = i;
             return Some(t.join(" "));
         }
     }
@@ -334,11 +333,11 @@ fn build(pairs: &[(f64, String, String)]) -> Vec<Class> {
 async fn main() {
     let pairs = load();
     let classes = build(&pairs);
-    let mut out = std::fs::File::create(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/target/cache-eval.jsonl"
-    ))
-    .unwrap();
+    let dir = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = format!("{dir}/cache-eval.jsonl");
+    let mut out = std::fs::File::create(&path).unwrap();
     let mut texts: Vec<String> = Vec::new();
     for (class, hit, cases) in &classes {
         for (a, b) in cases {
