@@ -59,7 +59,7 @@ impl Tap {
             .stderr(Stdio::null())
             .spawn()
             .expect("oteltap starts (PyPI oteltap; see scripts/test.sh)");
-        wait_port(port).await;
+        common::wait_port(port).await;
         Self {
             proc: Some(Proc(child)),
             out,
@@ -95,19 +95,6 @@ impl Tap {
     fn stop(&mut self) {
         self.proc = None;
     }
-}
-
-async fn wait_port(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("nothing listens on {port}");
 }
 
 /// The `confab` binary with the mock as its only link and traces sent to `tap`.

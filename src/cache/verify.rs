@@ -337,12 +337,11 @@ fn opposite(x: &str, y: &str) -> bool {
                 .iter()
                 .any(|p| b.strip_prefix(p) == Some(a))
     };
-    let (p, q) = (|a: &str| stem(a), |a: &str| stem(a));
-    ANTONYMS
-        .iter()
-        .any(|(a, b)| (x == p(a) && y == q(b)) || (x == q(b) && y == p(a)))
-        || prefixed(x, y)
-        || prefixed(y, x)
+    let listed = ANTONYMS.iter().any(|(a, b)| {
+        let (a, b) = (stem(a), stem(b));
+        (x == a && y == b) || (x == b && y == a)
+    });
+    listed || prefixed(x, y) || prefixed(y, x)
 }
 
 /// Whether a cached prompt (`cached`) asks what `asked` asks, as far as `mode` can tell.

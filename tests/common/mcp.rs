@@ -3,7 +3,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 pub const SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/tool_server.py");
 
@@ -39,15 +38,7 @@ pub async fn http_tools() -> HttpTools {
         .stderr(Stdio::null())
         .spawn()
         .expect("the MCP test server starts (is PyPI `mcp` installed? see scripts/test.sh)");
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    super::wait_port(port).await;
     HttpTools {
         child,
         url: format!("http://127.0.0.1:{port}/mcp"),

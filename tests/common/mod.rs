@@ -77,6 +77,21 @@ pub fn provider(base_url: &str, model: &str) -> ProviderEntry {
     }
 }
 
+/// Waits until something listens on 127.0.0.1:`port` (a test server starting); panics
+/// after 10 s.
+pub async fn wait_port(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing listens on {port}");
+}
+
 /// The sum of the samples of every series of `metric` in the Prometheus scrape at
 /// `base_url` (0 when absent).
 pub async fn scraped(base_url: &str, metric: &str) -> f64 {
