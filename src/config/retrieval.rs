@@ -45,7 +45,8 @@ pub struct EmbeddingConfig {
     pub max_batch: usize,
     /// Most (estimated) tokens in one model call.
     pub max_batch_tokens: usize,
-    /// How long a worker waits for more requests to fill a batch.
+    /// How long a worker waits for more requests to fill a batch that holds bulk texts (a
+    /// batch of queries only is run at once).
     pub batch_wait_ms: u64,
     /// Bulk texts waiting before requests are refused as `overloaded`.
     pub queue_capacity: usize,

@@ -2,7 +2,8 @@
 //! bounded two-priority queue behind a cheap async handle.
 //!
 //! Queries jump ahead of bulk ingestion; concurrent requests are micro-batched (up to
-//! `max_batch` texts / `max_batch_tokens`, waiting at most `batch_wait_ms` for company); a
+//! `max_batch` texts / `max_batch_tokens`; a batch with bulk texts waits at most
+//! `batch_wait_ms` for company, one of queries only never waits); a
 //! full queue answers `overloaded` at once instead of queueing without bound.
 
 mod model;

@@ -56,7 +56,9 @@ fn reply(batch: Vec<Job>, result: Result<Vec<Vec<f32>>, EmbedError>) {
 }
 
 /// Blocks for the first job, then gathers more (queries first) up to the batch limits,
-/// waiting at most `wait` for company when the batch is not full.
+/// waiting at most `wait` for company when the batch is not full and holds bulk texts. A
+/// batch of queries only never waits: a query is someone's prompt, and the wait would be
+/// added to its answer (a semantic cache hit is mostly this embedding).
 fn take_batch(shared: &Shared, wait: Duration) -> Option<Vec<Job>> {
     let cfg = &shared.cfg;
     let mut q = shared.lock();
@@ -68,17 +70,18 @@ fn take_batch(shared: &Shared, wait: Duration) -> Option<Vec<Job>> {
     }
     let mut batch = Vec::new();
     let (mut texts, mut tokens) = (0usize, 0usize);
-    let mut waited = false;
+    let (mut waited, mut bulk) = (false, false);
     loop {
-        while let Some(job) =
+        while let Some((job, is_bulk)) =
             next_fitting(&mut q, texts, tokens, cfg.max_batch, cfg.max_batch_tokens)
         {
             texts += job.texts.len();
             tokens += job.tokens;
+            bulk |= is_bulk;
             batch.push(job);
         }
         let full = texts >= cfg.max_batch || tokens >= cfg.max_batch_tokens;
-        if full || waited || wait.is_zero() {
+        if full || waited || !bulk || wait.is_zero() {
             crate::metrics::embed_queue(q.query_texts, q.bulk_texts);
             return Some(batch);
         }
@@ -99,26 +102,27 @@ fn take_batch(shared: &Shared, wait: Duration) -> Option<Vec<Job>> {
     }
 }
 
-/// The next job that fits the batch (queries first); an empty batch takes anything.
+/// The next job that fits the batch (queries first), and whether it is bulk; an empty batch
+/// takes anything.
 fn next_fitting(
     q: &mut super::Queues,
     texts: usize,
     tokens: usize,
     max_texts: usize,
     max_tokens: usize,
-) -> Option<Job> {
+) -> Option<(Job, bool)> {
     let fits = |j: &Job| {
         texts == 0 || (texts + j.texts.len() <= max_texts && tokens + j.tokens <= max_tokens)
     };
     if q.query.front().is_some_and(fits) {
         let job = q.query.pop_front()?;
         q.query_texts -= job.texts.len();
-        return Some(job);
+        return Some((job, false));
     }
     if q.query.is_empty() && q.bulk.front().is_some_and(fits) {
         let job = q.bulk.pop_front()?;
         q.bulk_texts -= job.texts.len();
-        return Some(job);
+        return Some((job, true));
     }
     None
 }
