@@ -26,12 +26,14 @@ pub fn record(h: &mut Histogram<u64>, us: u64) {
     let _ = h.record(us.max(1));
 }
 
-/// The latency of a stamped token received now, if the text is a stamp.
-pub fn stamp_age_us(text: &str) -> Option<u64> {
-    text.trim()
-        .parse::<u64>()
-        .ok()
-        .map(|sent| now_us().saturating_sub(sent))
+/// The latencies of the stamped tokens in a text received now: a coalesced delta (or chunk)
+/// carries several stamps, each token's own. Empty if the text holds no stamp.
+pub fn stamp_ages_us(text: &str) -> Vec<u64> {
+    let now = now_us();
+    text.split_ascii_whitespace()
+        .filter_map(|t| t.parse::<u64>().ok())
+        .map(|sent| now.saturating_sub(sent))
+        .collect()
 }
 
 /// p50/p90/p99/p99.9/max in milliseconds, as JSON.
