@@ -18,8 +18,13 @@ pub struct CloseRequest {
     pub detail: String,
 }
 
+/// Most bytes of queued frames written with one flush: a session that fell behind catches up
+/// in few syscalls, without one write holding a huge buffer.
+const BATCH_BYTES: usize = 64 * 1024;
+
 /// Writes queued frames until asked to close, the client is too slow, or the socket fails.
-/// Returns the last room seq written, for the slow-consumer close reason.
+/// Frames already queued when the writer wakes go out together with one flush (one `send`
+/// for many frames); the slow-consumer close says the last room seq written.
 pub async fn write_loop<S>(
     mut sink: S,
     mut rx: mpsc::Receiver<Outbound>,
@@ -34,27 +39,28 @@ pub async fn write_loop<S>(
     let mut ping = interval(ms(cfg.heartbeat_ms));
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ping.tick().await;
+    // Registered once: a `cancelled()` made per frame would lock the token's tree each time.
+    let kicked = slow.cancelled();
+    tokio::pin!(kicked);
+    let mut batch = Vec::new();
 
     let request = loop {
         tokio::select! {
             biased;
-            _ = slow.cancelled() => break None,
+            _ = &mut kicked => break None,
             req = &mut close => break req.ok(),
-            frame = rx.recv() => {
-                let Some(frame) = frame else { break None };
+            n = rx.recv_many(&mut batch, cfg.outbound_queue) => {
+                if n == 0 {
+                    break None;
+                }
                 let sent = tokio::select! {
                     // Kicked by the room while blocked on a full socket: stop writing now.
-                    _ = slow.cancelled() => break None,
-                    r = timeout(write_timeout, sink.send(Message::Text(frame.text.to_string()))) => r,
+                    _ = &mut kicked => break None,
+                    r = timeout(write_timeout, write_batch(&mut sink, &mut batch, &mut last_seq)) => r,
                 };
                 match sent {
-                    Ok(Ok(())) => {
-                        crate::metrics::ws_event_sent(frame.kind);
-                        if frame.seq.is_some() {
-                            last_seq = frame.seq;
-                        }
-                    }
-                    Ok(Err(_)) => return,
+                    Ok(Ok(())) => {}
+                    Ok(Err(())) => return,
                     Err(_) => {
                         slow.cancel();
                         break None;
@@ -72,6 +78,36 @@ pub async fn write_loop<S>(
 
     let slow = slow.is_cancelled().then_some(last_seq.unwrap_or(0));
     close_socket(&mut sink, &mut rx, request, slow, write_timeout).await;
+}
+
+/// Writes the frames taken from the queue, a flush per [`BATCH_BYTES`], and empties `batch`.
+/// `last_seq` follows what was flushed.
+async fn write_batch<S>(
+    sink: &mut S,
+    batch: &mut Vec<Outbound>,
+    last_seq: &mut Option<u64>,
+) -> Result<(), ()>
+where
+    S: Sink<Message> + Unpin,
+{
+    let mut unflushed = 0usize;
+    let mut pending_seq = None;
+    for frame in batch.drain(..) {
+        unflushed += frame.text.len();
+        sink.feed(Message::Text(frame.text.to_string()))
+            .await
+            .map_err(|_| ())?;
+        crate::metrics::ws_event_sent(frame.kind);
+        pending_seq = frame.seq.or(pending_seq);
+        if unflushed >= BATCH_BYTES {
+            sink.flush().await.map_err(|_| ())?;
+            *last_seq = pending_seq.or(*last_seq);
+            unflushed = 0;
+        }
+    }
+    sink.flush().await.map_err(|_| ())?;
+    *last_seq = pending_seq.or(*last_seq);
+    Ok(())
 }
 
 /// Sends the close frame: slow consumer (with the seq to resume from), or the session's
