@@ -4,12 +4,13 @@
 use std::time::Duration;
 use tracing::Instrument as _;
 
-use tokio::time::{Instant, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::TurnSink;
 use super::chain::{Chain, Link};
+use super::coalesce::Coalescer;
 use crate::config::{SafetyConfig, ms};
 use crate::error::ErrorCode;
 use crate::protocol::{AttemptOutcome, AttemptRecord};
@@ -40,6 +41,8 @@ pub struct Progress {
     pub calls: CallBuilder,
     /// Rounds of server-side tool calls run so far: after one, the turn keeps its model.
     pub tool_rounds: u32,
+    /// Released text held back to go out with the next pieces as one delta.
+    pub coalesce: Coalescer,
 }
 
 /// The cost of one attempt.
@@ -277,13 +280,23 @@ fn flush(a: &Attempt<'_>, progress: &mut Progress) {
     if !rest.is_empty() {
         emit(a, progress, rest);
     }
+    send_held(a, progress);
 }
 
 fn emit(a: &Attempt<'_>, progress: &mut Progress, text: String) {
     progress.stamp();
     progress.deltas += 1;
     progress.answer.push_str(&text);
-    a.sink.delta(a.turn_id, text);
+    if let Some(text) = progress.coalesce.push(text, Instant::now()) {
+        a.sink.delta(a.turn_id, text);
+    }
+}
+
+/// Sends the text the coalescer holds: its window closed, or something must not overtake it.
+fn send_held(a: &Attempt<'_>, progress: &mut Progress) {
+    if let Some(text) = progress.coalesce.take(Instant::now()) {
+        a.sink.delta(a.turn_id, text);
+    }
 }
 
 /// A piece of a tool call goes to the client once the text before it is decided (the
@@ -327,13 +340,23 @@ fn first_token_late(link: &Link) -> String {
     )
 }
 
-/// The next upstream event within the deadline that applies now; `Ok(None)` at the end.
+/// What the upstream stream gave, or that held text is due.
+enum Next {
+    Event(StreamEvent),
+    /// The coalescing window of the held text closed first.
+    HeldDue,
+    End,
+}
+
+/// The next upstream event within the deadline that applies now, or the held text's due time
+/// (`held_due`) if that comes first.
 async fn next_event(
     a: &Attempt<'_>,
     clock: &Clock,
     stream: &mut ProviderStream,
     started: bool,
-) -> Result<Option<StreamEvent>, AttemptEnd> {
+    held_due: Option<Instant>,
+) -> Result<Next, AttemptEnd> {
     let e = &a.link.entry;
     let limit = if !started {
         clock.first
@@ -344,6 +367,8 @@ async fn next_event(
         biased;
         _ = a.cancel.cancelled() => return Err(AttemptEnd::Cancelled),
         r = timeout_at(limit, stream.next()) => r,
+        // Dropping `next()` unpolled loses nothing: the stream keeps its item for the next call.
+        _ = sleep_until(held_due.unwrap_or(limit)), if held_due.is_some() => return Ok(Next::HeldDue),
     };
     match next {
         Err(_) if !started => Err(failed_timeout(first_token_late(a.link))),
@@ -355,16 +380,19 @@ async fn next_event(
             "{}: no token for {} ms",
             a.link.name, e.idle_timeout_ms
         ))),
-        Ok(None) => Ok(None),
+        Ok(None) => Ok(Next::End),
         Ok(Some(Err(err))) => Err(failed(err)),
-        Ok(Some(Ok(ev))) => Ok(Some(ev)),
+        Ok(Some(Ok(ev))) => Ok(Next::Event(ev)),
     }
 }
 
 /// Runs one attempt against `a.link` within the turn's deadline, and books what it consumed.
 pub async fn run(a: &Attempt<'_>, progress: &mut Progress) -> AttemptEnd {
     let mut meter = Meter::default();
+    progress.coalesce.set_window(a.sink.coalesce_window());
     let end = metered(a, progress, &mut meter).await;
+    // However the attempt ended, text already released reaches clients before what follows.
+    send_held(a, progress);
     if let Some(charge) = meter.charge(a.link, a.prompt_tokens) {
         progress.charges.push(charge);
     }
@@ -392,10 +420,15 @@ async fn metered(a: &Attempt<'_>, progress: &mut Progress, meter: &mut Meter) ->
     let mut streamed = false;
     loop {
         let span = waiting.clone().unwrap_or_else(|| streaming.clone());
-        let next = next_event(a, &clock, &mut stream, streamed).instrument(span);
+        let held_due = progress.coalesce.due();
+        let next = next_event(a, &clock, &mut stream, streamed, held_due).instrument(span);
         let event = match next.await {
-            Ok(Some(ev)) => ev,
-            Ok(None) => break,
+            Ok(Next::Event(ev)) => ev,
+            Ok(Next::HeldDue) => {
+                send_held(a, progress);
+                continue;
+            }
+            Ok(Next::End) => break,
             Err(end) => return end,
         };
         if waiting.take().is_some() {

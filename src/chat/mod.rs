@@ -9,6 +9,7 @@
 mod admit;
 mod attempt;
 pub mod chain;
+mod coalesce;
 mod generate;
 mod plan;
 mod prompt;

@@ -22,6 +22,11 @@ pub trait TurnSink: Send + Sync {
     /// then already sent).
     fn begin_turn(&self, turn: &TurnRequest, start: TurnStart<'_>) -> bool;
     fn delta(&self, turn_id: Uuid, text: String);
+    /// Pieces that come within this long of the last delta go out together as one (zero:
+    /// each at once). A room answers `rooms.coalesce_ms`.
+    fn coalesce_window(&self) -> Duration {
+        Duration::ZERO
+    }
     /// A piece of a call of a client's tool (only turns with `tools` from the client: the
     /// OpenAI endpoint); rooms offer none, so nothing reaches them.
     fn tool_call(&self, _turn_id: Uuid, _piece: ToolCallDelta) {}

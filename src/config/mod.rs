@@ -195,6 +195,10 @@ pub struct RoomsConfig {
     /// Bytes of logs and histories kept for empty rooms, all rooms together (least recently
     /// used go first; a room whose log went comes back with a new epoch).
     pub parked_bytes: u64,
+    /// Answer pieces that come within this many ms of the room's last delta go out as one
+    /// `delta` (0 = every upstream piece is its own delta). The first piece after a quiet
+    /// window is never held, so this delays only streams faster than one delta per window.
+    pub coalesce_ms: u64,
 }
 
 impl Default for RoomsConfig {
@@ -211,6 +215,7 @@ impl Default for RoomsConfig {
             empty_ttl_ms: 10_000,
             idle_ttl_ms: 30 * 60 * 1_000,
             parked_bytes: 256 * 1024 * 1024,
+            coalesce_ms: 50,
         }
     }
 }
@@ -394,7 +399,14 @@ impl Config {
                 rooms.opens_per_connection_per_min.into(),
             ),
             ("rooms.empty_ttl_ms", rooms.empty_ttl_ms),
-        ])
+        ])?;
+        if rooms.coalesce_ms > 1_000 {
+            return Err(invalid(
+                "rooms.coalesce_ms",
+                "must be at most 1000 (a held piece waits up to this long)",
+            ));
+        }
+        Ok(())
     }
 
     /// Embedding, retrieval, ingestion and the vector store.

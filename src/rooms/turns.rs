@@ -70,6 +70,10 @@ impl TurnSink for Room {
         self.publish(&mut st, Some(turn_id), EventBody::Delta { text });
     }
 
+    fn coalesce_window(&self) -> std::time::Duration {
+        crate::config::ms(self.cfg.coalesce_ms)
+    }
+
     /// Sends a turn-scoped event (`tool`, `metrics`, `error`) to everyone.
     fn turn_event(&self, turn_id: Uuid, body: EventBody) {
         let mut st = self.lock();

@@ -266,6 +266,9 @@ links = ["mock"]
 enabled = {cache}
 [server]
 shutdown_grace_ms = 1000
+[rooms]
+# The suites count deltas per upstream token.
+coalesce_ms = 0
 [cluster]
 backend = "redis"
 redis_url = "{redis_url}"

@@ -46,6 +46,8 @@ pub fn config(mock: &MockUpstream, tweak: impl FnOnce(&mut Config)) -> Config {
     cfg.retrieval.enabled = false;
     // Suites about tenancy configure tenants and turn this off.
     cfg.auth.dev_mode = true;
+    // Suites count deltas per upstream token; tests/coalesce.rs turns coalescing on.
+    cfg.rooms.coalesce_ms = 0;
     tweak(&mut cfg);
     cfg
 }

@@ -119,6 +119,31 @@ impl Chunker {
     }
 }
 
+/// Most text one merged chunk carries.
+const MAX_MERGED_BYTES: usize = 16 * 1024;
+
+/// A delta takes the deltas already waiting behind it. They wait only when the client reads
+/// slower than the upstream writes (the chunks before them are not yet taken), and then one
+/// chunk carries them all: the text is the same, with fewer chunks to encode and send. A
+/// client that keeps up gets every piece as its own chunk. What is not a delta waits in
+/// `held` for the next turn of the loop.
+fn merge_waiting(ev: Out, rx: &mut Receiver<Out>, held: &mut Option<Out>) -> Out {
+    let Out::Event(EventBody::Delta { mut text }) = ev else {
+        return ev;
+    };
+    while text.len() < MAX_MERGED_BYTES {
+        match rx.try_recv() {
+            Ok(Out::Event(EventBody::Delta { text: more })) => text.push_str(&more),
+            Ok(other) => {
+                *held = Some(other);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    Out::Event(EventBody::Delta { text })
+}
+
 pub(super) fn chunk_stream(
     id: String,
     created: u64,
@@ -126,7 +151,9 @@ pub(super) fn chunk_stream(
     mut rx: Receiver<Out>,
     include_usage: bool,
 ) -> ChunkStream {
-    let (tx, out) = tokio::sync::mpsc::channel::<Option<ChatCompletionChunk>>(64);
+    // A short queue of encoded chunks: behind a slow client, pieces wait as events (where
+    // they merge) rather than as chunks.
+    let (tx, out) = tokio::sync::mpsc::channel::<Option<ChatCompletionChunk>>(4);
     tokio::spawn(async move {
         let mut conv = Chunker {
             id,
@@ -135,11 +162,12 @@ pub(super) fn chunk_stream(
             include_usage,
         };
         let mut early = buffered.into_iter();
+        let mut held = None;
         loop {
-            let ev = match early.next() {
+            let ev = match held.take().or_else(|| early.next()) {
                 Some(ev) => ev,
                 None => match rx.recv().await {
-                    Some(ev) => ev,
+                    Some(ev) => merge_waiting(ev, &mut rx, &mut held),
                     None => break,
                 },
             };
@@ -163,6 +191,7 @@ pub(super) fn chunk_stream(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::api::openai::tests::events;
@@ -216,5 +245,40 @@ mod tests {
             .and_then(|c| c.choices.first()?.finish_reason.clone());
         assert_eq!(last.as_deref(), Some("stop"));
         assert!(chunks.iter().all(|c| c.usage.is_none()));
+    }
+
+    fn delta(t: &str) -> Out {
+        Out::Event(EventBody::Delta { text: t.into() })
+    }
+
+    #[tokio::test]
+    async fn deltas_waiting_behind_a_slow_client_merge_in_order_and_nothing_overtakes_them() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        for t in ["b", "c"] {
+            tx.send(delta(t)).await.unwrap();
+        }
+        let end = EventBody::End {
+            finish_reason: crate::protocol::FinishReason::Stop,
+            partial: false,
+        };
+        tx.send(Out::Event(end)).await.unwrap();
+        tx.send(delta("late")).await.unwrap();
+        let mut held = None;
+        let merged = merge_waiting(delta("a"), &mut rx, &mut held);
+        assert!(matches!(merged, Out::Event(EventBody::Delta { ref text }) if text == "abc"));
+        assert!(matches!(held, Some(Out::Event(EventBody::End { .. }))));
+        // The delta after the end stays queued, behind it.
+        assert!(
+            matches!(rx.try_recv(), Ok(Out::Event(EventBody::Delta { ref text })) if text == "late")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_keeps_up_gets_each_piece_as_it_came() {
+        let (_tx, mut rx) = tokio::sync::mpsc::channel::<Out>(16);
+        let mut held = None;
+        let one = merge_waiting(delta("a"), &mut rx, &mut held);
+        assert!(matches!(one, Out::Event(EventBody::Delta { ref text }) if text == "a"));
+        assert!(held.is_none());
     }
 }
