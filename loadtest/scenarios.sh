@@ -11,6 +11,8 @@
 #   bash loadtest/scenarios.sh litellm    confab and LiteLLM proxy on the same mock, alternately
 #   bash loadtest/scenarios.sh cluster    fanout on 1 node local, 1 node on Redis, 2 nodes on Redis
 #                                         (each room's members spread over the nodes), same run
+#   bash loadtest/scenarios.sh report     the README's figures: every scenario below it quotes,
+#                                         rerun now; writes BENCHMARKS.md (about 12 minutes)
 #   bash loadtest/scenarios.sh smoke      20-second run of the tools (CI)
 # JSON summaries go to $OUT (default target/loadtest). Knobs: see the variables below.
 set -euo pipefail
@@ -53,6 +55,7 @@ bind = "127.0.0.1:$port"
 max_rooms = 20000
 max_rooms_per_tenant = 20000
 max_members = 512
+${COALESCE_MS:+coalesce_ms = $COALESCE_MS}
 [providers.mock]
 kind = "openai"
 base_url = "http://127.0.0.1:$mock_port/v1"
@@ -149,7 +152,7 @@ PY
   fanout)
     mock "${TOKENS:-40}" "${TPS:-20}" 0
     confab
-    load --json-out "$out/fanout.json" fanout --url "ws://127.0.0.1:$port/v1/ws" --rooms "${ROOMS:-1000}" --per-room "${PER_ROOM:-10}" \
+    load --threads "${LOAD_THREADS:-1}" --json-out "$out/fanout.json" fanout --url "ws://127.0.0.1:$port/v1/ws" --rooms "${ROOMS:-1000}" --per-room "${PER_ROOM:-10}" \
       --prompt-every-ms "${EVERY_MS:-3000}" --duration "${SECS:-30}" --pid "$confab_pid"
     ;;
   soak)
@@ -165,6 +168,7 @@ PY
       python3 -m venv "$venv"
       "$venv/bin/pip" install --quiet "litellm[proxy]==${LITELLM_VERSION:-1.106.2}"
     fi
+    RATES="${RATES:-10 25 50 100 200 400}"
     mock "${TOKENS:-50}" "${TPS:-100}" 20
     confab
     lport=$(free_port)
@@ -190,7 +194,7 @@ YAML
     lpid=$(pgrep -P "$litellm_pid" -f python | head -1 || true)
     lpid="${lpid:-$litellm_pid}"
     printf '%-8s %-8s %10s %10s %12s %12s %12s %8s %9s %8s\n' peer rate req/s tok/s "ttft p50" "ttft p99" "token p99" errors cores "RSS MiB"
-    for rate in ${RATES:-10 25 50 100 200 400}; do
+    for rate in ${RATES//,/ }; do
       for peer in ${PEERS:-confab litellm}; do
         if [ "$peer" = confab ]; then base="http://127.0.0.1:$port/v1"; pid=$confab_pid; else base="http://127.0.0.1:$lport/v1"; pid=$lpid; fi
         load --json-out "$out/cmp-$peer-$rate.json" openai --base "$base" --model default --rate "$rate" --duration "${SECS:-20}" --pid "$pid" --api-key "$key" >/dev/null 2>&1 || true
@@ -241,6 +245,32 @@ for name, label in (("local", "1 node, local"), ("redis1", "1 node, redis"), ("r
     print(f"{label:18}{r['delta_events_per_sec']:>12.0f}{d['p50_ms']:>9.1f}{d['p99_ms']:>9.1f}{r['turns']:>8}"
           f"{sum(r['errors'].values()):>8}{s.get('cpu_cores', 0):>7.2f}{s.get('rss_end_mib', 0):>9.0f}")
 PY
+    ;;
+  report)
+    # Each run is this script again, with its knobs; report.py renders what they wrote.
+    runs="$out/report"
+    rm -rf "$runs" && mkdir -p "$runs"
+    sub() { # name, knobs (VAR=value words, or ""), then the scenario and its arguments
+      local name=$1 knobs=$2; shift 2
+      echo "== $name: $knobs bash loadtest/scenarios.sh $*"
+      printf '%s\t%s\n' "$name" "${knobs:+$knobs }bash loadtest/scenarios.sh $*" >>"$runs/index.tsv"
+      # shellcheck disable=SC2086 # the knobs are words on purpose
+      env OUT="$runs/$name" $knobs bash "$0" "$@" >"$runs/$name.log" 2>&1 || { tail -20 "$runs/$name.log"; exit 1; }
+    }
+    sub delivery "" delivery
+    sub overhead "" overhead
+    sub idle "" idle
+    sub fanout-300 "ROOMS=300" fanout
+    sub fanout-1000 "" fanout
+    sub fanout-1000-off "COALESCE_MS=0" fanout
+    sub fanout-1000-fast "TPS=100" fanout
+    sub fanout-1000-fast-off "TPS=100 COALESCE_MS=0" fanout
+    sub soak "" soak "${SOAK_SECS:-120}"
+    sub tracing "RATE=100" tracing
+    sub cluster "" cluster
+    sub litellm "RATES=25,100" litellm
+    python3 loadtest/report.py "$runs" BENCHMARKS.md
+    echo "wrote BENCHMARKS.md"
     ;;
   smoke)
     mock 20 200 0
