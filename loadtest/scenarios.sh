@@ -258,6 +258,7 @@ PY
       env OUT="$runs/$name" $knobs bash "$0" "$@" >"$runs/$name.log" 2>&1 || { tail -20 "$runs/$name.log"; exit 1; }
     }
     sub delivery "" delivery
+    sub delivery-off "COALESCE_MS=0" delivery
     sub overhead "" overhead
     sub idle "" idle
     sub fanout-300 "ROOMS=300" fanout
