@@ -12,7 +12,7 @@
 #   bash loadtest/scenarios.sh cluster    fanout on 1 node local, 1 node on Redis, 2 nodes on Redis
 #                                         (each room's members spread over the nodes), same run
 #   bash loadtest/scenarios.sh report     the README's figures: every scenario below it quotes,
-#                                         rerun now; writes BENCHMARKS.md (about 12 minutes)
+#                                         rerun now; writes BENCHMARKS.md (about 20 minutes)
 #   bash loadtest/scenarios.sh smoke      20-second run of the tools (CI)
 # JSON summaries go to $OUT (default target/loadtest). Knobs: see the variables below.
 set -euo pipefail
@@ -250,6 +250,8 @@ PY
     # Each run is this script again, with its knobs; report.py renders what they wrote.
     runs="$out/report"
     rm -rf "$runs" && mkdir -p "$runs"
+    # The code measured; a tree with uncommitted changes says so.
+    { git rev-parse --short HEAD; git diff --quiet HEAD -- src loadtest || echo "(with uncommitted changes)"; } | paste -sd' ' >"$runs/commit"
     sub() { # name, knobs (VAR=value words, or ""), then the scenario and its arguments
       local name=$1 knobs=$2; shift 2
       echo "== $name: $knobs bash loadtest/scenarios.sh $*"
