@@ -135,7 +135,8 @@ pub struct WsConfig {
     pub max_frame_bytes: usize,
     /// Longest prompt, in characters.
     pub max_prompt_chars: usize,
-    /// Frames buffered per session before it counts as a slow consumer.
+    /// Frames buffered per session before it counts as a slow consumer (its writer holds at
+    /// most 64 more, taken from the queue for one write).
     pub outbound_queue: usize,
     /// Server ping interval, also announced in `welcome`.
     pub heartbeat_ms: u64,

@@ -21,6 +21,9 @@ pub struct CloseRequest {
 /// Most bytes of queued frames written with one flush: a session that fell behind catches up
 /// in few syscalls, without one write holding a huge buffer.
 const BATCH_BYTES: usize = 64 * 1024;
+/// Most frames taken from the queue at once. Frames taken no longer count against
+/// `ws.outbound_queue`, so this bounds what a stuck session holds beyond it.
+const BATCH_FRAMES: usize = 64;
 
 /// Writes queued frames until asked to close, the client is too slow, or the socket fails.
 /// Frames already queued when the writer wakes go out together with one flush (one `send`
@@ -49,7 +52,7 @@ pub async fn write_loop<S>(
             biased;
             _ = &mut kicked => break None,
             req = &mut close => break req.ok(),
-            n = rx.recv_many(&mut batch, cfg.outbound_queue) => {
+            n = rx.recv_many(&mut batch, BATCH_FRAMES) => {
                 if n == 0 {
                     break None;
                 }
