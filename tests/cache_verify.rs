@@ -76,12 +76,7 @@ async fn in_room(srv: &TestServer, room: &str, text: &str) -> bool {
 /// Asks `text` as a fresh OpenAI request (RAG alias); whether the cache answered.
 async fn over_openai(srv: &TestServer, text: &str) -> bool {
     let body = json!({"model": "confab-rag", "messages": [{"role": "user", "content": text}]});
-    let resp = reqwest::Client::new()
-        .post(srv.http("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = srv.chat_completion(&body).await;
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     v["confab"]["cached"].as_bool().unwrap()

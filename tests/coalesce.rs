@@ -127,12 +127,7 @@ async fn an_openai_stream_read_late_keeps_the_text_whole_and_in_order() {
     let srv = server(0, 0).await;
     let body = json!({"model": "default", "stream": true,
         "messages": [{"role": "user", "content": "count"}]});
-    let resp = reqwest::Client::new()
-        .post(srv.http("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = srv.chat_completion(&body).await;
     assert!(resp.status().is_success());
     // The upstream sends all 80 tokens at once and nothing is read for a while. Whether the
     // pieces went out merged depends on the socket buffers (the merging itself is unit-tested

@@ -9,12 +9,7 @@ use confab_loadtest::mock::Behavior;
 use serde_json::{Value, json};
 
 async fn complete(srv: &TestServer, body: Value) -> (u16, Option<String>, String) {
-    let resp = reqwest::Client::new()
-        .post(srv.http("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = srv.chat_completion(&body).await;
     let status = resp.status().as_u16();
     let ct = resp
         .headers()

@@ -157,6 +157,16 @@ impl TestServer {
         format!("http://{}{path}", self.addr)
     }
 
+    /// `POST /v1/chat/completions` with `body`; the response unread.
+    pub async fn chat_completion(&self, body: &Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(self.http("/v1/chat/completions"))
+            .json(body)
+            .send()
+            .await
+            .expect("chat completion request")
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/v1/ws", self.addr)
     }
