@@ -1,6 +1,11 @@
 //! The writing half of a session: drains the bounded outbound queue into the socket, pings on
 //! a timer, and closes with the right code.
 
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
 use futures_util::{Sink, SinkExt};
 use poem::web::websocket::{CloseCode, Message};
 use tokio::sync::{mpsc, oneshot};
@@ -50,26 +55,29 @@ pub async fn write_loop<S>(
     let request = loop {
         tokio::select! {
             biased;
-            _ = &mut kicked => break None,
-            req = &mut close => break req.ok(),
+            // Frames first: while its queue holds frames a busy session polls nothing else
+            // (each poll of the kick locks the token's tree). A kicked member gets no new
+            // frames, so the kick is seen once the queue runs dry, or at once while a write
+            // is blocked on a full socket.
             n = rx.recv_many(&mut batch, BATCH_FRAMES) => {
                 if n == 0 {
-                    break None;
+                    // Every sender is gone: the session ended. It sends its close request
+                    // (or drops it) right after, so wait for it rather than lose the frame.
+                    break (&mut close).await.ok();
                 }
-                let sent = tokio::select! {
-                    // Kicked by the room while blocked on a full socket: stop writing now.
-                    _ = &mut kicked => break None,
-                    r = timeout(write_timeout, write_batch(&mut sink, &mut batch, &mut last_seq)) => r,
-                };
-                match sent {
-                    Ok(Ok(())) => {}
-                    Ok(Err(())) => return,
-                    Err(_) => {
+                let write = write_batch(&mut sink, &mut batch, &mut last_seq);
+                match write_or_kicked(write, &mut kicked, write_timeout).await {
+                    Written::Done => {}
+                    Written::Failed => return,
+                    Written::Kicked => break None,
+                    Written::TimedOut => {
                         slow.cancel();
                         break None;
                     }
                 }
             }
+            _ = &mut kicked => break None,
+            req = &mut close => break req.ok(),
             _ = ping.tick() => {
                 if timeout(write_timeout, sink.send(Message::Ping(Vec::new()))).await.is_err() {
                     slow.cancel();
@@ -81,6 +89,41 @@ pub async fn write_loop<S>(
 
     let slow = slow.is_cancelled().then_some(last_seq.unwrap_or(0));
     close_socket(&mut sink, &mut rx, request, slow, write_timeout).await;
+}
+
+/// How a batch's write ended.
+enum Written {
+    Done,
+    Failed,
+    Kicked,
+    TimedOut,
+}
+
+/// Runs a batch's write. Most writes finish on their first poll (the socket has room): those
+/// arm no timer and check no kick. One that blocks gets `write_timeout` from then on, and stops
+/// when the room kicks the member.
+async fn write_or_kicked<W, K>(write: W, kicked: &mut K, write_timeout: Duration) -> Written
+where
+    W: Future<Output = Result<(), ()>>,
+    K: Future<Output = ()> + Unpin,
+{
+    let mut write = pin!(write);
+    let first = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    let done = match first {
+        Poll::Ready(done) => done,
+        Poll::Pending => tokio::select! {
+            biased;
+            _ = kicked => return Written::Kicked,
+            r = timeout(write_timeout, write) => match r {
+                Ok(done) => done,
+                Err(_) => return Written::TimedOut,
+            },
+        },
+    };
+    match done {
+        Ok(()) => Written::Done,
+        Err(()) => Written::Failed,
+    }
 }
 
 /// Writes the frames taken from the queue, a flush per [`BATCH_BYTES`], and empties `batch`.
@@ -120,7 +163,7 @@ async fn close_socket<S>(
     rx: &mut mpsc::Receiver<Outbound>,
     request: Option<CloseRequest>,
     slow_resume_from: Option<u64>,
-    write_timeout: std::time::Duration,
+    write_timeout: Duration,
 ) where
     S: Sink<Message> + Unpin,
 {
