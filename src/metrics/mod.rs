@@ -523,8 +523,28 @@ pub fn ws_disconnected() {
     gauge!(WS_SESSIONS).decrement(1.0);
 }
 
+/// Counts one event written to a session. This runs once per frame per member, so each
+/// thread keeps the handles it looked up: `counter!` with a label builds a key and searches
+/// the registry on every call. Event types are a fixed set of literals, so the cache stays
+/// small; before the recorder is installed nothing is cached (it would keep a no-op handle).
 pub fn ws_event_sent(kind: &'static str) {
-    counter!(WS_EVENTS_SENT_TOTAL, "type" => kind).increment(1);
+    thread_local! {
+        static SENT: std::cell::RefCell<Vec<(&'static str, ::metrics::Counter)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    if HANDLE.get().is_none() {
+        counter!(WS_EVENTS_SENT_TOTAL, "type" => kind).increment(1);
+        return;
+    }
+    SENT.with_borrow_mut(|cached| {
+        if let Some((_, c)) = cached.iter().find(|(k, _)| *k == kind) {
+            c.increment(1);
+            return;
+        }
+        let c = counter!(WS_EVENTS_SENT_TOTAL, "type" => kind);
+        c.increment(1);
+        cached.push((kind, c));
+    });
 }
 
 pub fn ws_error(code: &'static str) {
