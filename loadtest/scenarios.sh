@@ -15,6 +15,9 @@
 #                                         rerun now; writes BENCHMARKS.md (about 20 minutes)
 #   bash loadtest/scenarios.sh smoke      20-second run of the tools (CI)
 # JSON summaries go to $OUT (default target/loadtest). Knobs: see the variables below.
+# On a machine with cores to spare, CONFAB_CPUS and LOAD_CPUS (taskset lists, e.g. 0-3 and
+# 4-7) pin confab and the load side (load tool and mock) to separate cores, so the load
+# generator does not take the server's CPU and the figures are about confab alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${CARGO_TARGET_DIR:-}" ] && [ -d "$HOME/.cache/confab/target" ]; then
@@ -37,7 +40,7 @@ source scripts/lib/background.sh
 # The scripted upstream: stamped tokens (text = send time in µs).
 mock() { # tokens tokens_per_sec ttft_ms
   mock_port=$(free_port)
-  "$bin/mock-upstream" --port "$mock_port" --stamped --tokens "$1" --tokens-per-sec "$2" --ttft-ms "$3" >"$work/mock.log" 2>&1 &
+  ${LOAD_CPUS:+taskset -c "$LOAD_CPUS"} "$bin/mock-upstream" --port "$mock_port" --stamped --tokens "$1" --tokens-per-sec "$2" --ttft-ms "$3" >"$work/mock.log" 2>&1 &
   pids+=($!)
   wait_http "http://127.0.0.1:$mock_port/v1/models"
 }
@@ -73,13 +76,13 @@ dev_mode = true
 level = "warn"
 ${1:-}
 TOML
-  "$bin/confab" serve --config "$conf" >"$work/confab-$port.log" 2>&1 &
+  ${CONFAB_CPUS:+taskset -c "$CONFAB_CPUS"} "$bin/confab" serve --config "$conf" >"$work/confab-$port.log" 2>&1 &
   confab_pid=$!
   pids+=($confab_pid)
   wait_http "http://127.0.0.1:$port/readyz"
 }
 
-load() { "$bin/confab-load" "$@"; }
+load() { ${LOAD_CPUS:+taskset -c "$LOAD_CPUS"} "$bin/confab-load" "$@"; }
 
 case "$scenario" in
   overhead)
@@ -252,6 +255,9 @@ PY
     rm -rf "$runs" && mkdir -p "$runs"
     # The code measured; a tree with uncommitted changes says so.
     { git rev-parse --short HEAD; git diff --quiet HEAD -- src loadtest || echo "(with uncommitted changes)"; } | paste -sd' ' >"$runs/commit"
+    pin="${CONFAB_CPUS:+confab on cores $CONFAB_CPUS}"
+    pin="${pin}${LOAD_CPUS:+${pin:+; }the load tool and the mock on cores $LOAD_CPUS}"
+    echo "$pin" >"$runs/pinning"
     sub() { # name, knobs (VAR=value words, or ""), then the scenario and its arguments
       local name=$1 knobs=$2; shift 2
       echo "== $name: $knobs bash loadtest/scenarios.sh $*"
