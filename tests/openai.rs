@@ -187,6 +187,28 @@ async fn a_failure_after_text_ends_the_stream_with_an_error_chunk() {
 }
 
 #[tokio::test]
+async fn a_streaming_client_that_hangs_up_aborts_the_upstream_call() {
+    // 200 tokens 20 ms apart: the answer would take 4 s; the client leaves after its first text.
+    let srv = TestServer::start(Behavior::tokens(200, std::time::Duration::from_millis(20))).await;
+    let body = json!({"model": "default", "stream": true,
+        "messages": [{"role": "user", "content": "a long answer"}]});
+    let mut resp = srv.chat_completion(&body).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut seen = String::new();
+    while !seen.contains("\"content\":\"t") {
+        let chunk = resp.chunk().await.unwrap().expect("a chunk before the end");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(resp);
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while srv.mock.aborted() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(srv.mock.aborted(), 1, "the upstream stream was closed");
+    assert_eq!(srv.mock.completed(), 0, "and never ran to its end");
+}
+
+#[tokio::test]
 async fn sampling_settings_reach_the_upstream_and_skip_the_cache() {
     let srv = TestServer::start(Behavior::text(&["ok"])).await;
     let body = json!({"model": "default", "messages": [{"role": "user", "content": "knobs?"}],

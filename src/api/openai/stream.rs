@@ -2,6 +2,8 @@
 //! pieces of tool calls, then the finish reason with confab's extension, usage if asked, and
 //! `[DONE]`.
 
+use std::collections::VecDeque;
+
 use futures_util::StreamExt;
 use tokio::sync::mpsc::Receiver;
 
@@ -144,49 +146,74 @@ fn merge_waiting(ev: Out, rx: &mut Receiver<Out>, held: &mut Option<Out>) -> Out
     Out::Event(EventBody::Delta { text })
 }
 
+/// What the chunk stream holds between polls: the events not yet turned into chunks, and
+/// the chunks not yet taken.
+struct Feed {
+    conv: Chunker,
+    early: std::vec::IntoIter<Out>,
+    held: Option<Out>,
+    rx: Receiver<Out>,
+    ready: VecDeque<ChatCompletionChunk>,
+    closed: bool,
+}
+
+impl Feed {
+    /// The next item for the client: a chunk; `Some(None)` (the closing `[DONE]`) once the
+    /// turn ended or its sender is gone; then `None`, the end of the stream.
+    async fn next(&mut self) -> Option<Option<ChatCompletionChunk>> {
+        loop {
+            if let Some(c) = self.ready.pop_front() {
+                return Some(Some(c));
+            }
+            if self.closed {
+                return None;
+            }
+            if self.conv.summary.end.is_some() {
+                self.closed = true;
+                return Some(None);
+            }
+            let ev = match self.held.take().or_else(|| self.early.next()) {
+                Some(ev) => ev,
+                None => match self.rx.recv().await {
+                    Some(ev) => merge_waiting(ev, &mut self.rx, &mut self.held),
+                    None => {
+                        self.closed = true;
+                        return Some(None);
+                    }
+                },
+            };
+            self.ready.extend(self.conv.chunks(ev));
+        }
+    }
+}
+
+/// The response body's chunks, made as the client takes them: the HTTP connection's task
+/// reads the turn's events itself (no task or queue between them, so a token wakes one task
+/// on its way out), and deltas that waited while the client was busy merge. The client
+/// leaving drops the stream and `rx` with it, which makes the sink cancel the turn.
 pub(super) fn chunk_stream(
     id: String,
     created: u64,
     buffered: Vec<Out>,
-    mut rx: Receiver<Out>,
+    rx: Receiver<Out>,
     include_usage: bool,
 ) -> ChunkStream {
-    // A short queue of encoded chunks: behind a slow client, pieces wait as events (where
-    // they merge) rather than as chunks.
-    let (tx, out) = tokio::sync::mpsc::channel::<Option<ChatCompletionChunk>>(4);
-    tokio::spawn(async move {
-        let mut conv = Chunker {
+    let feed = Feed {
+        conv: Chunker {
             id,
             created,
             summary: Summary::default(),
             include_usage,
-        };
-        let mut early = buffered.into_iter();
-        let mut held = None;
-        loop {
-            let ev = match held.take().or_else(|| early.next()) {
-                Some(ev) => ev,
-                None => match rx.recv().await {
-                    Some(ev) => merge_waiting(ev, &mut rx, &mut held),
-                    None => break,
-                },
-            };
-            for c in conv.chunks(ev) {
-                // The client left: dropping `rx` makes the sink cancel the turn.
-                if tx.send(Some(c)).await.is_err() {
-                    return;
-                }
-            }
-            if conv.summary.end.is_some() {
-                break;
-            }
-        }
-        let _ = tx.send(None).await;
-    });
-    futures_util::stream::unfold(
-        out,
-        |mut out| async move { out.recv().await.map(|c| (c, out)) },
-    )
+        },
+        early: buffered.into_iter(),
+        held: None,
+        rx,
+        ready: VecDeque::new(),
+        closed: false,
+    };
+    futures_util::stream::unfold(feed, |mut feed| async move {
+        feed.next().await.map(|item| (item, feed))
+    })
     .boxed()
 }
 
