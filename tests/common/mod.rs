@@ -167,6 +167,15 @@ impl TestServer {
             .expect("chat completion request")
     }
 
+    /// Waits up to `within` for the mock to see a stream aborted by confab; the count.
+    pub async fn upstream_aborted(&self, within: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.mock.aborted() == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.mock.aborted()
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/v1/ws", self.addr)
     }
